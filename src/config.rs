@@ -1,0 +1,211 @@
+//! Configuration: built-in defaults, overridden by a JSON file, overridden by flags; validated once.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Validated settings for `outpost serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory holding `outpost.redb`.
+    pub data_dir: PathBuf,
+    /// Requests served at once.
+    pub workers: usize,
+    /// redb page cache, bytes.
+    pub cache_size: usize,
+    /// Bytes per stored chunk and per transfer buffer (one per worker).
+    pub chunk_size: usize,
+    /// Largest manifest accepted, bytes.
+    pub max_manifest_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            data_dir: PathBuf::from("outpost-data"),
+            workers: 8,
+            cache_size: 4 << 20,
+            chunk_size: 1 << 20,
+            max_manifest_size: 4 << 20,
+        }
+    }
+}
+
+/// Settings as written by an operator (file or flags): all optional, sizes as text or numbers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// `listen`
+    pub listen: Option<String>,
+    /// `data_dir`
+    pub data_dir: Option<PathBuf>,
+    /// `workers`
+    pub workers: Option<usize>,
+    /// `cache_size`
+    pub cache_size: Option<Size>,
+    /// `chunk_size`
+    pub chunk_size: Option<Size>,
+    /// `max_manifest_size`
+    pub max_manifest_size: Option<Size>,
+}
+
+/// A byte size: a JSON number, or text such as `"4MiB"`, `"512KiB"`, `"1048576"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    /// Plain bytes.
+    Bytes(u64),
+    /// Text with an optional unit.
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self, what: &str) -> Result<usize, String> {
+        match self {
+            Size::Bytes(n) => usize::try_from(*n).map_err(|_| format!("{what}: {n} is too large")),
+            Size::Text(t) => parse_size(t).map_err(|e| format!("{what}: {e}")),
+        }
+    }
+}
+
+/// Parses `1234`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`: all powers of 1024).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4MiB, 512KiB, 1048576)"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    num.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Overrides {
+    /// Reads a JSON config file; unknown keys are errors, so a typo does not pass silently.
+    pub fn from_file(path: &Path) -> Result<Overrides, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Lays `other`'s settings over these.
+    pub fn merge(self, other: Overrides) -> Overrides {
+        Overrides {
+            listen: other.listen.or(self.listen),
+            data_dir: other.data_dir.or(self.data_dir),
+            workers: other.workers.or(self.workers),
+            cache_size: other.cache_size.or(self.cache_size),
+            chunk_size: other.chunk_size.or(self.chunk_size),
+            max_manifest_size: other.max_manifest_size.or(self.max_manifest_size),
+        }
+    }
+
+    /// Applies these over the defaults and checks every value.
+    pub fn resolve(self) -> Result<Config, String> {
+        let d = Config::default();
+        let listen = match self.listen {
+            None => d.listen,
+            Some(a) => a.parse().map_err(|_| {
+                format!("listen: {a:?} is not an address such as 127.0.0.1:5000 or [::1]:5000")
+            })?,
+        };
+        let size =
+            |v: Option<Size>, default: usize, what: &str| v.map_or(Ok(default), |s| s.bytes(what));
+        let c = Config {
+            listen,
+            data_dir: self.data_dir.unwrap_or(d.data_dir),
+            workers: self.workers.unwrap_or(d.workers),
+            cache_size: size(self.cache_size, d.cache_size, "cache_size")?,
+            chunk_size: size(self.chunk_size, d.chunk_size, "chunk_size")?,
+            max_manifest_size: size(
+                self.max_manifest_size,
+                d.max_manifest_size,
+                "max_manifest_size",
+            )?,
+        };
+        let within = |v: usize, lo: usize, hi: usize, what: &str, hint: &str| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{what}: {v} is out of range ({hint})"))
+            }
+        };
+        within(c.workers, 1, 1024, "workers", "1 to 1024")?;
+        within(
+            c.cache_size,
+            64 << 10,
+            1 << 40,
+            "cache_size",
+            "at least 64KiB",
+        )?;
+        within(
+            c.chunk_size,
+            4 << 10,
+            64 << 20,
+            "chunk_size",
+            "4KiB to 64MiB",
+        )?;
+        within(
+            c.max_manifest_size,
+            1 << 10,
+            64 << 20,
+            "max_manifest_size",
+            "1KiB to 64MiB",
+        )?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn layering_and_validation() {
+        let file: Overrides =
+            serde_json::from_str(r#"{"workers": 3, "chunk_size": "256KiB"}"#).unwrap();
+        let flags = Overrides {
+            workers: Some(5),
+            ..Default::default()
+        };
+        let c = file.merge(flags).resolve().unwrap();
+        assert_eq!((c.workers, c.chunk_size), (5, 256 << 10));
+        assert!(serde_json::from_str::<Overrides>(r#"{"wrokers": 3}"#).is_err());
+        assert!(Overrides {
+            workers: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        assert!(Overrides {
+            listen: Some("nowhere".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`, with single-range reads.
+
+use super::errors::{ApiError, Code};
+use super::{header, App, Body, Reply, Result};
+use crate::digest::Digest;
+use tiny_http::Request;
+
+/// What a `Range` header asks of a blob of a given size.
+#[derive(Debug, PartialEq, Eq)]
+enum Wanted {
+    /// The whole blob (no header, or one we must ignore per RFC 9110).
+    All,
+    /// `len` bytes from `start`.
+    Part { start: u64, len: u64 },
+    /// A well-formed range that lies outside the blob.
+    Unsatisfiable,
+}
+
+fn parse_range(value: Option<&str>, size: u64) -> Wanted {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return Wanted::All;
+    };
+    if spec.contains(',') {
+        return Wanted::All; // multiple ranges: serving the whole representation is allowed
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Wanted::All;
+    };
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (a.trim().is_empty(), num(a), num(b)) {
+        // bytes=-n: the last n bytes
+        (true, _, Some(n)) => {
+            if n == 0 || size == 0 {
+                Wanted::Unsatisfiable
+            } else {
+                let n = n.min(size);
+                Wanted::Part {
+                    start: size - n,
+                    len: n,
+                }
+            }
+        }
+        (false, Some(start), end) => {
+            if !b.trim().is_empty() && end.is_none() {
+                return Wanted::All;
+            }
+            if end.is_some_and(|e| e < start) {
+                return Wanted::All; // syntactically invalid: ignored
+            }
+            if start >= size {
+                return Wanted::Unsatisfiable;
+            }
+            let last = end.map_or(size - 1, |e| e.min(size - 1));
+            Wanted::Part {
+                start,
+                len: last - start + 1,
+            }
+        }
+        _ => Wanted::All,
+    }
+}
+
+/// `GET`/`HEAD` a blob linked into `name`.
+pub fn get(app: &App, req: &Request, name: &str, digest: &str) -> Result<Reply> {
+    let digest = Digest::parse(digest)?;
+    let blob = app.store.linked_blob(name, &digest)?;
+    let base = |status: u16| {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+        .header("Content-Type", "application/octet-stream")
+        .header("Docker-Content-Digest", digest.as_str())
+        .header("ETag", format!("\"{digest}\""))
+        .header("Accept-Ranges", "bytes")
+    };
+    match parse_range(header(req, "Range"), blob.size) {
+        Wanted::All => {
+            let mut r = base(200);
+            r.body = Body::Blob {
+                blob,
+                start: 0,
+                len: blob.size,
+            };
+            Ok(r)
+        }
+        Wanted::Part { start, len } => {
+            let mut r = base(206).header(
+                "Content-Range",
+                format!("bytes {start}-{}/{}", start + len - 1, blob.size),
+            );
+            r.body = Body::Blob { blob, start, len };
+            Ok(r)
+        }
+        Wanted::Unsatisfiable => Err(ApiError::new(
+            416,
+            Code::RangeInvalid,
+            "requested range lies outside the blob",
+        )
+        .header("Content-Range", format!("bytes */{}", blob.size))),
+    }
+}
+
+/// `DELETE` a blob from `name`: unlinks it; the content goes when nothing links it.
+pub fn delete(app: &App, name: &str, digest: &str) -> Result<Reply> {
+    let digest = Digest::parse(digest)?;
+    app.store.unlink_blob(name, &digest)?;
+    Ok(Reply::empty(202).header("Docker-Content-Digest", digest.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Wanted::*;
+
+    #[test]
+    fn ranges() {
+        let r = |v: &str, size| parse_range(Some(v), size);
+        assert_eq!(r("bytes=0-99", 1000), Part { start: 0, len: 100 });
+        assert_eq!(
+            r("bytes=990-2000", 1000),
+            Part {
+                start: 990,
+                len: 10
+            }
+        );
+        assert_eq!(
+            r("bytes=10-", 1000),
+            Part {
+                start: 10,
+                len: 990
+            }
+        );
+        assert_eq!(
+            r("bytes=-10", 1000),
+            Part {
+                start: 990,
+                len: 10
+            }
+        );
+        assert_eq!(
+            r("bytes=-5000", 1000),
+            Part {
+                start: 0,
+                len: 1000
+            }
+        );
+        assert_eq!(r("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(r("bytes=-0", 1000), Unsatisfiable);
+        assert_eq!(r("bytes=0-0", 0), Unsatisfiable);
+        for ignored in [
+            "bytes=5-1",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=-",
+            "bytes=1-x",
+        ] {
+            assert_eq!(r(ignored, 1000), All, "{ignored}");
+        }
+        assert_eq!(parse_range(None, 5), All);
+    }
+}

@@ -1,0 +1,146 @@
+//! Manifests by tag or digest, and the referrers API.
+
+use super::errors::{ApiError, Code};
+use super::routes::Query;
+use super::{header, App, Reply, Result};
+use crate::digest::{Digest, Hasher};
+use crate::registry::manifest::{descriptor_artifact_type, Manifest, OCI_INDEX};
+use crate::registry::names::valid_tag;
+use crate::registry::Reference;
+use crate::storage::NewManifest;
+use std::io::Read;
+use tiny_http::Request;
+
+/// `GET`/`HEAD` a manifest by tag or digest.
+pub fn get(app: &App, name: &str, reference: &str) -> Result<Reply> {
+    let m = match Reference::parse(reference)? {
+        Reference::Tag(t) => app.store.manifest_by_tag(name, &t)?,
+        Reference::Digest(d) => app.store.manifest_by_digest(name, &d)?,
+    };
+    Ok(Reply::bytes(200, &m.media_type, m.body).header("Docker-Content-Digest", m.digest))
+}
+
+/// `PUT` a manifest: bounded read, digest check, validation, then one transaction that checks
+/// its references and stores it with its tags and referrer entry.
+pub fn put(
+    app: &App,
+    req: &mut Request,
+    name: &str,
+    reference: &str,
+    query: &Query,
+) -> Result<Reply> {
+    let reference = Reference::parse(reference)?;
+    let max = app.config.max_manifest_size;
+    let too_big = || {
+        ApiError::new(
+            413,
+            Code::SizeInvalid,
+            format!("manifest larger than the registry's limit of {max} bytes"),
+        )
+    };
+    if req.body_length().is_some_and(|n| n > max) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    req.as_reader()
+        .take(max as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::new(400, Code::ManifestInvalid, format!("reading manifest: {e}")))?;
+    if body.len() > max {
+        return Err(too_big());
+    }
+    let digest = match &reference {
+        Reference::Digest(d) => {
+            let mut h = Hasher::new(d.algorithm());
+            h.update(&body);
+            let actual = h.finish();
+            if actual != *d {
+                return Err(ApiError::new(
+                    400,
+                    Code::DigestInvalid,
+                    format!("manifest has digest {actual}, not {d}"),
+                ));
+            }
+            actual
+        }
+        Reference::Tag(_) => Digest::sha256_of(&body),
+    };
+    let content_type =
+        header(req, "Content-Type").map(|v| v.split(';').next().unwrap_or("").trim());
+    let manifest = Manifest::parse(content_type, &body)?;
+    let mut tags: Vec<String> = Vec::new();
+    if let Reference::Tag(t) = &reference {
+        tags.push(t.clone());
+    }
+    for t in query.all("tag") {
+        if !valid_tag(t) {
+            return Err(ApiError::new(
+                400,
+                Code::ManifestInvalid,
+                format!("invalid tag {t:?} in tag parameter"),
+            ));
+        }
+        tags.push(t.to_owned());
+    }
+    let referrer = manifest
+        .subject
+        .as_ref()
+        .map(|s| (s, manifest.referrer_descriptor(&digest, body.len())));
+    app.store.manifest_put(
+        name,
+        &NewManifest {
+            digest: &digest,
+            media_type: &manifest.media_type,
+            body: &body,
+            blobs: manifest.blobs.iter().map(|d| (&d.digest, d.size)).collect(),
+            children: manifest
+                .children
+                .iter()
+                .map(|d| (&d.digest, d.size))
+                .collect(),
+            tags: &tags,
+            referrer,
+        },
+    )?;
+    let mut reply = Reply::empty(201)
+        .header("Location", format!("/v2/{name}/manifests/{digest}"))
+        .header("Docker-Content-Digest", digest.as_str());
+    if let Some(s) = &manifest.subject {
+        reply = reply.header("OCI-Subject", s.as_str());
+    }
+    Ok(reply)
+}
+
+/// `DELETE` by digest removes the manifest and its tags; by tag removes only the tag.
+pub fn delete(app: &App, name: &str, reference: &str) -> Result<Reply> {
+    match Reference::parse(reference)? {
+        Reference::Digest(d) => app.store.manifest_delete(name, &d)?,
+        Reference::Tag(t) => app.store.tag_delete(name, &t)?,
+    }
+    Ok(Reply::empty(202))
+}
+
+/// `GET /v2/<name>/referrers/<digest>[?artifactType=]`: an OCI index of the manifests whose
+/// subject is `digest` (empty when none).
+pub fn referrers(app: &App, name: &str, digest: &str, query: &Query) -> Result<Reply> {
+    let subject = Digest::parse(digest)?;
+    let filter = query.get("artifactType");
+    let mut list = app.store.referrers(name, &subject)?;
+    if let Some(t) = filter {
+        list.retain(|d| descriptor_artifact_type(d).as_deref() == Some(t));
+    }
+    let mut body =
+        format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":["#).into_bytes();
+    for (i, d) in list.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(d);
+    }
+    body.extend_from_slice(b"]}");
+    let reply = Reply::bytes(200, OCI_INDEX, body);
+    Ok(match filter {
+        Some(_) => reply.header("OCI-Filters-Applied", "artifactType"),
+        None => reply,
+    })
+}

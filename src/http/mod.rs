@@ -1,0 +1,253 @@
+//! The HTTP edge: parse a request into a route, call the store, write the response.
+
+mod blobs;
+mod errors;
+mod manifests;
+mod routes;
+mod tags;
+mod uploads;
+
+use crate::config::Config;
+use crate::storage::{BlobInfo, Store};
+use errors::{ApiError, Code};
+use routes::{Query, Route};
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tiny_http::{Header, Method, Request, Response};
+
+/// What every handler needs: the store, the settings, and whether we are shutting down.
+pub struct App {
+    /// The store.
+    pub store: Store,
+    /// Validated configuration.
+    pub config: Config,
+    /// Set on SIGTERM/SIGINT: long transfers stop at their next chunk.
+    pub stopping: Arc<AtomicBool>,
+    hashers: uploads::HasherCache,
+}
+
+impl App {
+    /// Wires the store and configuration together.
+    pub fn new(store: Store, config: Config, stopping: Arc<AtomicBool>) -> App {
+        App {
+            store,
+            config,
+            stopping,
+            hashers: uploads::HasherCache::default(),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// A successful answer.
+pub struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+}
+
+enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    /// `len` bytes of a stored blob from `start`, streamed chunk by chunk.
+    Blob {
+        blob: BlobInfo,
+        start: u64,
+        len: u64,
+    },
+}
+
+impl Reply {
+    fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+    }
+
+    fn bytes(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type", content_type.to_owned())],
+            body: Body::Bytes(body),
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+thread_local! {
+    // One chunk buffer per worker, reused by every request it serves: memory stays at
+    // workers x chunk size whatever the blob sizes.
+    static CHUNK_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this worker's chunk buffer.
+fn with_buf<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    CHUNK_BUF.with(|b| f(&mut b.borrow_mut()))
+}
+
+/// Serves one request, start to finish, and logs it.
+pub fn handle(app: &App, mut req: Request) {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let url = req.url().to_owned();
+    let result = dispatch(app, &mut req);
+    let status = match result {
+        Ok(reply) => send(app, req, reply),
+        Err(e) => {
+            let status = e.status;
+            if status >= 500 {
+                log::warn!("{method} {url}: {}", e.message);
+            }
+            let mut reply = Reply::bytes(status, "application/json", e.body());
+            reply.headers.extend(e.headers);
+            send(app, req, reply)
+        }
+    };
+    log::info!(
+        "{method} {url} {status} {:.1}ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+fn dispatch(app: &App, req: &mut Request) -> Result<Reply> {
+    let url = req.url().to_owned();
+    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    let route = routes::route(path)?;
+    let query = Query::parse(&url)?;
+    let method = req.method().clone();
+    use Method::*;
+    match (route, &method) {
+        (Route::Base, Get | Head) => Ok(Reply::bytes(200, "application/json", b"{}".to_vec())),
+        (Route::Catalog, Get) => tags::catalog(app, &query),
+        (Route::Tags(name), Get) => tags::list(app, &name, &query),
+        (Route::Manifest(name, r), Get | Head) => manifests::get(app, &name, &r),
+        (Route::Manifest(name, r), Put) => manifests::put(app, req, &name, &r, &query),
+        (Route::Manifest(name, r), Delete) => manifests::delete(app, &name, &r),
+        (Route::Blob(name, d), Get | Head) => blobs::get(app, req, &name, &d),
+        (Route::Blob(name, d), Delete) => blobs::delete(app, &name, &d),
+        (Route::Uploads(name), Post) => uploads::start(app, req, &name, &query),
+        (Route::Upload(name, id), Get) => uploads::status(app, &name, &id),
+        (Route::Upload(name, id), Patch) => uploads::patch(app, req, &name, &id),
+        (Route::Upload(name, id), Put) => uploads::put(app, req, &name, &id, &query),
+        (Route::Upload(name, id), Delete) => uploads::cancel(app, &name, &id),
+        (Route::Referrers(name, d), Get) => manifests::referrers(app, &name, &d, &query),
+        (_, m) => Err(ApiError::new(
+            405,
+            Code::Unsupported,
+            format!("method {m} not allowed here"),
+        )),
+    }
+}
+
+/// Value of request header `name`, if present.
+fn header<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    req.headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// True if the request carries a body (declared length > 0 or chunked).
+fn has_body(req: &Request) -> bool {
+    header(req, "Transfer-Encoding").is_some() || req.body_length().is_some_and(|n| n > 0)
+}
+
+/// Writes `reply`; returns the status sent.
+fn send(app: &App, req: Request, reply: Reply) -> u16 {
+    let Reply {
+        status,
+        mut headers,
+        body,
+    } = reply;
+    headers.push(("Docker-Distribution-API-Version", "registry/2.0".to_owned()));
+    match body {
+        Body::Blob { blob, start, len } => {
+            if let Err(e) = stream_blob(app, req, status, &headers, blob, start, len) {
+                log::debug!("blob response cut short: {e}");
+            }
+        }
+        Body::Empty | Body::Bytes(_) => {
+            let data = match body {
+                Body::Bytes(b) => b,
+                _ => Vec::new(),
+            };
+            let mut response = Response::from_data(data).with_status_code(status);
+            for (name, value) in headers {
+                // Header values we set are ASCII; anything else is dropped rather than panicking.
+                if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                    response.add_header(h);
+                }
+            }
+            if let Err(e) = req.respond(response) {
+                log::debug!("response not delivered: {e}");
+            }
+        }
+    }
+    status
+}
+
+/// Streams a blob straight onto the connection: header, then one store read and one socket
+/// write per chunk (tiny_http's own body copy goes 8 KiB at a time).
+fn stream_blob(
+    app: &App,
+    req: Request,
+    status: u16,
+    headers: &[(&'static str, String)],
+    blob: BlobInfo,
+    start: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let head_only = *req.method() == Method::Head;
+    let reason = match status {
+        200 => "OK",
+        206 => "Partial Content",
+        _ => "",
+    };
+    let mut head =
+        format!("HTTP/1.1 {status} {reason}\r\nServer: outpost\r\nContent-Length: {len}\r\n");
+    for (name, value) in headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut w = req.into_writer();
+    w.write_all(head.as_bytes())?;
+    if !head_only {
+        with_buf(|buf| -> std::io::Result<()> {
+            let mut at = start;
+            let end = start + len;
+            while at < end {
+                if app.stopping() {
+                    return Err(std::io::Error::other("shutting down"));
+                }
+                let want = app.config.chunk_size.min((end - at) as usize);
+                app.store
+                    .read_blob(blob, at, want, buf)
+                    .map_err(std::io::Error::other)?;
+                if buf.is_empty() {
+                    return Err(std::io::Error::other("blob ended early"));
+                }
+                w.write_all(buf)?;
+                at += buf.len() as u64;
+            }
+            Ok(())
+        })?;
+    }
+    w.flush()
+}

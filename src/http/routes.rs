@@ -1,0 +1,206 @@
+//! The `/v2/...` path grammar: a request path becomes a `Route` with a validated name.
+
+use super::errors::{ApiError, Code};
+use crate::registry::names::valid_name;
+
+/// What a request path addresses.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`
+    Base,
+    /// `/v2/_catalog`
+    Catalog,
+    /// `/v2/<name>/tags/list`
+    Tags(String),
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest(String, String),
+    /// `/v2/<name>/blobs/<digest>`
+    Blob(String, String),
+    /// `/v2/<name>/blobs/uploads/`
+    Uploads(String),
+    /// `/v2/<name>/blobs/uploads/<id>`
+    Upload(String, String),
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers(String, String),
+}
+
+/// Parses the path part of a request URL (no query).
+pub fn route(path: &str) -> Result<Route, ApiError> {
+    let not_found = || ApiError::new(404, Code::Unsupported, "no such endpoint");
+    let rest = match path.strip_prefix("/v2") {
+        Some("" | "/") => return Ok(Route::Base),
+        Some(r) => r.strip_prefix('/').ok_or_else(not_found)?,
+        None => return Err(not_found()),
+    };
+    if rest == "_catalog" {
+        return Ok(Route::Catalog);
+    }
+    let segs: Vec<String> = rest
+        .split('/')
+        .map(percent_decode)
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::new(400, Code::NameInvalid, "bad percent-encoding in path"))?;
+    let n = segs.len();
+    let name = |k: usize| -> Result<String, ApiError> {
+        let name = segs[..n - k].join("/");
+        if valid_name(&name) {
+            Ok(name)
+        } else {
+            Err(
+                ApiError::new(400, Code::NameInvalid, "invalid repository name").detail(
+                    serde_json::json!({ "name": name.chars().take(300).collect::<String>() }),
+                ),
+            )
+        }
+    };
+    let at = |i: usize| if i <= n { segs[n - i].as_str() } else { "" };
+    if n >= 3 && at(3) == "blobs" && at(2) == "uploads" {
+        return if at(1).is_empty() {
+            Ok(Route::Uploads(name(3)?))
+        } else {
+            Ok(Route::Upload(name(3)?, at(1).to_owned()))
+        };
+    }
+    if n >= 3 && at(2) == "blobs" && at(1) == "uploads" {
+        return Ok(Route::Uploads(name(2)?));
+    }
+    if n >= 3 && at(2) == "tags" && at(1) == "list" {
+        return Ok(Route::Tags(name(2)?));
+    }
+    if n >= 3 {
+        let kind = at(2);
+        let last = at(1).to_owned();
+        match kind {
+            "blobs" => return Ok(Route::Blob(name(2)?, last)),
+            "manifests" => return Ok(Route::Manifest(name(2)?, last)),
+            "referrers" => return Ok(Route::Referrers(name(2)?, last)),
+            _ => {}
+        }
+    }
+    Err(not_found())
+}
+
+/// The query parameters of a URL, percent-decoded.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Parses everything after `?` (if any) of `url`.
+    pub fn parse(url: &str) -> Result<Query, ApiError> {
+        let q = url.split_once('?').map_or("", |(_, q)| q);
+        let bad = || ApiError::new(400, Code::Unsupported, "bad percent-encoding in query");
+        let mut out = Vec::new();
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let plus = |s: &str| s.replace('+', " ");
+            out.push((
+                percent_decode(&plus(k)).ok_or_else(bad)?,
+                percent_decode(&plus(v)).ok_or_else(bad)?,
+            ));
+        }
+        Ok(Query(out))
+    }
+
+    /// The first value of parameter `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of parameter `name`.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes `%XX` escapes; None if an escape is malformed or the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-encodes a query value (for `Link` headers).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_with_tricky_names() {
+        use Route::*;
+        let r = |p: &str| route(p).unwrap();
+        assert_eq!(r("/v2/"), Base);
+        assert_eq!(r("/v2/_catalog"), Catalog);
+        assert_eq!(r("/v2/a/b/tags/list"), Tags("a/b".into()));
+        assert_eq!(r("/v2/a/blobs/uploads/"), Uploads("a".into()));
+        assert_eq!(r("/v2/a/blobs/uploads"), Uploads("a".into()));
+        assert_eq!(
+            r("/v2/a/blobs/uploads/xyz"),
+            Upload("a".into(), "xyz".into())
+        );
+        assert_eq!(
+            r("/v2/blobs/blobs/sha256:x"),
+            Blob("blobs".into(), "sha256:x".into())
+        );
+        assert_eq!(
+            r("/v2/x/manifests/manifests/v1"),
+            Manifest("x/manifests".into(), "v1".into())
+        );
+        assert_eq!(
+            r("/v2/a/manifests/sha256%3Aab"),
+            Manifest("a".into(), "sha256:ab".into())
+        );
+        assert_eq!(
+            r("/v2/a/referrers/sha256:ab"),
+            Referrers("a".into(), "sha256:ab".into())
+        );
+        for bad in [
+            "/v2/A/tags/list",
+            "/v2/../tags/list",
+            "/v2//tags/list",
+            "/v2/a%2F/tags/list",
+        ] {
+            assert_eq!(route(bad).unwrap_err().code, Code::NameInvalid, "{bad}");
+        }
+        assert_eq!(route("/v3/").unwrap_err().status, 404);
+        assert_eq!(route("/v2/a/what/x").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = Query::parse("/x?digest=sha256%3Aab&tag=a&tag=b&n=").unwrap();
+        assert_eq!(q.get("digest"), Some("sha256:ab"));
+        assert_eq!(q.all("tag").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(q.get("n"), Some(""));
+        assert!(Query::parse("/x?a=%zz").is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! Blob uploads: monolithic, chunked (`Content-Range`), streamed, resumable; finished by digest.
+
+use super::errors::{range_header, ApiError, Code};
+use super::{has_body, header, with_buf, App, Reply, Result};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::storage::StoreError;
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Mutex;
+use tiny_http::Request;
+
+/// Sessions whose running hash is kept; past that, an arbitrary one is forgotten and its
+/// digest is recomputed from storage at the finish.
+const HASHER_CACHE_MAX: usize = 1024;
+
+/// Running sha256 state of upload sessions, keyed by id, valid at a given offset. Only a cache:
+/// after a restart (or an eviction) the finish re-reads the stored chunks instead.
+#[derive(Default)]
+pub struct HasherCache(Mutex<HashMap<String, (u64, Hasher)>>);
+
+impl HasherCache {
+    fn take(&self, id: &str, at: u64) -> Option<Hasher> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.remove(id) {
+            Some((offset, h)) if offset == at => Some(h),
+            _ => None,
+        }
+    }
+
+    fn put(&self, id: &str, at: u64, h: Hasher) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= HASHER_CACHE_MAX {
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+        }
+        map.insert(id.to_owned(), (at, h));
+    }
+
+    fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+fn location(name: &str, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+/// 202/204 answer describing where session `id` stands.
+fn session_reply(app: &App, status: u16, name: &str, id: &str, received: u64) -> Reply {
+    Reply::empty(status)
+        .header("Location", location(name, id))
+        .header("Range", range_header(received))
+        .header("Docker-Upload-UUID", id)
+        .header("OCI-Chunk-Min-Length", app.config.chunk_size.to_string())
+}
+
+/// Upload ids are 32 hex digits; anything else is unknown without a lookup.
+fn check_id(id: &str) -> Result<()> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(StoreError::UploadUnknown.into())
+    }
+}
+
+/// `POST /v2/<name>/blobs/uploads/`: opens a session, or with `?digest=` takes the whole blob.
+pub fn start(app: &App, req: &mut Request, name: &str, query: &super::Query) -> Result<Reply> {
+    // `mount=` falls back to a fresh session, as the spec allows, until mounting lands.
+    let digest = query.get("digest").map(Digest::parse).transpose()?;
+    let id = app.store.upload_create(name)?;
+    let Some(digest) = digest else {
+        return Ok(session_reply(app, 202, name, &id, 0));
+    };
+    let result = receive(app, req, name, &id, 0).and_then(|_| finish(app, name, &id, &digest));
+    if result.is_err() {
+        discard(app, name, &id);
+    }
+    result
+}
+
+/// `GET` an upload: where it stands, so that a client can resume (also after a restart).
+pub fn status(app: &App, name: &str, id: &str) -> Result<Reply> {
+    check_id(id)?;
+    let up = app.store.upload(name, id)?;
+    Ok(session_reply(app, 204, name, id, up.received))
+}
+
+/// `PATCH` an upload: one chunk (with `Content-Range`) or a stream (without).
+pub fn patch(app: &App, req: &mut Request, name: &str, id: &str) -> Result<Reply> {
+    check_id(id)?;
+    let received = append_body(app, req, name, id)?;
+    Ok(session_reply(app, 202, name, id, received))
+}
+
+/// `PUT` an upload with `?digest=`: an optional last chunk, then verify and commit.
+pub fn put(
+    app: &App,
+    req: &mut Request,
+    name: &str,
+    id: &str,
+    query: &super::Query,
+) -> Result<Reply> {
+    check_id(id)?;
+    let digest = query.get("digest").ok_or_else(|| {
+        ApiError::new(
+            400,
+            Code::DigestInvalid,
+            "the digest query parameter is required to finish an upload",
+        )
+    })?;
+    let digest = Digest::parse(digest)?;
+    if has_body(req) {
+        append_body(app, req, name, id)?;
+    } else {
+        app.store.upload(name, id)?;
+    }
+    finish(app, name, id, &digest)
+}
+
+/// `DELETE` an upload: cancel it and drop what it received.
+pub fn cancel(app: &App, name: &str, id: &str) -> Result<Reply> {
+    check_id(id)?;
+    app.store.upload_cancel(name, id)?;
+    app.hashers.forget(id);
+    Ok(Reply::empty(204))
+}
+
+fn discard(app: &App, name: &str, id: &str) {
+    app.hashers.forget(id);
+    if let Err(e) = app.store.upload_cancel(name, id) {
+        log::debug!("discarding upload {id}: {e}");
+    }
+}
+
+/// Appends the request body at the session's offset, checking `Content-Range` if sent.
+/// Returns the new offset.
+fn append_body(app: &App, req: &mut Request, name: &str, id: &str) -> Result<u64> {
+    let up = app.store.upload(name, id)?;
+    let out_of_order = |received: u64| -> ApiError {
+        ApiError::from(StoreError::UploadOffset(received)).header("Location", location(name, id))
+    };
+    if let Some(value) = header(req, "Content-Range") {
+        let (first, last) = parse_content_range(value).ok_or_else(|| {
+            ApiError::new(
+                400,
+                Code::BlobUploadInvalid,
+                "Content-Range must be <first>-<last>",
+            )
+        })?;
+        if first != up.received {
+            return Err(out_of_order(up.received));
+        }
+        if req
+            .body_length()
+            .is_some_and(|n| n as u64 != last - first + 1)
+        {
+            return Err(ApiError::new(
+                400,
+                Code::SizeInvalid,
+                "Content-Length disagrees with Content-Range",
+            ));
+        }
+    }
+    match receive(app, req, name, id, up.received) {
+        Err(e) if e.status == 416 => Err(out_of_order(app.store.upload(name, id)?.received)),
+        other => other,
+    }
+}
+
+/// Streams the body into the session from offset `at`, one chunk per transaction, hashing as
+/// it goes. What arrived before an interruption stays committed, so the client can resume.
+fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Result<u64> {
+    let mut at = start;
+    let mut hasher = app
+        .hashers
+        .take(id, at)
+        .or_else(|| (at == 0).then(|| Hasher::new(Algorithm::Sha256)));
+    let declared = req.body_length();
+    let chunk = app.config.chunk_size;
+    let result = with_buf(|buf| -> Result<()> {
+        buf.resize(chunk, 0);
+        let reader = req.as_reader();
+        loop {
+            let (n, eof, err) = fill(reader, &mut buf[..chunk]);
+            if n > 0 {
+                match app.store.upload_append(name, id, at, &buf[..n]) {
+                    Ok(end) => {
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(&buf[..n]);
+                        }
+                        at = end;
+                    }
+                    Err(e) => {
+                        hasher = None;
+                        return Err(e.into());
+                    }
+                }
+            }
+            if let Some(e) = err {
+                return Err(ApiError::new(
+                    400,
+                    Code::BlobUploadInvalid,
+                    format!("upload interrupted at offset {at}: {e}"),
+                ));
+            }
+            if eof {
+                return Ok(());
+            }
+            if app.stopping() {
+                return Err(ApiError::new(
+                    503,
+                    Code::Unavailable,
+                    "registry is shutting down: resume this upload when it is back",
+                ));
+            }
+        }
+    });
+    if let Some(h) = hasher {
+        app.hashers.put(id, at, h);
+    }
+    result?;
+    if declared.is_some_and(|n| n as u64 != at - start) {
+        return Err(ApiError::new(
+            400,
+            Code::BlobUploadInvalid,
+            format!("body ended early; upload is at offset {at}"),
+        ));
+    }
+    Ok(at)
+}
+
+/// Reads until `buf` is full or the body ends; returns (bytes, ended, error).
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> (usize, bool, Option<io::Error>) {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => return (n, true, None),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, false, Some(e)),
+        }
+    }
+    (n, false, None)
+}
+
+/// Verifies the session's content against `digest` and commits it as a blob of `name`.
+/// On a mismatch the upload is discarded: nothing of it becomes visible.
+fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
+    let up = app.store.upload(name, id)?;
+    let cached = app
+        .hashers
+        .take(id, up.received)
+        .filter(|h| h.algorithm() == digest.algorithm());
+    let actual = match cached {
+        Some(h) => h.finish(),
+        None => app
+            .store
+            .hash_blob(up.blob, up.received, digest.algorithm())?,
+    };
+    if actual != *digest {
+        discard(app, name, id);
+        return Err(ApiError::new(
+            400,
+            Code::DigestInvalid,
+            format!("uploaded content has digest {actual}, not {digest}: upload discarded"),
+        ));
+    }
+    app.store.upload_finish(name, id, digest, up.received)?;
+    Ok(Reply::empty(201)
+        .header("Location", format!("/v2/{name}/blobs/{digest}"))
+        .header("Docker-Content-Digest", digest.as_str()))
+}
+
+/// `first-last`, optionally as `bytes first-last/total` or `bytes=first-last`.
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let v = v.trim();
+    let v = v
+        .strip_prefix("bytes")
+        .map_or(v, |r| r.trim_start_matches([' ', '=']));
+    let v = v.split_once('/').map_or(v, |(r, _)| r);
+    let (a, b) = v.split_once('-')?;
+    let digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit()) && !s.is_empty();
+    if !digits(a) || !digits(b) {
+        return None;
+    }
+    let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+    (b >= a).then_some((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_content_range as p;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(p("0-99"), Some((0, 99)));
+        assert_eq!(p("bytes 100-199/1000"), Some((100, 199)));
+        assert_eq!(p("bytes=5-5"), Some((5, 5)));
+        for bad in ["", "5-1", "-5", "a-b", "1-", "1--2"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Outpost: an embedded, single-binary OCI container registry for edge sites.
+
+mod config;
+mod digest;
+mod http;
+mod registry;
+mod server;
+mod storage;
+
+use config::{parse_size, Overrides, Size};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+outpost: an OCI container registry for edge sites
+
+Usage: outpost serve [OPTIONS]
+       outpost --version
+
+Options for serve (flags override the config file, which overrides the defaults):
+  --config FILE             JSON config file (keys: listen, data_dir, workers, cache_size,
+                            chunk_size, max_manifest_size)
+  --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
+  --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
+  --workers N               requests served at once       [default: 8]
+  --cache-size SIZE         database page cache           [default: 4MiB]
+  --chunk-size SIZE         stored chunk / buffer size    [default: 1MiB]
+  --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]
+  -h, --help                this help
+
+SIZE is bytes or a number with KiB, MiB or GiB. Logs go to stderr; set RUST_LOG (e.g. debug).";
+
+enum Command {
+    Serve {
+        config: Option<PathBuf>,
+        flags: Overrides,
+    },
+    Help,
+    Version,
+}
+
+fn parse_args() -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut command = None;
+    let mut config = None;
+    let mut flags = Overrides::default();
+    let size = |v: std::ffi::OsString, flag: &str| -> Result<Option<Size>, lexopt::Error> {
+        let s = v.string()?;
+        parse_size(&s).map_err(|e| format!("{flag}: {e}"))?;
+        Ok(Some(Size::Text(s)))
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Value(v) if command.is_none() => {
+                let v = v.string()?;
+                if v != "serve" {
+                    return Err(format!("unknown command {v:?} (try: outpost serve)").into());
+                }
+                command = Some(v);
+            }
+            Long("config") => config = Some(PathBuf::from(parser.value()?)),
+            Long("listen") => flags.listen = Some(parser.value()?.string()?),
+            Long("data-dir") => flags.data_dir = Some(PathBuf::from(parser.value()?)),
+            Long("workers") => flags.workers = Some(parser.value()?.parse()?),
+            Long("cache-size") => flags.cache_size = size(parser.value()?, "--cache-size")?,
+            Long("chunk-size") => flags.chunk_size = size(parser.value()?, "--chunk-size")?,
+            Long("max-manifest-size") => {
+                flags.max_manifest_size = size(parser.value()?, "--max-manifest-size")?
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    match command {
+        Some(_) => Ok(Command::Serve { config, flags }),
+        None => Err("missing command (try: outpost serve)".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let command = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outpost: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        Command::Help => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Command::Version => {
+            println!("outpost {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve { config, flags } => config
+            .map_or(Ok(Overrides::default()), |p| Overrides::from_file(&p))
+            .map(|file| file.merge(flags))
+            .and_then(Overrides::resolve)
+            .and_then(server::run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The listener, a bounded pool of worker threads, and graceful shutdown on SIGTERM/SIGINT.
+
+use crate::config::Config;
+use crate::http::{self, App};
+use crate::storage::Store;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+/// Runs the registry until SIGTERM/SIGINT; returns once the database is closed.
+pub fn run(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let db_path = config.data_dir.join("outpost.redb");
+    let store = Store::open(&db_path, config.cache_size)
+        .map_err(|e| format!("cannot open store {}: {e}", db_path.display()))?;
+    let server = tiny_http::Server::http(config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let server = Arc::new(server);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let workers = config.workers;
+    log::info!(
+        "listening on {} (store {}, {} workers)",
+        server
+            .server_addr()
+            .to_ip()
+            .map_or_else(|| "?".to_owned(), |a| a.to_string()),
+        db_path.display(),
+        workers
+    );
+    let app = Arc::new(App::new(store, config, stopping.clone()));
+
+    let pool: Vec<_> = (0..workers)
+        .map(|i| {
+            let (server, app) = (server.clone(), app.clone());
+            thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker(&server, &app))
+                .map_err(|e| format!("cannot start worker: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+
+    {
+        let (server, stopping) = (server.clone(), stopping.clone());
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut count = 0;
+                for sig in signals.forever() {
+                    count += 1;
+                    if count > 1 {
+                        log::warn!("second signal {sig}: exiting now");
+                        std::process::exit(1);
+                    }
+                    log::info!("signal {sig}: finishing in-flight requests, then stopping");
+                    stopping.store(true, Ordering::SeqCst);
+                    for _ in 0..workers {
+                        server.unblock();
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start signal thread: {e}"))?;
+    }
+
+    for w in pool {
+        let _ = w.join();
+    }
+    drop(server);
+    match Arc::try_unwrap(app) {
+        Ok(app) => drop(app), // closes the database cleanly
+        Err(_) => log::warn!("store still referenced at shutdown"),
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+fn worker(server: &tiny_http::Server, app: &App) {
+    loop {
+        if app.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match server.recv() {
+            Ok(req) => {
+                // A panic is one failed request (tiny_http answers 500), not a dead worker.
+                if catch_unwind(AssertUnwindSafe(|| http::handle(app, req))).is_err() {
+                    log::error!("request handler panicked");
+                }
+            }
+            Err(e) if !app.stopping.load(Ordering::SeqCst) => log::warn!("accept: {e}"),
+            Err(_) => return,
+        }
+    }
+}

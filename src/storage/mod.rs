@@ -1,0 +1,175 @@
+//! The store: owns the redb database, every table and every transaction.
+
+mod blobs;
+mod manifests;
+mod repos;
+mod schema;
+mod uploads;
+
+pub use blobs::BlobInfo;
+pub use manifests::NewManifest;
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
+use schema::*;
+use std::fmt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The registry's persistent state: one redb file.
+pub struct Store {
+    db: Database,
+}
+
+/// Everything the store can answer besides success.
+#[derive(Debug)]
+pub enum StoreError {
+    /// No such repository.
+    RepoUnknown,
+    /// The blob is not linked into this repository.
+    BlobUnknown,
+    /// No such manifest or tag in this repository.
+    ManifestUnknown,
+    /// No such upload session (never started, finished, cancelled, or lost in a crash).
+    UploadUnknown,
+    /// The upload is at another offset than the client claimed; holds the bytes received.
+    UploadOffset(u64),
+    /// A manifest references a blob or manifest the repository lacks.
+    ManifestBlobUnknown(String),
+    /// A manifest's descriptor disagrees with what is stored (size).
+    ManifestRefMismatch(String),
+    /// The disk is full.
+    Full,
+    /// The store is not one this build can use (schema version, corruption).
+    Corrupt(String),
+    /// Any other database failure.
+    Db(redb::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::RepoUnknown => f.write_str("repository unknown"),
+            StoreError::BlobUnknown => f.write_str("blob unknown"),
+            StoreError::ManifestUnknown => f.write_str("manifest unknown"),
+            StoreError::UploadUnknown => f.write_str("upload unknown"),
+            StoreError::UploadOffset(n) => write!(f, "upload is at offset {n}"),
+            StoreError::ManifestBlobUnknown(d) => write!(f, "referenced content {d} unknown"),
+            StoreError::ManifestRefMismatch(m) => f.write_str(m),
+            StoreError::Full => f.write_str("no space left on the storage device"),
+            StoreError::Corrupt(m) => write!(f, "store unusable: {m}"),
+            StoreError::Db(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                let e: redb::Error = e.into();
+                match &e {
+                    redb::Error::Io(io) if io.raw_os_error() == Some(28) => StoreError::Full,
+                    _ => StoreError::Db(e),
+                }
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError,
+    redb::SetDurabilityError
+);
+
+/// Unix seconds now (0 if the clock is before 1970).
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Opens (creating if absent) the store at `path` with `cache_size` bytes of page cache.
+    pub fn open(path: &Path, cache_size: usize) -> Result<Store, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_size)
+            .create(path)?;
+        let store = Store { db };
+        let tx = store.write(true)?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let version = meta.get("schema_version")?.map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(v) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "schema version {v}, this build reads {SCHEMA_VERSION}"
+                    )))
+                }
+            }
+            // Create every table so read transactions never meet a missing one.
+            tx.open_table(REPOS)?;
+            tx.open_table(BLOBS)?;
+            tx.open_table(CHUNKS)?;
+            tx.open_table(LINKS)?;
+            tx.open_table(MANIFESTS)?;
+            tx.open_table(TAGS)?;
+            tx.open_table(REFERRERS)?;
+            tx.open_table(UPLOADS)?;
+        }
+        tx.commit()?;
+        Ok(store)
+    }
+
+    /// A write transaction; `durable` ones are on disk when `commit` returns.
+    fn write(&self, durable: bool) -> Result<WriteTransaction, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        if durable {
+            // Saves allocator state with each durable commit, so that a restart after a crash
+            // does not walk the whole file first.
+            tx.set_quick_repair(true);
+        } else {
+            tx.set_durability(Durability::None)?;
+        }
+        Ok(tx)
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(self.db.begin_read()?)
+    }
+}
+
+/// Takes and advances the counter `key` (ids start at 1).
+fn next_id(tx: &WriteTransaction, key: &str) -> Result<u64, StoreError> {
+    let mut meta = tx.open_table(META)?;
+    let id = meta.get(key)?.map_or(1, |v| v.value());
+    meta.insert(key, id + 1)?;
+    Ok(id)
+}
+
+/// Up to `n` items of `iter`, and whether more followed.
+fn page<T>(
+    iter: impl Iterator<Item = Result<T, StoreError>>,
+    n: usize,
+) -> Result<(Vec<T>, bool), StoreError> {
+    let mut out = Vec::new();
+    for item in iter {
+        let item = item?;
+        if out.len() == n {
+            return Ok((out, true));
+        }
+        out.push(item);
+    }
+    Ok((out, false))
+}

@@ -1,0 +1,28 @@
+//! Table definitions: the whole on-disk schema in one place (see ARCHITECTURE.md).
+
+use redb::TableDefinition;
+
+/// Counters and the schema version: `next_repo_id`, `next_blob_id`, `schema_version`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Repository name -> repository id. Sorted by name, so it is also the catalog.
+pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+/// (encryption domain, digest) -> (blob id, size, link count). Domain 0 is plaintext.
+pub const BLOBS: TableDefinition<(u64, &str), (u64, u64, u64)> = TableDefinition::new("blobs");
+/// (blob id, byte offset) -> bytes. Appends add rows; a Range read seeks to its first row.
+pub const CHUNKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("chunks");
+/// (repository id, digest) -> (how it was linked, unix seconds).
+pub const LINKS: TableDefinition<(u64, &str), (u8, u64)> = TableDefinition::new("links");
+/// (repository id, digest) -> encoded manifest (media type, subject, bytes).
+pub const MANIFESTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("manifests");
+/// (repository id, tag) -> manifest digest.
+pub const TAGS: TableDefinition<(u64, &str), &str> = TableDefinition::new("tags");
+/// (repository id, subject digest, referrer digest) -> descriptor JSON.
+pub const REFERRERS: TableDefinition<(u64, &str, &str), &[u8]> = TableDefinition::new("referrers");
+/// Upload id -> (repository name, blob id, bytes received, unix seconds of last activity).
+pub const UPLOADS: TableDefinition<&str, (&str, u64, u64, u64)> = TableDefinition::new("uploads");
+
+/// The schema this build writes; a store with another is refused, not guessed at.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// How a blob came to be linked into a repository.
+pub const LINK_PUSHED: u8 = 0;

@@ -1,0 +1,130 @@
+//! Upload sessions: chunks appended under a blob id reserved at the start, committed as a blob
+//! (or dropped as a duplicate) when the client finishes with a verified digest.
+
+use super::blobs::{drop_chunks, link, DOMAIN};
+use super::repos::ensure_repo;
+use super::schema::{BLOBS, CHUNKS, UPLOADS};
+use super::{next_id, now, Store, StoreError};
+use crate::digest::Digest;
+use redb::{ReadableTable, WriteTransaction};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Where an upload session stands.
+#[derive(Clone, Copy, Debug)]
+pub struct Upload {
+    /// The blob id its chunks are stored under.
+    pub blob: u64,
+    /// Bytes received and committed so far.
+    pub received: u64,
+}
+
+/// The upload `id` of `repo` as seen by `tx` (an id of another repository is unknown here).
+fn session(tx: &WriteTransaction, repo: &str, id: &str) -> Result<Upload, StoreError> {
+    let uploads = tx.open_table(UPLOADS)?;
+    let row = uploads.get(id)?;
+    match row.as_ref().map(|v| v.value()) {
+        Some((r, blob, received, _)) if r == repo => Ok(Upload { blob, received }),
+        _ => Err(StoreError::UploadUnknown),
+    }
+}
+
+impl Store {
+    /// Opens an upload session into `repo`; returns its unguessable id.
+    pub fn upload_create(&self, repo: &str) -> Result<String, StoreError> {
+        let mut raw = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| StoreError::Corrupt("no system randomness".into()))?;
+        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        // Not durable: a session lost in a crash is reported unknown and the client restarts it.
+        let tx = self.write(false)?;
+        {
+            let blob = next_id(&tx, "next_blob_id")?;
+            tx.open_table(UPLOADS)?
+                .insert(id.as_str(), (repo, blob, 0, now()))?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The state of upload `id` in `repo`.
+    pub fn upload(&self, repo: &str, id: &str) -> Result<Upload, StoreError> {
+        let tx = self.read()?;
+        let uploads = tx.open_table(UPLOADS)?;
+        let row = uploads.get(id)?;
+        match row.as_ref().map(|v| v.value()) {
+            Some((r, blob, received, _)) if r == repo => Ok(Upload { blob, received }),
+            _ => Err(StoreError::UploadUnknown),
+        }
+    }
+
+    /// Appends `data` at offset `at`, which must be where the upload stands; returns the new
+    /// offset. Each call is one short, non-durable transaction: the finish makes it durable.
+    pub fn upload_append(
+        &self,
+        repo: &str,
+        id: &str,
+        at: u64,
+        data: &[u8],
+    ) -> Result<u64, StoreError> {
+        let tx = self.write(false)?;
+        let end = at + data.len() as u64;
+        {
+            let up = session(&tx, repo, id)?;
+            if up.received != at {
+                return Err(StoreError::UploadOffset(up.received));
+            }
+            if !data.is_empty() {
+                tx.open_table(CHUNKS)?.insert((up.blob, at), data)?;
+                tx.open_table(UPLOADS)?
+                    .insert(id, (repo, up.blob, end, now()))?;
+            }
+        }
+        tx.commit()?;
+        Ok(end)
+    }
+
+    /// Makes a verified upload the blob `digest` of `repo`. `size` is what the caller hashed:
+    /// the session must still be exactly that long. Stores content once: if the digest is
+    /// already stored, this upload's chunks are dropped and the existing blob is linked.
+    pub fn upload_finish(
+        &self,
+        repo: &str,
+        id: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.write(true)?;
+        {
+            let up = session(&tx, repo, id)?;
+            if up.received != size {
+                return Err(StoreError::UploadOffset(up.received));
+            }
+            tx.open_table(UPLOADS)?.remove(id)?;
+            let mut blobs = tx.open_table(BLOBS)?;
+            if blobs.get((DOMAIN, digest.as_str()))?.is_some() {
+                drop(blobs);
+                drop_chunks(&tx, up.blob)?;
+            } else {
+                blobs.insert((DOMAIN, digest.as_str()), (up.blob, size, 0))?;
+                drop(blobs);
+            }
+            let repo = ensure_repo(&tx, repo)?;
+            link(&tx, repo, digest)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Cancels upload `id` of `repo` and drops what it received.
+    pub fn upload_cancel(&self, repo: &str, id: &str) -> Result<(), StoreError> {
+        let tx = self.write(false)?;
+        {
+            let up = session(&tx, repo, id)?;
+            tx.open_table(UPLOADS)?.remove(id)?;
+            drop_chunks(&tx, up.blob)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
