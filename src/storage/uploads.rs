@@ -9,6 +9,9 @@ use crate::digest::Digest;
 use redb::{ReadableTable, WriteTransaction};
 use ring::rand::{SecureRandom, SystemRandom};
 
+/// Bytes of an upload between durable commits of its progress.
+const CHECKPOINT: u64 = 64 << 20;
+
 /// Where an upload session stands.
 #[derive(Clone, Copy, Debug)]
 pub struct Upload {
@@ -59,7 +62,8 @@ impl Store {
     }
 
     /// Appends `data` at offset `at`, which must be where the upload stands; returns the new
-    /// offset. Each call is one short, non-durable transaction: the finish makes it durable.
+    /// offset. Each call is one short transaction, durable only at checkpoints: the finish
+    /// makes everything before it durable.
     pub fn upload_append(
         &self,
         repo: &str,
@@ -67,8 +71,10 @@ impl Store {
         at: u64,
         data: &[u8],
     ) -> Result<u64, StoreError> {
-        let tx = self.write(false)?;
         let end = at + data.len() as u64;
+        // A durable checkpoint each time the session crosses a multiple of CHECKPOINT: after a
+        // crash a large upload resumes from there instead of from the start.
+        let tx = self.write(at / CHECKPOINT != end / CHECKPOINT)?;
         {
             let up = session(&tx, repo, id)?;
             if up.received != at {

@@ -1,0 +1,390 @@
+//! Test harness: runs the real `outpost` binary on an ephemeral 127.0.0.1 port and talks
+//! HTTP/1.1 to it over plain sockets, so tests control every byte (ranges, chunked bodies,
+//! truncated requests, hostile headers).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "outpost-test-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running registry process.
+pub struct Registry {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+    data: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Registry {
+    /// Starts `outpost serve` on 127.0.0.1:0 with its store in `data`.
+    pub fn start(data: &Path) -> Registry {
+        Registry::start_with(data, &[])
+    }
+
+    pub fn start_with(data: &Path, extra: &[&str]) -> Registry {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start outpost");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_owned();
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(addr);
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("registry did not start; log: {:?}", log.lock().unwrap());
+            }
+        };
+        Registry {
+            child,
+            addr,
+            log,
+            data: data.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// SIGKILL: a crash at an arbitrary point.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        wait_timeout(&mut self.child, Duration::from_secs(30))
+            .expect("registry did not stop after SIGTERM")
+    }
+
+    /// Stops (SIGTERM) and starts again on the same store; returns the new address.
+    pub fn restart(&mut self) {
+        let st = self.terminate();
+        assert!(st.success(), "exit status {st:?}");
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let fresh = Registry::start_with(&self.data, &extra);
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+    }
+
+    pub fn client(&self) -> Client {
+        Client { addr: self.addr }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A request body.
+pub enum Body<'a> {
+    None,
+    Bytes(&'a [u8]),
+    /// Sent with `Transfer-Encoding: chunked`, one HTTP chunk per slice.
+    Chunked(Vec<&'a [u8]>),
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The OCI error code of an error response.
+    pub fn code(&self) -> String {
+        assert!(
+            self.header("content-type").unwrap_or("").contains("json"),
+            "{self:?}"
+        );
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+/// A one-request-per-connection HTTP/1.1 client.
+#[derive(Clone, Copy)]
+pub struct Client {
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    pub fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, &[], Body::None)
+    }
+
+    pub fn head(&self, path: &str) -> Resp {
+        self.req("HEAD", path, &[], Body::None)
+    }
+
+    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Body) -> Resp {
+        let mut s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        match &body {
+            Body::None => {
+                if matches!(method, "PUT" | "POST" | "PATCH") {
+                    head.push_str("Content-Length: 0\r\n");
+                }
+            }
+            Body::Bytes(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
+            Body::Chunked(_) => head.push_str("Transfer-Encoding: chunked\r\n"),
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        match body {
+            Body::None => {}
+            Body::Bytes(b) => {
+                let _ = s.write_all(b);
+            }
+            Body::Chunked(parts) => {
+                for p in parts {
+                    let _ = s.write_all(format!("{:x}\r\n", p.len()).as_bytes());
+                    let _ = s.write_all(p);
+                    let _ = s.write_all(b"\r\n");
+                }
+                let _ = s.write_all(b"0\r\n\r\n");
+            }
+        }
+        read_response(&mut BufReader::new(s), method == "HEAD")
+    }
+
+    /// POST + PUT ?digest= with the whole blob; returns the final response.
+    pub fn push_blob(&self, repo: &str, data: &[u8]) -> (String, Resp) {
+        let digest = sha256(data);
+        let r = self.req(
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            &[],
+            Body::Bytes(data),
+        );
+        (digest, r)
+    }
+
+    /// PUT a manifest under `reference` with `media_type`.
+    pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Resp {
+        self.req(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("Content-Type", media_type)],
+            Body::Bytes(body),
+        )
+    }
+}
+
+/// Reads one response (the connection is closed after it).
+pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Resp {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bad status line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if !head_only && status != 204 && status != 304 {
+        if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut sz = String::new();
+                r.read_line(&mut sz).unwrap();
+                let n = usize::from_str_radix(sz.trim(), 16).unwrap();
+                if n == 0 {
+                    break;
+                }
+                let mut chunk = vec![0; n + 2];
+                r.read_exact(&mut chunk).unwrap();
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = get("content-length") {
+            body.resize(n.parse().unwrap(), 0);
+            r.read_exact(&mut body)
+                .expect("body as long as Content-Length");
+        } else {
+            r.read_to_end(&mut body).unwrap();
+        }
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(data);
+    format!(
+        "sha256:{}",
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// An OCI image manifest over a config and layers (each given as (digest, size)).
+pub fn image_manifest(config: (&str, usize), layers: &[(&str, usize)], extra: &str) -> Vec<u8> {
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|(d, s)| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{s}}}"#))
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{}]{extra}}}"#,
+        config.0,
+        config.1,
+        layers.join(",")
+    )
+    .into_bytes()
+}
+
+/// Pushes a config and `n` layers into `repo` and returns the manifest bytes referencing them.
+pub fn push_image(c: &Client, repo: &str, seed: u64, n: usize) -> Vec<u8> {
+    let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
+    let (cd, r) = c.push_blob(repo, &config);
+    assert_eq!(r.status, 201, "{r:?}");
+    let mut layers = Vec::new();
+    for i in 0..n {
+        let data = bytes(seed * 100 + i as u64, 1000 + i * 10);
+        let (d, r) = c.push_blob(repo, &data);
+        assert_eq!(r.status, 201);
+        layers.push((d, data.len()));
+    }
+    let refs: Vec<(&str, usize)> = layers.iter().map(|(d, s)| (d.as_str(), *s)).collect();
+    image_manifest((&cd, config.len()), &refs, "")
+}
