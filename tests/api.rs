@@ -806,6 +806,20 @@ fn hostile_requests_do_not_hurt_the_server() {
     let mut s = std::net::TcpStream::connect(reg.addr).unwrap();
     let _ = write!(s, "GET /v2/ HTTP/1.1\r\nX-Long: {}", "a".repeat(200_000));
     drop(s);
+    // A TLS ClientHello on the plain port is closed at once, so HTTPS-first clients fall
+    // back to HTTP without waiting for a timeout.
+    let mut s = std::net::TcpStream::connect(reg.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ])
+    .unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "connection closed");
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
     // A body shorter than its Content-Length, then a hang-up, during a chunked upload.
     let loc = c
         .req("POST", "/v2/h/blobs/uploads/", &[], Body::None)

@@ -100,6 +100,13 @@ impl ClientConnection {
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
 
+            // Outpost patch: a TLS handshake record (0x16) where a request line should start is a
+            // client trying HTTPS on this plain port. Close at once so it can fall back to HTTP
+            // (upstream waited for a line end that never comes, until the client timed out).
+            if buf.is_empty() && byte == 0x16 {
+                return Err(IoError::new(ErrorKind::InvalidData, "TLS handshake on plain HTTP"));
+            }
+
             prev_byte_was_cr = byte == b'\r';
 
             // Outpost patch: a header line is bounded (upstream grew it without limit).

@@ -1,0 +1,178 @@
+//! A real client: skopeo pushes OCI layouts (single image and a multi-arch index) to the
+//! registry and pulls them back; every digest must survive the round trip.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+/// Writes blob `data` into layout `dir`; returns (digest, size).
+fn put_blob(dir: &Path, data: &[u8]) -> (String, usize) {
+    let d = sha256(data);
+    std::fs::write(dir.join("blobs/sha256").join(&d[7..]), data).unwrap();
+    (d, data.len())
+}
+
+fn desc(media_type: &str, (d, s): &(String, usize), extra: &str) -> String {
+    format!(r#"{{"mediaType":"{media_type}","digest":"{d}","size":{s}{extra}}}"#)
+}
+
+/// One image (config + layers) in layout `dir`; returns its manifest descriptor parts.
+fn image(dir: &Path, arch: &str, layers: &[Vec<u8>]) -> (String, usize) {
+    let layer_descs: Vec<(String, usize)> = layers.iter().map(|l| put_blob(dir, l)).collect();
+    let diff_ids: Vec<String> = layer_descs
+        .iter()
+        .map(|(d, _)| format!("\"{d}\""))
+        .collect();
+    let config = format!(
+        r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}},"config":{{}}}}"#,
+        diff_ids.join(",")
+    );
+    let config = put_blob(dir, config.as_bytes());
+    let layers: Vec<String> = layer_descs
+        .iter()
+        .map(|l| desc("application/vnd.oci.image.layer.v1.tar", l, ""))
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[{}]}}"#,
+        desc("application/vnd.oci.image.config.v1+json", &config, ""),
+        layers.join(",")
+    );
+    put_blob(dir, manifest.as_bytes())
+}
+
+fn layout(dir: &Path, media_type: &str, top: &(String, usize), tag: &str) {
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let entry = desc(
+        media_type,
+        top,
+        &format!(r#","annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}"#),
+    );
+    std::fs::write(
+        dir.join("index.json"),
+        format!(r#"{{"schemaVersion":2,"manifests":[{entry}]}}"#),
+    )
+    .unwrap();
+}
+
+fn new_layout(root: &Path, name: &str) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    dir
+}
+
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("skopeo is required for this test: run ./test.sh, which installs it");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every blob file of a layout hashes to its name; returns the names.
+fn verified_blobs(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let name = format!("sha256:{}", e.file_name().to_str().unwrap());
+        assert_eq!(
+            sha256(&std::fs::read(e.path()).unwrap()),
+            name,
+            "pulled blob corrupted"
+        );
+        names.push(name);
+    }
+    names.sort();
+    names
+}
+
+fn tagged_digest(dir: &Path) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn skopeo_push_and_pull_an_image_and_a_multi_arch_index() {
+    let tmp = TempDir::new("skopeo");
+    let reg = Registry::start(&tmp.path().join("data"));
+    let host = reg.addr.to_string();
+    let c = reg.client();
+
+    // A multi-layer image.
+    let src = new_layout(tmp.path(), "src");
+    let layers = vec![bytes(1, 2 << 20), bytes(2, 300 << 10), bytes(3, 10 << 10)];
+    let m = image(&src, "amd64", &layers);
+    layout(&src, OCI_MANIFEST, &m, "v1");
+    let pushed = verified_blobs(&src);
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{host}/edge/app:v1"),
+    ]);
+    let g = c.get("/v2/edge/app/manifests/v1");
+    assert_eq!(g.header("Docker-Content-Digest"), Some(m.0.as_str()));
+    let dst = tmp.path().join("dst");
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/edge/app:v1"),
+        &format!("oci:{}:v1", dst.display()),
+    ]);
+    assert_eq!(tagged_digest(&dst), m.0);
+    assert_eq!(
+        verified_blobs(&dst),
+        pushed,
+        "pulled image differs from pushed"
+    );
+
+    // A multi-arch index whose images share a layer.
+    let msrc = new_layout(tmp.path(), "msrc");
+    let shared = bytes(4, 1 << 20);
+    let amd = image(&msrc, "amd64", &[shared.clone(), bytes(5, 200 << 10)]);
+    let arm = image(&msrc, "arm64", &[shared, bytes(6, 150 << 10)]);
+    let platform = |a: &str| format!(r#","platform":{{"architecture":"{a}","os":"linux"}}"#);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{},{}]}}"#,
+        desc(OCI_MANIFEST, &amd, &platform("amd64")),
+        desc(OCI_MANIFEST, &arm, &platform("arm64"))
+    );
+    let idx = put_blob(&msrc, index.as_bytes());
+    layout(&msrc, OCI_INDEX, &idx, "multi");
+    let pushed = verified_blobs(&msrc);
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", msrc.display()),
+        &format!("docker://{host}/edge/multi:multi"),
+    ]);
+    let g = c.get("/v2/edge/multi/manifests/multi");
+    assert_eq!(g.header("Content-Type"), Some(OCI_INDEX));
+    assert_eq!(g.header("Docker-Content-Digest"), Some(idx.0.as_str()));
+    let mdst = tmp.path().join("mdst");
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/edge/multi:multi"),
+        &format!("oci:{}:multi", mdst.display()),
+    ]);
+    assert_eq!(tagged_digest(&mdst), idx.0);
+    assert_eq!(
+        verified_blobs(&mdst),
+        pushed,
+        "pulled index differs from pushed"
+    );
+    assert!(!reg.log_text().contains(" 500 "), "{}", reg.log_text());
+}
