@@ -159,6 +159,12 @@ impl Overrides {
             "chunk_size",
             "4KiB to 64MiB",
         )?;
+        if !c.chunk_size.is_power_of_two() {
+            return Err(format!(
+                "chunk_size: {} is not a power of two (e.g. 256KiB, 1MiB, 4MiB)",
+                c.chunk_size
+            ));
+        }
         within(
             c.max_manifest_size,
             1 << 10,
@@ -201,6 +207,11 @@ mod tests {
         }
         .resolve()
         .is_err());
+        let odd = Overrides {
+            chunk_size: Some(Size::Text("100KiB".into())),
+            ..Default::default()
+        };
+        assert!(odd.resolve().unwrap_err().contains("power of two"));
         assert!(Overrides {
             listen: Some("nowhere".into()),
             ..Default::default()

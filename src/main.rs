@@ -24,7 +24,7 @@ Options for serve (flags override the config file, which overrides the defaults)
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --workers N               requests served at once       [default: 8]
   --cache-size SIZE         database page cache           [default: 4MiB]
-  --chunk-size SIZE         stored chunk / buffer size    [default: 1MiB]
+  --chunk-size SIZE         stored chunk size, a power of two [default: 1MiB]
   --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]
   -h, --help                this help
 

@@ -19,7 +19,7 @@ pub fn run(config: Config) -> Result<(), String> {
         )
     })?;
     let db_path = config.data_dir.join("outpost.redb");
-    let store = Store::open(&db_path, config.cache_size)
+    let store = Store::open(&db_path, config.cache_size, config.chunk_size)
         .map_err(|e| format!("cannot open store {}: {e}", db_path.display()))?;
     let server = tiny_http::Server::http(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -236,7 +236,7 @@ fn stream_blob(
                 if app.stopping() {
                     return Err(std::io::Error::other("shutting down"));
                 }
-                let want = app.config.chunk_size.min((end - at) as usize);
+                let want = app.store.chunk_payload().min((end - at) as usize);
                 app.store
                     .read_blob(blob, at, want, buf)
                     .map_err(std::io::Error::other)?;

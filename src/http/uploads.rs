@@ -52,7 +52,10 @@ fn session_reply(app: &App, status: u16, name: &str, id: &str, received: u64) ->
         .header("Location", location(name, id))
         .header("Range", range_header(received))
         .header("Docker-Upload-UUID", id)
-        .header("OCI-Chunk-Min-Length", app.config.chunk_size.to_string())
+        .header(
+            "OCI-Chunk-Min-Length",
+            app.store.chunk_payload().to_string(),
+        )
 }
 
 /// Upload ids are 32 hex digits; anything else is unknown without a lookup.
@@ -177,7 +180,7 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
         .take(id, at)
         .or_else(|| (at == 0).then(|| Hasher::new(Algorithm::Sha256)));
     let declared = req.body_length();
-    let chunk = app.config.chunk_size;
+    let chunk = app.store.chunk_payload();
     let result = with_buf(|buf| -> Result<()> {
         buf.resize(chunk, 0);
         let reader = req.as_reader();

@@ -20,7 +20,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The registry's persistent state: one redb file.
 pub struct Store {
     db: Database,
+    chunk_payload: usize,
 }
+
+/// Bytes of a chunk row that are not payload: redb's leaf header, value length and key.
+/// redb allocates pages in powers of two, so a payload of exactly a power of two would take
+/// twice its size on disk; a power of two less this fits one allocation exactly.
+const CHUNK_ROW_OVERHEAD: usize = 64;
 
 /// Everything the store can answer besides success.
 #[derive(Debug)]
@@ -97,12 +103,16 @@ fn now() -> u64 {
 }
 
 impl Store {
-    /// Opens (creating if absent) the store at `path` with `cache_size` bytes of page cache.
-    pub fn open(path: &Path, cache_size: usize) -> Result<Store, StoreError> {
+    /// Opens (creating if absent) the store at `path` with `cache_size` bytes of page cache,
+    /// storing blobs in chunk rows of `chunk_size` bytes (a power of two) each.
+    pub fn open(path: &Path, cache_size: usize, chunk_size: usize) -> Result<Store, StoreError> {
         let db = Database::builder()
             .set_cache_size(cache_size)
             .create(path)?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            chunk_payload: chunk_size - CHUNK_ROW_OVERHEAD,
+        };
         let tx = store.write(true)?;
         {
             let mut meta = tx.open_table(META)?;
@@ -130,6 +140,12 @@ impl Store {
         }
         tx.commit()?;
         Ok(store)
+    }
+
+    /// Payload bytes per full chunk row: what writers should append at a time, and what a
+    /// reader gets from one row.
+    pub fn chunk_payload(&self) -> usize {
+        self.chunk_payload
     }
 
     /// A write transaction; `durable` ones are on disk when `commit` returns.
