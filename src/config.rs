@@ -28,7 +28,7 @@ impl Default for Config {
             data_dir: PathBuf::from("outpost-data"),
             workers: 8,
             cache_size: 4 << 20,
-            chunk_size: 1 << 20,
+            chunk_size: 256 << 10,
             max_manifest_size: 4 << 20,
         }
     }

@@ -24,7 +24,7 @@ Options for serve (flags override the config file, which overrides the defaults)
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --workers N               requests served at once       [default: 8]
   --cache-size SIZE         database page cache           [default: 4MiB]
-  --chunk-size SIZE         stored chunk size, a power of two [default: 1MiB]
+  --chunk-size SIZE         stored chunk size, a power of two [default: 256KiB]
   --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]
   -h, --help                this help
 
@@ -79,7 +79,23 @@ fn parse_args() -> Result<Command, lexopt::Error> {
     }
 }
 
+/// Caps glibc's malloc arenas at one. By default each worker thread may get its own arena,
+/// and each keeps the chunk-sized buffers it freed: 8 parallel 200 MiB GETs peaked at 34 MiB
+/// with per-thread arenas, 12 MiB with one, at the same throughput (allocations here are few
+/// and large, so one arena's lock is not contended).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let command = match parse_args() {
         Ok(c) => c,

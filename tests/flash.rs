@@ -17,7 +17,8 @@ fn write_bytes(pid: u32) -> u64 {
 #[test]
 fn a_stored_byte_is_written_about_once() {
     // On the target directory's disk: a tmpfs would count no writes at all.
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("flash-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("flash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let reg = Registry::start(&dir);
@@ -26,15 +27,35 @@ fn a_stored_byte_is_written_about_once() {
     let data = bytes(42, 48 << 20);
     let before = write_bytes(pid);
     // Streamed in uneven pieces, as clients do, then finished.
-    let loc = c.req("POST", "/v2/flash/blobs/uploads/", &[], Body::None).header("Location").unwrap().to_owned();
-    let r = c.req("PATCH", &loc, &[], Body::Chunked(data.chunks(100_003).collect()));
+    let loc = c
+        .req("POST", "/v2/flash/blobs/uploads/", &[], Body::None)
+        .header("Location")
+        .unwrap()
+        .to_owned();
+    let r = c.req(
+        "PATCH",
+        &loc,
+        &[],
+        Body::Chunked(data.chunks(100_003).collect()),
+    );
     assert_eq!(r.status, 202);
-    let r = c.req("PUT", &format!("{loc}?digest={}", sha256(&data)), &[], Body::None);
+    let r = c.req(
+        "PUT",
+        &format!("{loc}?digest={}", sha256(&data)),
+        &[],
+        Body::None,
+    );
     assert_eq!(r.status, 201);
     let written = write_bytes(pid) - before;
     let ratio = written as f64 / data.len() as f64;
-    eprintln!("wrote {written} bytes for {} stored: {ratio:.3}x", data.len());
-    assert!(ratio >= 0.99, "the write counter saw only {written} bytes: cannot judge");
+    eprintln!(
+        "wrote {written} bytes for {} stored: {ratio:.3}x",
+        data.len()
+    );
+    assert!(
+        ratio >= 0.99,
+        "the write counter saw only {written} bytes: cannot judge"
+    );
     assert!(ratio <= 1.05, "wrote {ratio:.3}x the bytes stored");
     drop(reg);
     let _ = std::fs::remove_dir_all(&dir);
