@@ -3,6 +3,7 @@
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Validated settings for `outpost serve`.
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct Config {
     pub chunk_size: usize,
     /// Largest manifest accepted, bytes.
     pub max_manifest_size: usize,
+    /// Upload sessions idle longer than this are cancelled and their data dropped.
+    pub upload_ttl: Duration,
 }
 
 impl Default for Config {
@@ -30,6 +33,7 @@ impl Default for Config {
             cache_size: 4 << 20,
             chunk_size: 256 << 10,
             max_manifest_size: 4 << 20,
+            upload_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -50,6 +54,8 @@ pub struct Overrides {
     pub chunk_size: Option<Size>,
     /// `max_manifest_size`
     pub max_manifest_size: Option<Size>,
+    /// `upload_ttl`, e.g. `"24h"`
+    pub upload_ttl: Option<String>,
 }
 
 /// A byte size: a JSON number, or text such as `"4MiB"`, `"512KiB"`, `"1048576"`.
@@ -94,6 +100,26 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Parses `90`, `90s`, `30m`, `24h`, `7d` (a number without unit is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30m, 24h, 7d)"))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (use s, m, h or d)")),
+    };
+    num.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
 impl Overrides {
     /// Reads a JSON config file; unknown keys are errors, so a typo does not pass silently.
     pub fn from_file(path: &Path) -> Result<Overrides, String> {
@@ -111,6 +137,7 @@ impl Overrides {
             cache_size: other.cache_size.or(self.cache_size),
             chunk_size: other.chunk_size.or(self.chunk_size),
             max_manifest_size: other.max_manifest_size.or(self.max_manifest_size),
+            upload_ttl: other.upload_ttl.or(self.upload_ttl),
         }
     }
 
@@ -136,6 +163,10 @@ impl Overrides {
                 d.max_manifest_size,
                 "max_manifest_size",
             )?,
+            upload_ttl: match self.upload_ttl {
+                None => d.upload_ttl,
+                Some(t) => parse_duration(&t).map_err(|e| format!("upload_ttl: {e}"))?,
+            },
         };
         let within = |v: usize, lo: usize, hi: usize, what: &str, hint: &str| {
             if (lo..=hi).contains(&v) {
@@ -159,6 +190,9 @@ impl Overrides {
             "chunk_size",
             "4KiB to 64MiB",
         )?;
+        if c.upload_ttl.is_zero() {
+            return Err("upload_ttl: must be longer than 0s".into());
+        }
         if !c.chunk_size.is_power_of_two() {
             return Err(format!(
                 "chunk_size: {} is not a power of two (e.g. 256KiB, 1MiB, 4MiB)",
@@ -188,6 +222,15 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("4 parsecs").is_err());
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("1 week").is_err());
+        assert!(parse_duration("h").is_err());
     }
 
     #[test]

@@ -19,16 +19,17 @@ Usage: outpost serve [OPTIONS]
 
 Options for serve (flags override the config file, which overrides the defaults):
   --config FILE             JSON config file (keys: listen, data_dir, workers, cache_size,
-                            chunk_size, max_manifest_size)
+                            chunk_size, max_manifest_size, upload_ttl)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --workers N               requests served at once       [default: 8]
   --cache-size SIZE         database page cache           [default: 4MiB]
   --chunk-size SIZE         stored chunk size, a power of two [default: 256KiB]
   --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]
+  --upload-ttl DURATION     drop upload sessions idle this long [default: 24h]
   -h, --help                this help
 
-SIZE is bytes or a number with KiB, MiB or GiB. Logs go to stderr; set RUST_LOG (e.g. debug).";
+SIZE is bytes or a number with KiB, MiB or GiB; DURATION is seconds or a number with s, m, h, d. Logs go to stderr; set RUST_LOG (e.g. debug).";
 
 enum Command {
     Serve {
@@ -67,6 +68,11 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("workers") => flags.workers = Some(parser.value()?.parse()?),
             Long("cache-size") => flags.cache_size = size(parser.value()?, "--cache-size")?,
             Long("chunk-size") => flags.chunk_size = size(parser.value()?, "--chunk-size")?,
+            Long("upload-ttl") => {
+                let v = parser.value()?.string()?;
+                config::parse_duration(&v).map_err(|e| format!("--upload-ttl: {e}"))?;
+                flags.upload_ttl = Some(v);
+            }
             Long("max-manifest-size") => {
                 flags.max_manifest_size = size(parser.value()?, "--max-manifest-size")?
             }

@@ -7,8 +7,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::Duration;
 
 /// Runs the registry until SIGTERM/SIGINT; returns once the database is closed.
 pub fn run(config: Config) -> Result<(), String> {
@@ -71,9 +72,20 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start signal thread: {e}"))?;
     }
 
+    let (janitor_stop, janitor_wait) = mpsc::channel::<()>();
+    let janitor = {
+        let app = app.clone();
+        thread::Builder::new()
+            .name("janitor".into())
+            .spawn(move || janitor(&app, &janitor_wait))
+            .map_err(|e| format!("cannot start janitor: {e}"))?
+    };
+
     for w in pool {
         let _ = w.join();
     }
+    drop(janitor_stop);
+    let _ = janitor.join();
     drop(server);
     match Arc::try_unwrap(app) {
         Ok(app) => drop(app), // closes the database cleanly
@@ -81,6 +93,23 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Drops abandoned upload sessions: at start, then every quarter of the TTL (1 s to 1 h),
+/// until `stop` is dropped.
+fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
+    let ttl = app.config.upload_ttl;
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        match app.store.purge_uploads(ttl.as_secs()) {
+            Ok(0) => {}
+            Ok(n) => log::info!("dropped {n} upload session(s) idle for more than {ttl:?}"),
+            Err(e) => log::warn!("purging idle uploads: {e}"),
+        }
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(every) {
+            return;
+        }
+    }
 }
 
 fn worker(server: &tiny_http::Server, app: &App) {

@@ -889,3 +889,42 @@ fn cli_reports_bad_flags_and_config() {
         .unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--data-dir"));
 }
+
+#[test]
+fn idle_upload_sessions_are_dropped_after_the_ttl() {
+    let dir = TempDir::new("ttl");
+    let reg = Registry::start_with(dir.path(), &["--upload-ttl", "2s"]);
+    let c = reg.client();
+    let open = |body: &[u8]| {
+        let loc = c
+            .req("POST", "/v2/ttl/blobs/uploads/", &[], Body::None)
+            .header("Location")
+            .unwrap()
+            .to_owned();
+        assert_eq!(c.req("PATCH", &loc, &[], Body::Bytes(body)).status, 202);
+        loc
+    };
+    let idle = open(&bytes(1, 100_000));
+    let busy = open(b"x");
+    for at in 1..13 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let r = c.req(
+            "PATCH",
+            &busy,
+            &[("Content-Range", &format!("{at}-{at}"))],
+            Body::Bytes(b"y"),
+        );
+        assert_eq!(r.status, 202, "a session in use is kept");
+    }
+    assert_eq!(
+        c.get(&idle).code(),
+        "BLOB_UPLOAD_UNKNOWN",
+        "an idle session is dropped"
+    );
+    assert_eq!(c.get(&busy).status, 204);
+    assert!(
+        reg.log_text().contains("dropped 1 upload session"),
+        "{}",
+        reg.log_text()
+    );
+}

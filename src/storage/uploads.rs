@@ -122,6 +122,34 @@ impl Store {
         Ok(())
     }
 
+    /// Cancels every session idle for more than `idle_secs`, one short transaction each;
+    /// returns how many. Abandoned uploads would otherwise hold their chunks forever.
+    pub fn purge_uploads(&self, idle_secs: u64) -> Result<usize, StoreError> {
+        let cutoff = now().saturating_sub(idle_secs);
+        let stale: Vec<(String, String)> = {
+            let tx = self.read()?;
+            let uploads = tx.open_table(UPLOADS)?;
+            let mut stale = Vec::new();
+            for row in uploads.iter()? {
+                let (id, v) = row?;
+                let (repo, _, _, last_active) = v.value();
+                if last_active < cutoff {
+                    stale.push((id.value().to_owned(), repo.to_owned()));
+                }
+            }
+            stale
+        };
+        let mut purged = 0;
+        for (id, repo) in stale {
+            match self.upload_cancel(&repo, &id) {
+                Ok(()) => purged += 1,
+                Err(StoreError::UploadUnknown) => {} // finished or cancelled meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(purged)
+    }
+
     /// Cancels upload `id` of `repo` and drops what it received.
     pub fn upload_cancel(&self, repo: &str, id: &str) -> Result<(), StoreError> {
         let tx = self.write(false)?;
