@@ -22,6 +22,9 @@ pub struct Config {
     pub max_manifest_size: usize,
     /// Upload sessions idle longer than this are cancelled and their data dropped.
     pub upload_ttl: Duration,
+    /// Upload data is refused (507) while less than this would stay free on the disk, so
+    /// that manifests, deletes and the database's own commits always have room.
+    pub min_free_space: usize,
 }
 
 impl Default for Config {
@@ -34,6 +37,7 @@ impl Default for Config {
             chunk_size: 256 << 10,
             max_manifest_size: 4 << 20,
             upload_ttl: Duration::from_secs(24 * 3600),
+            min_free_space: 64 << 20,
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct Overrides {
     pub max_manifest_size: Option<Size>,
     /// `upload_ttl`, e.g. `"24h"`
     pub upload_ttl: Option<String>,
+    /// `min_free_space`
+    pub min_free_space: Option<Size>,
 }
 
 /// A byte size: a JSON number, or text such as `"4MiB"`, `"512KiB"`, `"1048576"`.
@@ -138,6 +144,7 @@ impl Overrides {
             chunk_size: other.chunk_size.or(self.chunk_size),
             max_manifest_size: other.max_manifest_size.or(self.max_manifest_size),
             upload_ttl: other.upload_ttl.or(self.upload_ttl),
+            min_free_space: other.min_free_space.or(self.min_free_space),
         }
     }
 
@@ -163,6 +170,7 @@ impl Overrides {
                 d.max_manifest_size,
                 "max_manifest_size",
             )?,
+            min_free_space: size(self.min_free_space, d.min_free_space, "min_free_space")?,
             upload_ttl: match self.upload_ttl {
                 None => d.upload_ttl,
                 Some(t) => parse_duration(&t).map_err(|e| format!("upload_ttl: {e}"))?,

@@ -19,13 +19,15 @@ Usage: outpost serve [OPTIONS]
 
 Options for serve (flags override the config file, which overrides the defaults):
   --config FILE             JSON config file (keys: listen, data_dir, workers, cache_size,
-                            chunk_size, max_manifest_size, upload_ttl)
+                            chunk_size, max_manifest_size, upload_ttl,
+                            min_free_space)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --workers N               requests served at once       [default: 8]
   --cache-size SIZE         database page cache           [default: 4MiB]
   --chunk-size SIZE         stored chunk size, a power of two [default: 256KiB]
   --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]
+  --min-free-space SIZE     refuse uploads below this free disk [default: 64MiB]
   --upload-ttl DURATION     drop upload sessions idle this long [default: 24h]
   -h, --help                this help
 
@@ -34,7 +36,7 @@ SIZE is bytes or a number with KiB, MiB or GiB; DURATION is seconds or a number 
 enum Command {
     Serve {
         config: Option<PathBuf>,
-        flags: Overrides,
+        flags: Box<Overrides>,
     },
     Help,
     Version,
@@ -68,6 +70,9 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("workers") => flags.workers = Some(parser.value()?.parse()?),
             Long("cache-size") => flags.cache_size = size(parser.value()?, "--cache-size")?,
             Long("chunk-size") => flags.chunk_size = size(parser.value()?, "--chunk-size")?,
+            Long("min-free-space") => {
+                flags.min_free_space = size(parser.value()?, "--min-free-space")?
+            }
             Long("upload-ttl") => {
                 let v = parser.value()?.string()?;
                 config::parse_duration(&v).map_err(|e| format!("--upload-ttl: {e}"))?;
@@ -80,7 +85,10 @@ fn parse_args() -> Result<Command, lexopt::Error> {
         }
     }
     match command {
-        Some(_) => Ok(Command::Serve { config, flags }),
+        Some(_) => Ok(Command::Serve {
+            config,
+            flags: Box::new(flags),
+        }),
         None => Err("missing command (try: outpost serve)".into()),
     }
 }
@@ -121,7 +129,7 @@ fn main() -> ExitCode {
         }
         Command::Serve { config, flags } => config
             .map_or(Ok(Overrides::default()), |p| Overrides::from_file(&p))
-            .map(|file| file.merge(flags))
+            .map(|file| file.merge(*flags))
             .and_then(Overrides::resolve)
             .and_then(server::run),
     };

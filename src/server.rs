@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::http::{self, App};
-use crate::storage::Store;
+use crate::storage::{Store, StoreOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,7 +20,12 @@ pub fn run(config: Config) -> Result<(), String> {
         )
     })?;
     let db_path = config.data_dir.join("outpost.redb");
-    let store = Store::open(&db_path, config.cache_size, config.chunk_size)
+    let options = StoreOptions {
+        cache_size: config.cache_size,
+        chunk_size: config.chunk_size,
+        min_free_space: config.min_free_space as u64,
+    };
+    let store = Store::open(&db_path, &options)
         .map_err(|e| format!("cannot open store {}: {e}", db_path.display()))?;
     let server = tiny_http::Server::http(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

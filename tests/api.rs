@@ -928,3 +928,46 @@ fn idle_upload_sessions_are_dropped_after_the_ttl() {
         reg.log_text()
     );
 }
+
+#[test]
+fn a_download_that_cannot_finish_ends_the_connection() {
+    use std::io::{BufRead, Read, Write};
+    let (_d, reg, c) = start();
+    let data = bytes(11, 32 << 20);
+    let (digest, _) = c.push_blob("cut", &data);
+    let mut s = std::net::TcpStream::connect(reg.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(s, "GET /v2/cut/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("200"), "{line}");
+    while line.trim() != "" {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+    let mut buf = vec![0; 1 << 20];
+    r.read_exact(&mut buf).unwrap();
+    // The last link goes while the client is still reading: the rest cannot be sent.
+    assert_eq!(
+        c.req(
+            "DELETE",
+            &format!("/v2/cut/blobs/{digest}"),
+            &[],
+            Body::None
+        )
+        .status,
+        202
+    );
+    let mut got = buf.len();
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("the connection stayed open after the stream failed: {e}"),
+        }
+    }
+    assert!(got < data.len(), "received {got} of {}", data.len());
+    assert_eq!(c.get("/v2/").status, 200);
+}

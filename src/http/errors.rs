@@ -132,9 +132,19 @@ impl From<StoreError> for ApiError {
             .detail(serde_json::json!({ "digest": d })),
             StoreError::ManifestRefMismatch(m) => ApiError::new(400, Code::ManifestInvalid, m),
             StoreError::Full => {
-                log::error!("storage full: refusing writes");
-                ApiError::new(507, Code::Unavailable, "registry storage is full")
+                log::warn!("storage full: refusing upload data");
+                ApiError::new(
+                    507,
+                    Code::Unavailable,
+                    "registry storage is full: delete images or free disk space, then resume",
+                )
             }
+            StoreError::Unavailable => ApiError::new(
+                503,
+                Code::Unavailable,
+                "registry storage is recovering from an I/O error: retry shortly",
+            )
+            .header("Retry-After", "1".to_owned()),
             e @ (StoreError::Corrupt(_) | StoreError::Db(_)) => {
                 log::error!("{e}");
                 ApiError::new(500, Code::Unknown, "internal storage error")

@@ -176,8 +176,17 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
     headers.push(("Docker-Distribution-API-Version", "registry/2.0".to_owned()));
     match body {
         Body::Blob { blob, start, len } => {
-            if let Err(e) = stream_blob(app, req, status, &headers, blob, start, len) {
-                log::debug!("blob response cut short: {e}");
+            match stream_blob(app, req, status, &headers, blob, start, len) {
+                Ok(()) => status,
+                // Failed before anything was sent: still time for a proper error.
+                Err(failed) => {
+                    let (req, e) = *failed;
+                    send(
+                        app,
+                        req,
+                        Reply::bytes(e.status, "application/json", e.body()),
+                    )
+                }
             }
         }
         Body::Empty | Body::Bytes(_) => {
@@ -195,13 +204,16 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
             if let Err(e) = req.respond(response) {
                 log::debug!("response not delivered: {e}");
             }
+            status
         }
     }
-    status
 }
 
 /// Streams a blob straight onto the connection: header, then one store read and one socket
-/// write per chunk (tiny_http's own body copy goes 8 KiB at a time).
+/// write per chunk (tiny_http's own body copy goes 8 KiB at a time). The first chunk is read
+/// before the header is written, so a store failure there is still answered properly
+/// (`Err`); a failure after that shuts the connection down, so the client sees a truncated
+/// transfer rather than waiting for bytes that will never come.
 fn stream_blob(
     app: &App,
     req: Request,
@@ -210,44 +222,70 @@ fn stream_blob(
     blob: BlobInfo,
     start: u64,
     len: u64,
-) -> std::io::Result<()> {
+) -> std::result::Result<(), Box<(Request, ApiError)>> {
     let head_only = *req.method() == Method::Head;
-    let reason = match status {
-        200 => "OK",
-        206 => "Partial Content",
-        _ => "",
-    };
-    let mut head =
-        format!("HTTP/1.1 {status} {reason}\r\nServer: outpost\r\nContent-Length: {len}\r\n");
-    for (name, value) in headers {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
+    let step = app.store.chunk_payload() as u64;
+    let end = start + len;
+    with_buf(|buf| {
+        buf.clear();
+        if !head_only && len > 0 {
+            if let Err(e) = app
+                .store
+                .read_blob(blob, start, step.min(len) as usize, buf)
+            {
+                return Err(Box::new((req, ApiError::from(e))));
+            }
+        }
+        let reason = match status {
+            200 => "OK",
+            206 => "Partial Content",
+            _ => "",
+        };
+        let mut head =
+            format!("HTTP/1.1 {status} {reason}\r\nServer: outpost\r\nContent-Length: {len}\r\n");
+        for (name, value) in headers {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
         head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    let mut w = req.into_writer();
-    w.write_all(head.as_bytes())?;
-    if !head_only {
-        with_buf(|buf| -> std::io::Result<()> {
-            let mut at = start;
-            let end = start + len;
-            while at < end {
-                if app.stopping() {
-                    return Err(std::io::Error::other("shutting down"));
-                }
-                let want = app.store.chunk_payload().min((end - at) as usize);
-                app.store
-                    .read_blob(blob, at, want, buf)
-                    .map_err(std::io::Error::other)?;
+        let abort = req.abort_handle();
+        let mut w = req.into_writer();
+        let mut at = start;
+        let result = (|| -> std::io::Result<()> {
+            w.write_all(head.as_bytes())?;
+            if head_only || len == 0 {
+                return w.flush();
+            }
+            loop {
                 if buf.is_empty() {
                     return Err(std::io::Error::other("blob ended early"));
                 }
                 w.write_all(buf)?;
                 at += buf.len() as u64;
+                if at >= end {
+                    return w.flush();
+                }
+                if app.stopping() {
+                    return Err(std::io::Error::other("shutting down"));
+                }
+                app.store
+                    .read_blob(blob, at, step.min(end - at) as usize, buf)
+                    .map_err(std::io::Error::other)?;
             }
-            Ok(())
-        })?;
-    }
-    w.flush()
+        })();
+        if let Err(e) = result {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) {
+                log::debug!("client left blob {} at byte {at} of {end}", blob.id);
+            } else {
+                log::warn!("blob {} cut short at byte {at} of {end}: {e}", blob.id);
+            }
+            if let Some(a) = abort {
+                a.abort();
+            }
+        }
+        Ok(())
+    })
 }

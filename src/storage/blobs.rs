@@ -125,6 +125,7 @@ impl Store {
             release(&tx, digest)?;
         }
         tx.commit()?;
+        self.space_freed();
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The store: owns the redb database, every table and every transaction.
 
 mod blobs;
+mod handle;
 mod manifests;
 mod repos;
 mod schema;
@@ -9,18 +10,31 @@ mod uploads;
 pub use blobs::BlobInfo;
 pub use manifests::NewManifest;
 
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
-};
+use handle::{Handle, Tx};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use schema::*;
 use std::fmt;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The registry's persistent state: one redb file.
 pub struct Store {
-    db: Database,
+    handle: Handle,
     chunk_payload: usize,
+    min_free: u64,
+    /// Last estimate of space inside the file that deletions freed, and when it was made.
+    reusable: Mutex<Option<(Instant, u64)>>,
+}
+
+/// How a store is opened.
+pub struct StoreOptions {
+    /// redb page cache, bytes.
+    pub cache_size: usize,
+    /// Bytes per chunk row: a power of two.
+    pub chunk_size: usize,
+    /// Upload data is refused while less than this would stay free on the filesystem.
+    pub min_free_space: u64,
 }
 
 /// Bytes of a chunk row that are not payload: redb's leaf header, value length and key.
@@ -45,8 +59,10 @@ pub enum StoreError {
     ManifestBlobUnknown(String),
     /// A manifest's descriptor disagrees with what is stored (size).
     ManifestRefMismatch(String),
-    /// The disk is full.
+    /// The disk is full, or would fall below the free-space reserve.
     Full,
+    /// The database is being reopened after an I/O failure; retry shortly.
+    Unavailable,
     /// The store is not one this build can use (schema version, corruption).
     Corrupt(String),
     /// Any other database failure.
@@ -64,6 +80,7 @@ impl fmt::Display for StoreError {
             StoreError::ManifestBlobUnknown(d) => write!(f, "referenced content {d} unknown"),
             StoreError::ManifestRefMismatch(m) => f.write_str(m),
             StoreError::Full => f.write_str("no space left on the storage device"),
+            StoreError::Unavailable => f.write_str("store is reopening after an I/O failure"),
             StoreError::Corrupt(m) => write!(f, "store unusable: {m}"),
             StoreError::Db(e) => write!(f, "database error: {e}"),
         }
@@ -77,6 +94,7 @@ macro_rules! from_redb {
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
                 let e: redb::Error = e.into();
+                handle::note_redb_error(&e);
                 match &e {
                     redb::Error::Io(io) if io.raw_os_error() == Some(28) => StoreError::Full,
                     _ => StoreError::Db(e),
@@ -105,13 +123,12 @@ fn now() -> u64 {
 impl Store {
     /// Opens (creating if absent) the store at `path` with `cache_size` bytes of page cache,
     /// storing blobs in chunk rows of `chunk_size` bytes (a power of two) each.
-    pub fn open(path: &Path, cache_size: usize, chunk_size: usize) -> Result<Store, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(cache_size)
-            .create(path)?;
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let store = Store {
-            db,
-            chunk_payload: chunk_size - CHUNK_ROW_OVERHEAD,
+            handle: Handle::open(path, options.cache_size)?,
+            chunk_payload: options.chunk_size - CHUNK_ROW_OVERHEAD,
+            min_free: options.min_free_space,
+            reusable: Mutex::new(None),
         };
         let tx = store.write(true)?;
         {
@@ -148,21 +165,60 @@ impl Store {
         self.chunk_payload
     }
 
-    /// A write transaction; `durable` ones are on disk when `commit` returns.
-    fn write(&self, durable: bool) -> Result<WriteTransaction, StoreError> {
-        let mut tx = self.db.begin_write()?;
-        if durable {
-            // Saves allocator state with each durable commit, so that a restart after a crash
-            // does not walk the whole file first.
-            tx.set_quick_repair(true);
-        } else {
-            tx.set_durability(Durability::None)?;
-        }
-        Ok(tx)
+    fn write(&self, durable: bool) -> Result<Tx<'_, WriteTransaction>, StoreError> {
+        self.handle.write(durable)
     }
 
-    fn read(&self) -> Result<ReadTransaction, StoreError> {
-        Ok(self.db.begin_read()?)
+    fn read(&self) -> Result<Tx<'_, ReadTransaction>, StoreError> {
+        self.handle.read()
+    }
+
+    /// Refuses `n` more bytes of upload data if the filesystem would fall below the reserve,
+    /// counting as free the space inside the file that deletions released (redb reuses it):
+    /// an operator who deletes images on a full card can push again.
+    fn check_space(&self, n: u64) -> Result<(), StoreError> {
+        let Some(free) = handle::filesystem_free(self.handle.path()) else {
+            return Ok(());
+        };
+        let need = self.min_free.saturating_add(n);
+        if free >= need {
+            return Ok(());
+        }
+        let mut cached = self.reusable.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = cached.is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(2));
+        if !fresh {
+            *cached = Some((Instant::now(), self.reusable_bytes()?));
+        }
+        let (at, reusable) = cached.expect("set above");
+        if free.saturating_add(reusable) < need {
+            return Err(StoreError::Full);
+        }
+        // What this append takes comes out of the estimate until it is next recomputed.
+        *cached = Some((at, reusable - n.min(reusable)));
+        Ok(())
+    }
+
+    /// Drops the reusable-space estimate: content was just deleted.
+    fn space_freed(&self) {
+        *self.reusable.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// File length less live content (blob and upload bytes) and a 1/32 margin for metadata:
+    /// an estimate of the space inside the file that redb can reuse. Only computed when the
+    /// filesystem is low on space.
+    fn reusable_bytes(&self) -> Result<u64, StoreError> {
+        let file_len = std::fs::metadata(self.handle.path()).map_or(0, |m| m.len());
+        let mut live = 0u64;
+        {
+            let tx = self.read()?;
+            for row in tx.open_table(BLOBS)?.iter()? {
+                live += row?.1.value().1;
+            }
+            for row in tx.open_table(UPLOADS)?.iter()? {
+                live += row?.1.value().2;
+            }
+        }
+        Ok(file_len.saturating_sub(live + file_len / 32))
     }
 }
 

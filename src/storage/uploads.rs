@@ -72,6 +72,7 @@ impl Store {
         data: &[u8],
     ) -> Result<u64, StoreError> {
         let end = at + data.len() as u64;
+        self.check_space(data.len() as u64)?;
         // A durable checkpoint each time the session crosses a multiple of CHECKPOINT: after a
         // crash a large upload resumes from there instead of from the start.
         let tx = self.write(at / CHECKPOINT != end / CHECKPOINT)?;
@@ -159,6 +160,7 @@ impl Store {
             drop_chunks(&tx, up.blob)?;
         }
         tx.commit()?;
+        self.space_freed();
         Ok(())
     }
 }

@@ -39,6 +39,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // Outpost patch: handed to each request so a handler can abort the connection
+    abort: Option<crate::connection::ConnectionAbort>,
 }
 
 /// Error that can happen when reading a request.
@@ -58,6 +61,7 @@ impl ClientConnection {
         mut read_socket: RefinedTcpStream,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
+        let abort = read_socket.abort_handle();
         let secure = read_socket.secure();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
@@ -70,6 +74,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            abort,
         }
     }
 
@@ -173,6 +178,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.abort.clone(),
         )
         .map_err(|e| {
             use crate::request;

@@ -103,6 +103,23 @@ impl Connection {
         }
     }
 }
+/// Outpost patch: shuts a request's connection down, e.g. when a response whose headers are
+/// already sent cannot be completed; the client then sees a truncated transfer instead of
+/// waiting for bytes that will never come.
+#[derive(Clone)]
+pub struct ConnectionAbort(std::sync::Arc<Connection>);
+
+impl ConnectionAbort {
+    pub(crate) fn new(conn: &Connection) -> Option<ConnectionAbort> {
+        conn.try_clone().ok().map(|c| ConnectionAbort(std::sync::Arc::new(c)))
+    }
+
+    /// Closes both directions of the connection.
+    pub fn abort(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
 impl From<TcpStream> for Connection {
     fn from(s: TcpStream) -> Self {
         Self::Tcp(s)

@@ -74,6 +74,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // Outpost patch: shuts the connection down (None for tests and TLS)
+    abort: Option<crate::connection::ConnectionAbort>,
 }
 
 struct NotifyOnDrop<R> {
@@ -135,6 +138,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    abort: Option<crate::connection::ConnectionAbort>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -238,6 +242,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        abort,
     })
 }
 
@@ -278,6 +283,12 @@ impl Request {
     #[inline]
     pub fn body_length(&self) -> Option<usize> {
         self.body_length
+    }
+
+    /// Outpost patch: a handle that shuts this request's connection down, for a response that
+    /// fails after its headers were sent.
+    pub fn abort_handle(&self) -> Option<crate::connection::ConnectionAbort> {
+        self.abort.clone()
     }
 
     /// Returns the address of the client that sent this request.

@@ -118,6 +118,15 @@ impl RefinedTcpStream {
         self.stream.secure()
     }
 
+    /// Outpost patch: a handle that can shut this connection down (plain connections only).
+    pub(crate) fn abort_handle(&self) -> Option<crate::connection::ConnectionAbort> {
+        match &self.stream {
+            Stream::Http(conn) => crate::connection::ConnectionAbort::new(conn),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => None,
+        }
+    }
+
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }

@@ -1,0 +1,141 @@
+//! The database handle: opens redb, hands out transactions, reopens the file after an I/O
+//! failure, and keeps a free-space reserve.
+//!
+//! redb refuses all further work once a write has failed ("previous I/O error: close and
+//! re-open"), e.g. when the disk filled up. Rather than serve errors until an operator
+//! restarts it, the handle reopens the file (redb's quick repair rolls back to the last
+//! durable commit) as soon as the transactions of the failed one have ended.
+
+use super::StoreError;
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
+
+/// Set when redb reports an I/O failure; the handle then reopens the database. Process-wide
+/// because the conversion of redb errors cannot reach the handle (one store per process).
+static IO_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Records that `e` was an I/O failure, after which redb needs reopening.
+pub(super) fn note_redb_error(e: &redb::Error) {
+    if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+        IO_FAILED.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The open database and how to open it again.
+pub(super) struct Handle {
+    path: PathBuf,
+    cache_size: usize,
+    db: RwLock<Option<Database>>,
+}
+
+/// A transaction that keeps the database it belongs to from being reopened under it.
+pub(super) struct Tx<'a, T> {
+    // Declared first: dropped before the guard.
+    tx: T,
+    _guard: RwLockReadGuard<'a, Option<Database>>,
+}
+
+impl<T> Deref for Tx<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.tx
+    }
+}
+
+impl Tx<'_, WriteTransaction> {
+    /// Commits the transaction.
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit()?)
+    }
+}
+
+fn open_db(path: &Path, cache_size: usize) -> Result<Database, StoreError> {
+    Ok(Database::builder()
+        .set_cache_size(cache_size)
+        .create(path)?)
+}
+
+impl Handle {
+    /// Opens (creating if absent) the database at `path`.
+    pub fn open(path: &Path, cache_size: usize) -> Result<Handle, StoreError> {
+        let db = open_db(path, cache_size)?;
+        Ok(Handle {
+            path: path.to_owned(),
+            cache_size,
+            db: RwLock::new(Some(db)),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn guard(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        if IO_FAILED.load(Ordering::SeqCst) {
+            self.reopen();
+        }
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Unavailable);
+        }
+        Ok(guard)
+    }
+
+    /// Closes and reopens the database; waits for running transactions first.
+    fn reopen(&self) {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !IO_FAILED.swap(false, Ordering::SeqCst) {
+            return; // another thread did it while we waited
+        }
+        log::warn!("storage I/O failed: reopening {}", self.path.display());
+        *db = None; // closes the file (releasing its lock) before it is opened again
+        match open_db(&self.path, self.cache_size) {
+            Ok(fresh) => {
+                *db = Some(fresh);
+                log::warn!("reopened {} at its last durable state", self.path.display());
+            }
+            Err(e) => {
+                log::error!("reopening {} failed: {e}; will retry", self.path.display());
+                IO_FAILED.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A write transaction; `durable` ones are on disk when `commit` returns.
+    pub fn write(&self, durable: bool) -> Result<Tx<'_, WriteTransaction>, StoreError> {
+        let guard = self.guard()?;
+        let db = guard.as_ref().expect("checked by guard()");
+        let mut tx = db.begin_write()?;
+        if durable {
+            // Saves allocator state with each durable commit, so that a restart after a crash
+            // does not walk the whole file first.
+            tx.set_quick_repair(true);
+        } else {
+            tx.set_durability(Durability::None)?;
+        }
+        Ok(Tx { tx, _guard: guard })
+    }
+
+    /// A read transaction (a snapshot).
+    pub fn read(&self) -> Result<Tx<'_, ReadTransaction>, StoreError> {
+        let guard = self.guard()?;
+        let tx = guard.as_ref().expect("checked by guard()").begin_read()?;
+        Ok(Tx { tx, _guard: guard })
+    }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+pub(super) fn filesystem_free(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the zeroed struct we pass; `c` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
