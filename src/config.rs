@@ -83,15 +83,19 @@ impl Size {
     }
 }
 
-/// Parses `1234`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`: all powers of 1024).
-pub fn parse_size(s: &str) -> Result<usize, String> {
+/// Splits `"64 KiB"` into 64 and `"KiB"`; None if it does not start with a number.
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let num: usize = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4MiB, 512KiB, 1048576)"))?;
-    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+/// Parses `1234`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`: all powers of 1024).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, unit) = number_and_unit(s)
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 4MiB, 512KiB, 1048576)"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
@@ -103,18 +107,15 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         }
     };
     num.checked_mul(mult)
+        .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses `90`, `90s`, `30m`, `24h`, `7d` (a number without unit is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 30m, 24h, 7d)"))?;
-    let mult = match unit.trim() {
+    let (num, unit) =
+        number_and_unit(s).ok_or_else(|| format!("{s:?} is not a duration (e.g. 30m, 24h, 7d)"))?;
+    let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,

@@ -179,11 +179,7 @@ fn streamed_upload_with_chunked_transfer_encoding() {
     let (_d, _r, c) = start();
     let data = bytes(4, 2_500_000);
     let digest = sha256(&data);
-    let loc = c
-        .req("POST", "/v2/stream/blobs/uploads/", &[], Body::None)
-        .header("Location")
-        .unwrap()
-        .to_owned();
+    let loc = c.start_upload("stream");
     let parts: Vec<&[u8]> = data[..2_000_000].chunks(77_777).collect();
     let r = c.req("PATCH", &loc, &[], Body::Chunked(parts));
     assert_eq!(r.status, 202, "{r:?}");
@@ -202,11 +198,7 @@ fn streamed_upload_with_chunked_transfer_encoding() {
 #[test]
 fn cancel_and_bad_upload_ids() {
     let (_d, _r, c) = start();
-    let loc = c
-        .req("POST", "/v2/x/blobs/uploads/", &[], Body::None)
-        .header("Location")
-        .unwrap()
-        .to_owned();
+    let loc = c.start_upload("x");
     c.req("PATCH", &loc, &[], Body::Bytes(b"abc"));
     assert_eq!(c.req("DELETE", &loc, &[], Body::None).status, 204);
     assert_eq!(c.get(&loc).code(), "BLOB_UPLOAD_UNKNOWN");
@@ -219,11 +211,7 @@ fn cancel_and_bad_upload_ids() {
         assert_eq!(c.get(bad).code(), "BLOB_UPLOAD_UNKNOWN", "{bad}");
     }
     // A session belongs to its repository.
-    let loc = c
-        .req("POST", "/v2/x/blobs/uploads/", &[], Body::None)
-        .header("Location")
-        .unwrap()
-        .to_owned();
+    let loc = c.start_upload("x");
     let other = loc.replace("/v2/x/", "/v2/y/");
     assert_eq!(c.get(&other).code(), "BLOB_UPLOAD_UNKNOWN");
 }
@@ -246,11 +234,7 @@ fn digest_mismatch_commits_nothing() {
         404
     );
 
-    let loc = c
-        .req("POST", "/v2/m/blobs/uploads/", &[], Body::None)
-        .header("Location")
-        .unwrap()
-        .to_owned();
+    let loc = c.start_upload("m");
     c.req("PATCH", &loc, &[], Body::Bytes(&data));
     let r = c.req("PUT", &format!("{loc}?digest={wrong}"), &[], Body::None);
     assert_eq!(r.code(), "DIGEST_INVALID");
@@ -264,11 +248,7 @@ fn digest_mismatch_commits_nothing() {
         404
     );
     // A PUT without ?digest= is refused, and the session stays usable.
-    let loc = c
-        .req("POST", "/v2/m/blobs/uploads/", &[], Body::None)
-        .header("Location")
-        .unwrap()
-        .to_owned();
+    let loc = c.start_upload("m");
     assert_eq!(c.req("PUT", &loc, &[], Body::None).code(), "DIGEST_INVALID");
     assert_eq!(c.get(&loc).status, 204);
 }
@@ -735,11 +715,7 @@ fn upload_resumes_after_a_restart() {
     let data = bytes(9, 1_500_000);
     let digest = sha256(&data);
     let c = reg.client();
-    let loc = c
-        .req("POST", "/v2/res/blobs/uploads/", &[], Body::None)
-        .header("Location")
-        .unwrap()
-        .to_owned();
+    let loc = c.start_upload("res");
     assert_eq!(
         c.req(
             "PATCH",
@@ -821,11 +797,7 @@ fn hostile_requests_do_not_hurt_the_server() {
     assert_eq!(n, 0, "connection closed");
     assert!(t.elapsed() < std::time::Duration::from_secs(2));
     // A body shorter than its Content-Length, then a hang-up, during a chunked upload.
-    let loc = c
-        .req("POST", "/v2/h/blobs/uploads/", &[], Body::None)
-        .header("Location")
-        .unwrap()
-        .to_owned();
+    let loc = c.start_upload("h");
     let mut s = std::net::TcpStream::connect(reg.addr).unwrap();
     write!(
         s,
@@ -896,11 +868,7 @@ fn idle_upload_sessions_are_dropped_after_the_ttl() {
     let reg = Registry::start_with(dir.path(), &["--upload-ttl", "2s"]);
     let c = reg.client();
     let open = |body: &[u8]| {
-        let loc = c
-            .req("POST", "/v2/ttl/blobs/uploads/", &[], Body::None)
-            .header("Location")
-            .unwrap()
-            .to_owned();
+        let loc = c.start_upload("ttl");
         assert_eq!(c.req("PATCH", &loc, &[], Body::Bytes(body)).status, 202);
         loc
     };

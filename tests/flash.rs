@@ -27,11 +27,7 @@ fn a_stored_byte_is_written_about_once() {
     let data = bytes(42, 48 << 20);
     let before = write_bytes(pid);
     // Streamed in uneven pieces, as clients do, then finished.
-    let loc = c
-        .req("POST", "/v2/flash/blobs/uploads/", &[], Body::None)
-        .header("Location")
-        .unwrap()
-        .to_owned();
+    let loc = c.start_upload("flash");
     let r = c.req(
         "PATCH",
         &loc,

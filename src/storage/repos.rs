@@ -5,18 +5,19 @@ use super::{next_id, page, Store, StoreError};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use std::ops::Bound;
 
-/// The id of repository `name` as seen by `tx`.
-pub(super) fn repo_id(tx: &ReadTransaction, name: &str) -> Result<u64, StoreError> {
-    let repos = tx.open_table(REPOS)?;
+fn lookup(repos: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
     let id = repos.get(name)?.map(|v| v.value());
     id.ok_or(StoreError::RepoUnknown)
 }
 
+/// The id of repository `name` as seen by `tx`.
+pub(super) fn repo_id(tx: &ReadTransaction, name: &str) -> Result<u64, StoreError> {
+    lookup(&tx.open_table(REPOS)?, name)
+}
+
 /// The id of repository `name` within a write, if it exists.
 pub(super) fn repo_id_w(tx: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
-    let repos = tx.open_table(REPOS)?;
-    let id = repos.get(name)?.map(|v| v.value());
-    id.ok_or(StoreError::RepoUnknown)
+    lookup(&tx.open_table(REPOS)?, name)
 }
 
 /// The id of repository `name`, creating it (repositories are created on first push).

@@ -21,14 +21,22 @@ pub struct Upload {
     pub received: u64,
 }
 
-/// The upload `id` of `repo` as seen by `tx` (an id of another repository is unknown here).
-fn session(tx: &WriteTransaction, repo: &str, id: &str) -> Result<Upload, StoreError> {
-    let uploads = tx.open_table(UPLOADS)?;
+/// The upload `id` of `repo` in `uploads` (an id of another repository is unknown here).
+fn lookup(
+    uploads: &impl ReadableTable<&'static str, (&'static str, u64, u64, u64)>,
+    repo: &str,
+    id: &str,
+) -> Result<Upload, StoreError> {
     let row = uploads.get(id)?;
     match row.as_ref().map(|v| v.value()) {
         Some((r, blob, received, _)) if r == repo => Ok(Upload { blob, received }),
         _ => Err(StoreError::UploadUnknown),
     }
+}
+
+/// The upload `id` of `repo` within a write.
+fn session(tx: &WriteTransaction, repo: &str, id: &str) -> Result<Upload, StoreError> {
+    lookup(&tx.open_table(UPLOADS)?, repo, id)
 }
 
 impl Store {
@@ -52,13 +60,7 @@ impl Store {
 
     /// The state of upload `id` in `repo`.
     pub fn upload(&self, repo: &str, id: &str) -> Result<Upload, StoreError> {
-        let tx = self.read()?;
-        let uploads = tx.open_table(UPLOADS)?;
-        let row = uploads.get(id)?;
-        match row.as_ref().map(|v| v.value()) {
-            Some((r, blob, received, _)) if r == repo => Ok(Upload { blob, received }),
-            _ => Err(StoreError::UploadUnknown),
-        }
+        lookup(&self.read()?.open_table(UPLOADS)?, repo, id)
     }
 
     /// Appends `data` at offset `at`, which must be where the upload stands; returns the new

@@ -253,6 +253,18 @@ impl Client {
         read_response(&mut BufReader::new(s), method == "HEAD")
     }
 
+    /// Opens an upload session in `repo`; returns its location.
+    pub fn start_upload(&self, repo: &str) -> String {
+        let r = self.req(
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            Body::None,
+        );
+        assert_eq!(r.status, 202, "{r:?}");
+        r.header("Location").unwrap().to_owned()
+    }
+
     /// POST + PUT ?digest= with the whole blob; returns the final response.
     pub fn push_blob(&self, repo: &str, data: &[u8]) -> (String, Resp) {
         let digest = sha256(data);
