@@ -22,6 +22,9 @@ pub struct Config {
     pub max_manifest_size: usize,
     /// Upload sessions idle longer than this are cancelled and their data dropped.
     pub upload_ttl: Duration,
+    /// A connection making no progress (reading or writing) this long is dropped; an upload
+    /// keeps what arrived and can be resumed.
+    pub io_timeout: Duration,
     /// Upload data is refused (507) while less than this would stay free on the disk, so
     /// that manifests, deletes and the database's own commits always have room.
     pub min_free_space: usize,
@@ -38,6 +41,7 @@ impl Default for Config {
             max_manifest_size: 4 << 20,
             upload_ttl: Duration::from_secs(24 * 3600),
             min_free_space: 64 << 20,
+            io_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct Overrides {
     pub upload_ttl: Option<String>,
     /// `min_free_space`
     pub min_free_space: Option<Size>,
+    /// `io_timeout`, e.g. `"2m"`
+    pub io_timeout: Option<String>,
 }
 
 /// A byte size: a JSON number, or text such as `"4MiB"`, `"512KiB"`, `"1048576"`.
@@ -146,6 +152,7 @@ impl Overrides {
             max_manifest_size: other.max_manifest_size.or(self.max_manifest_size),
             upload_ttl: other.upload_ttl.or(self.upload_ttl),
             min_free_space: other.min_free_space.or(self.min_free_space),
+            io_timeout: other.io_timeout.or(self.io_timeout),
         }
     }
 
@@ -172,6 +179,10 @@ impl Overrides {
                 "max_manifest_size",
             )?,
             min_free_space: size(self.min_free_space, d.min_free_space, "min_free_space")?,
+            io_timeout: match self.io_timeout {
+                None => d.io_timeout,
+                Some(t) => parse_duration(&t).map_err(|e| format!("io_timeout: {e}"))?,
+            },
             upload_ttl: match self.upload_ttl {
                 None => d.upload_ttl,
                 Some(t) => parse_duration(&t).map_err(|e| format!("upload_ttl: {e}"))?,
@@ -201,6 +212,9 @@ impl Overrides {
         )?;
         if c.upload_ttl.is_zero() {
             return Err("upload_ttl: must be longer than 0s".into());
+        }
+        if c.io_timeout.is_zero() {
+            return Err("io_timeout: must be longer than 0s".into());
         }
         if !c.chunk_size.is_power_of_two() {
             return Err(format!(

@@ -20,7 +20,7 @@ Usage: outpost serve [OPTIONS]
 Options for serve (flags override the config file, which overrides the defaults):
   --config FILE             JSON config file (keys: listen, data_dir, workers, cache_size,
                             chunk_size, max_manifest_size, upload_ttl,
-                            min_free_space)
+                            min_free_space, io_timeout)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --workers N               requests served at once       [default: 8]
@@ -28,6 +28,7 @@ Options for serve (flags override the config file, which overrides the defaults)
   --chunk-size SIZE         stored chunk size, a power of two [default: 256KiB]
   --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]
   --min-free-space SIZE     refuse uploads below this free disk [default: 64MiB]
+  --io-timeout DURATION     drop connections stalled this long [default: 2m]
   --upload-ttl DURATION     drop upload sessions idle this long [default: 24h]
   -h, --help                this help
 
@@ -72,6 +73,11 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("chunk-size") => flags.chunk_size = size(parser.value()?, "--chunk-size")?,
             Long("min-free-space") => {
                 flags.min_free_space = size(parser.value()?, "--min-free-space")?
+            }
+            Long("io-timeout") => {
+                let v = parser.value()?.string()?;
+                config::parse_duration(&v).map_err(|e| format!("--io-timeout: {e}"))?;
+                flags.io_timeout = Some(v);
             }
             Long("upload-ttl") => {
                 let v = parser.value()?.string()?;

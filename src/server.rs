@@ -27,8 +27,12 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let store = Store::open(&db_path, &options)
         .map_err(|e| format!("cannot open store {}: {e}", db_path.display()))?;
-    let server = tiny_http::Server::http(config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let server = tiny_http::Server::new(tiny_http::ServerConfig {
+        addr: tiny_http::ConfigListenAddr::IP(vec![config.listen]),
+        ssl: None,
+        socket_timeout: Some(config.io_timeout),
+    })
+    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let server = Arc::new(server);
     let stopping = Arc::new(AtomicBool::new(false));
     let mut signals = Signals::new([SIGTERM, SIGINT])

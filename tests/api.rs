@@ -939,3 +939,31 @@ fn a_download_that_cannot_finish_ends_the_connection() {
     assert!(got < data.len(), "received {got} of {}", data.len());
     assert_eq!(c.get("/v2/").status, 200);
 }
+
+#[test]
+fn a_stalled_client_cannot_hold_a_worker_forever() {
+    use std::io::Write;
+    let dir = TempDir::new("stall");
+    let reg = Registry::start_with(dir.path(), &["--workers", "1", "--io-timeout", "1s"]);
+    let c = reg.client();
+    let loc = c.start_upload("stall");
+    // Headers and 10 bytes of a 100000-byte chunk, then silence with the connection open: the
+    // only worker is stuck reading it.
+    let mut s = std::net::TcpStream::connect(reg.addr).unwrap();
+    write!(
+        s,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789"
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    assert_eq!(c.get("/v2/").status, 200);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "served only after {:?}",
+        t.elapsed()
+    );
+    // What arrived before the stall is kept for a resume.
+    assert_eq!(c.get(&loc).header("Range"), Some("0-9"));
+    drop(s);
+}

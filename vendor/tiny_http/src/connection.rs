@@ -95,6 +95,15 @@ impl Connection {
         }
     }
 
+    /// Outpost patch: read and write timeouts on the socket.
+    pub(crate) fn set_timeouts(&self, t: std::time::Duration) {
+        let _ = match self {
+            Self::Tcp(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
+        };
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

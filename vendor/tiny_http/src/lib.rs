@@ -177,6 +177,10 @@ pub struct ServerConfig {
 
     /// If `Some`, then the server will use SSL to encode the communications.
     pub ssl: Option<SslConfig>,
+
+    /// Outpost patch: if `Some`, each connection's reads and writes time out after this long
+    /// without progress, so a stalled peer cannot hold a thread (and a handler) forever.
+    pub socket_timeout: Option<std::time::Duration>,
 }
 
 /// Configuration of the server for SSL.
@@ -198,6 +202,7 @@ impl Server {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: None,
+            socket_timeout: None,
         })
     }
 
@@ -214,6 +219,7 @@ impl Server {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: Some(config),
+            socket_timeout: None,
         })
     }
 
@@ -226,13 +232,14 @@ impl Server {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::unix_from_path(path),
             ssl: None,
+            socket_timeout: None,
         })
     }
 
     /// Builds a new server that listens on the specified address.
     pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = config.addr.bind()?;
-        Self::from_listener(listener, config.ssl)
+        Self::from_listener_with_timeout(listener, config.ssl, config.socket_timeout)
     }
 
     /// Builds a new server using the specified TCP listener.
@@ -242,6 +249,15 @@ impl Server {
     pub fn from_listener<L: Into<Listener>>(
         listener: L,
         ssl_config: Option<SslConfig>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_timeout(listener, ssl_config, None)
+    }
+
+    /// Outpost patch: `from_listener` with a per-connection socket timeout.
+    pub fn from_listener_with_timeout<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        socket_timeout: Option<std::time::Duration>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
@@ -294,6 +310,9 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        if let Some(t) = socket_timeout {
+                            sock.set_timeouts(t);
+                        }
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
