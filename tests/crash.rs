@@ -80,11 +80,8 @@ fn pusher(c: Client, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledge
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let (cd, r) = c.push_blob(&repo, &cfg);
                 assert_eq!(r.status, 201);
-                let m = image_manifest(
-                    (&cd, cfg.len()),
-                    &[(&digest_of(&ledger, &repo), size_of(&ledger, &repo))],
-                    "",
-                );
+                let (layer, size) = last_blob(&ledger, &repo);
+                let m = image_manifest((&cd, cfg.len()), &[(&layer, size)], "");
                 let r = c.put_manifest(&repo, &format!("t{n}"), OCI_MANIFEST, &m);
                 (r.status == 201).then_some(m)
             }));
@@ -100,27 +97,11 @@ fn pusher(c: Client, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledge
     }
 }
 
-fn digest_of(l: &Mutex<Ledger>, repo: &str) -> String {
-    l.lock()
-        .unwrap()
-        .blobs
-        .iter()
-        .rev()
-        .find(|b| b.0 == repo)
-        .unwrap()
-        .1
-        .clone()
-}
-
-fn size_of(l: &Mutex<Ledger>, repo: &str) -> usize {
-    l.lock()
-        .unwrap()
-        .blobs
-        .iter()
-        .rev()
-        .find(|b| b.0 == repo)
-        .unwrap()
-        .3
+/// (digest, size) of the last blob acknowledged in `repo`.
+fn last_blob(l: &Mutex<Ledger>, repo: &str) -> (String, usize) {
+    let l = l.lock().unwrap();
+    let b = l.blobs.iter().rev().find(|b| b.0 == repo).unwrap();
+    (b.1.clone(), b.3)
 }
 
 #[test]
