@@ -55,27 +55,13 @@ fn monolithic_upload_then_head_get_delete() {
     assert_eq!(r.status, 201);
     assert_eq!(c.get(&format!("/v2/lib/app/blobs/{empty}")).body.len(), 0);
 
-    let del = c.req(
-        "DELETE",
-        &format!("/v2/lib/app/blobs/{digest}"),
-        &[],
-        Body::None,
-    );
+    let del = c.delete(&format!("/v2/lib/app/blobs/{digest}"));
     assert_eq!(del.status, 202);
     let h = c.head(&format!("/v2/lib/app/blobs/{digest}"));
     assert_eq!(h.status, 404);
     let g = c.get(&format!("/v2/lib/app/blobs/{digest}"));
     assert_eq!(g.code(), "BLOB_UNKNOWN");
-    assert_eq!(
-        c.req(
-            "DELETE",
-            &format!("/v2/lib/app/blobs/{digest}"),
-            &[],
-            Body::None
-        )
-        .status,
-        404
-    );
+    assert_eq!(c.delete(&format!("/v2/lib/app/blobs/{digest}")).status, 404);
 }
 
 #[test]
@@ -95,16 +81,7 @@ fn blob_is_visible_only_in_repositories_that_hold_it() {
     // Deleting from one repository leaves the other's copy intact (content is shared).
     let (_, r) = c.push_blob("two", &data);
     assert_eq!(r.status, 201);
-    assert_eq!(
-        c.req(
-            "DELETE",
-            &format!("/v2/one/blobs/{digest}"),
-            &[],
-            Body::None
-        )
-        .status,
-        202
-    );
+    assert_eq!(c.delete(&format!("/v2/one/blobs/{digest}")).status, 202);
     let g = c.get(&format!("/v2/two/blobs/{digest}"));
     assert_eq!((g.status, sha256(&g.body)), (200, digest));
 }
@@ -200,7 +177,7 @@ fn cancel_and_bad_upload_ids() {
     let (_d, _r, c) = start();
     let loc = c.start_upload("x");
     c.req("PATCH", &loc, &[], Body::Bytes(b"abc"));
-    assert_eq!(c.req("DELETE", &loc, &[], Body::None).status, 204);
+    assert_eq!(c.delete(&loc).status, 204);
     assert_eq!(c.get(&loc).code(), "BLOB_UPLOAD_UNKNOWN");
     assert_eq!(c.req("PATCH", &loc, &[], Body::Bytes(b"abc")).status, 404);
     for bad in [
@@ -383,12 +360,7 @@ fn concurrent_uploads_of_the_same_blob_to_two_repositories() {
         assert_eq!(sha256(&g.body), digests[0]);
     }
     // Unlink from both: the content is gone only after the last link.
-    c.req(
-        "DELETE",
-        &format!("/v2/left/blobs/{}", digests[0]),
-        &[],
-        Body::None,
-    );
+    c.delete(&format!("/v2/left/blobs/{}", digests[0]));
     assert_eq!(
         c.head(&format!("/v2/right/blobs/{}", digests[0])).status,
         200
@@ -539,24 +511,11 @@ fn deletes_and_tag_parameters() {
     let tags = c.get("/v2/del/tags/list").json();
     assert_eq!(tags["tags"], serde_json::json!(["a1", "a2", "b1"]));
     // Untag only.
-    assert_eq!(
-        c.req("DELETE", "/v2/del/manifests/a1", &[], Body::None)
-            .status,
-        202
-    );
+    assert_eq!(c.delete("/v2/del/manifests/a1").status, 202);
     assert_eq!(c.get(&format!("/v2/del/manifests/{da}")).status, 200);
     assert_eq!(c.get("/v2/del/manifests/a2").status, 200);
     // By digest: the manifest and its tags go; other tags stay.
-    assert_eq!(
-        c.req(
-            "DELETE",
-            &format!("/v2/del/manifests/{da}"),
-            &[],
-            Body::None
-        )
-        .status,
-        202
-    );
+    assert_eq!(c.delete(&format!("/v2/del/manifests/{da}")).status, 202);
     assert_eq!(c.get("/v2/del/manifests/a2").code(), "MANIFEST_UNKNOWN");
     assert_eq!(c.get(&format!("/v2/del/manifests/{da}")).status, 404);
     assert_eq!(
@@ -564,16 +523,7 @@ fn deletes_and_tag_parameters() {
         serde_json::json!(["b1"])
     );
     assert_eq!(c.get(&format!("/v2/del/manifests/{db}")).status, 200);
-    assert_eq!(
-        c.req(
-            "DELETE",
-            &format!("/v2/del/manifests/{da}"),
-            &[],
-            Body::None
-        )
-        .status,
-        404
-    );
+    assert_eq!(c.delete(&format!("/v2/del/manifests/{da}")).status, 404);
 }
 
 #[test]
@@ -626,12 +576,7 @@ fn referrers_api() {
     assert_eq!(f["manifests"].as_array().unwrap().len(), 1);
     assert_eq!(f["manifests"][0]["digest"], sha256(&s2));
     // Deleting a referrer removes it from the list.
-    c.req(
-        "DELETE",
-        &format!("/v2/ref/manifests/{}", sha256(&s1)),
-        &[],
-        Body::None,
-    );
+    c.delete(&format!("/v2/ref/manifests/{}", sha256(&s1)));
     let all = c.get(&format!("/v2/ref/referrers/{sd}")).json();
     assert_eq!(all["manifests"].as_array().unwrap().len(), 1);
 }
@@ -918,16 +863,7 @@ fn a_download_that_cannot_finish_ends_the_connection() {
     let mut buf = vec![0; 1 << 20];
     r.read_exact(&mut buf).unwrap();
     // The last link goes while the client is still reading: the rest cannot be sent.
-    assert_eq!(
-        c.req(
-            "DELETE",
-            &format!("/v2/cut/blobs/{digest}"),
-            &[],
-            Body::None
-        )
-        .status,
-        202
-    );
+    assert_eq!(c.delete(&format!("/v2/cut/blobs/{digest}")).status, 202);
     let mut got = buf.len();
     loop {
         match r.read(&mut buf) {

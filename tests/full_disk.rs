@@ -80,11 +80,7 @@ fn a_full_disk_refuses_uploads_but_keeps_serving() {
     assert_eq!(c.put_manifest("full", "v1", OCI_MANIFEST, &m).status, 201);
     // Deleting frees room inside the database, and pushes go through again.
     for (d, _) in &stored[1..3] {
-        assert_eq!(
-            c.req("DELETE", &format!("/v2/full/blobs/{d}"), &[], Body::None)
-                .status,
-            202
-        );
+        assert_eq!(c.delete(&format!("/v2/full/blobs/{d}")).status, 202);
     }
     let (_, r) = c.push_blob("full", &bytes(5000, 4 << 20));
     assert_eq!(r.status, 201, "space freed by deletes is reused: {r:?}");
@@ -113,11 +109,7 @@ fn an_io_failure_reopens_the_store_instead_of_failing_forever() {
     assert!(ok, "store did not come back: {}", reg.log_text());
     intact(&c, "enospc", &stored);
     for (d, _) in &stored[..3] {
-        assert_eq!(
-            c.req("DELETE", &format!("/v2/enospc/blobs/{d}"), &[], Body::None)
-                .status,
-            202
-        );
+        assert_eq!(c.delete(&format!("/v2/enospc/blobs/{d}")).status, 202);
     }
     let (_, r) = c.push_blob("enospc", &bytes(6000, 1 << 20));
     assert_eq!(

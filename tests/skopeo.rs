@@ -97,11 +97,45 @@ fn tagged_digest(dir: &Path) -> String {
     index["manifests"][0]["digest"].as_str().unwrap().to_owned()
 }
 
+/// Pushes layout `src` to `reference` (repo:tag) with skopeo, checks the registry serves the
+/// top manifest as `top`, pulls it back into `dst`, and checks that the top digest and every
+/// blob survived. `all` copies every image of an index.
+fn round_trip(c: &Client, src: &Path, dst: &Path, reference: &str, top: &str, all: bool) {
+    let (repo, tag) = reference.split_once(':').unwrap();
+    let host = c.addr.to_string();
+    let pushed = verified_blobs(src);
+    let all = if all { &["--all"][..] } else { &[][..] };
+    let remote = format!("docker://{host}/{reference}");
+    let copy = |from: &str, to: &str, tls: &str| {
+        let mut args = vec!["copy", "--preserve-digests", tls];
+        args.extend_from_slice(all);
+        args.extend_from_slice(&[from, to]);
+        skopeo(&args);
+    };
+    copy(
+        &format!("oci:{}:{tag}", src.display()),
+        &remote,
+        "--dest-tls-verify=false",
+    );
+    let g = c.get(&format!("/v2/{repo}/manifests/{tag}"));
+    assert_eq!(g.header("Docker-Content-Digest"), Some(top));
+    copy(
+        &remote,
+        &format!("oci:{}:{tag}", dst.display()),
+        "--src-tls-verify=false",
+    );
+    assert_eq!(tagged_digest(dst), top);
+    assert_eq!(
+        verified_blobs(dst),
+        pushed,
+        "pulled {reference} differs from pushed"
+    );
+}
+
 #[test]
 fn skopeo_push_and_pull_an_image_and_a_multi_arch_index() {
     let tmp = TempDir::new("skopeo");
     let reg = Registry::start(&tmp.path().join("data"));
-    let host = reg.addr.to_string();
     let c = reg.client();
 
     // A multi-layer image.
@@ -109,29 +143,13 @@ fn skopeo_push_and_pull_an_image_and_a_multi_arch_index() {
     let layers = vec![bytes(1, 2 << 20), bytes(2, 300 << 10), bytes(3, 10 << 10)];
     let m = image(&src, "amd64", &layers);
     layout(&src, OCI_MANIFEST, &m, "v1");
-    let pushed = verified_blobs(&src);
-    skopeo(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:v1", src.display()),
-        &format!("docker://{host}/edge/app:v1"),
-    ]);
-    let g = c.get("/v2/edge/app/manifests/v1");
-    assert_eq!(g.header("Docker-Content-Digest"), Some(m.0.as_str()));
-    let dst = tmp.path().join("dst");
-    skopeo(&[
-        "copy",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        &format!("docker://{host}/edge/app:v1"),
-        &format!("oci:{}:v1", dst.display()),
-    ]);
-    assert_eq!(tagged_digest(&dst), m.0);
-    assert_eq!(
-        verified_blobs(&dst),
-        pushed,
-        "pulled image differs from pushed"
+    round_trip(
+        &c,
+        &src,
+        &tmp.path().join("dst"),
+        "edge/app:v1",
+        &m.0,
+        false,
     );
 
     // A multi-arch index whose images share a layer.
@@ -147,32 +165,15 @@ fn skopeo_push_and_pull_an_image_and_a_multi_arch_index() {
     );
     let idx = put_blob(&msrc, index.as_bytes());
     layout(&msrc, OCI_INDEX, &idx, "multi");
-    let pushed = verified_blobs(&msrc);
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:multi", msrc.display()),
-        &format!("docker://{host}/edge/multi:multi"),
-    ]);
+    round_trip(
+        &c,
+        &msrc,
+        &tmp.path().join("mdst"),
+        "edge/multi:multi",
+        &idx.0,
+        true,
+    );
     let g = c.get("/v2/edge/multi/manifests/multi");
     assert_eq!(g.header("Content-Type"), Some(OCI_INDEX));
-    assert_eq!(g.header("Docker-Content-Digest"), Some(idx.0.as_str()));
-    let mdst = tmp.path().join("mdst");
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        &format!("docker://{host}/edge/multi:multi"),
-        &format!("oci:{}:multi", mdst.display()),
-    ]);
-    assert_eq!(tagged_digest(&mdst), idx.0);
-    assert_eq!(
-        verified_blobs(&mdst),
-        pushed,
-        "pulled index differs from pushed"
-    );
     assert!(!reg.log_text().contains(" 500 "), "{}", reg.log_text());
 }

@@ -63,6 +63,15 @@ enum Body {
     },
 }
 
+impl From<ApiError> for Reply {
+    /// The OCI error JSON, with the headers that belong to the error.
+    fn from(e: ApiError) -> Reply {
+        let mut reply = Reply::bytes(e.status, "application/json", e.body());
+        reply.headers.extend(e.headers);
+        reply
+    }
+}
+
 impl Reply {
     fn empty(status: u16) -> Reply {
         Reply {
@@ -112,9 +121,7 @@ pub fn handle(app: &App, mut req: Request) {
             if status >= 500 {
                 log::warn!("{method} {url}: {}", e.message);
             }
-            let mut reply = Reply::bytes(status, "application/json", e.body());
-            reply.headers.extend(e.headers);
-            send(app, req, reply)
+            send(app, req, e.into())
         }
     };
     log::info!(
@@ -181,32 +188,33 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
                 // Failed before anything was sent: still time for a proper error.
                 Err(failed) => {
                     let (req, e) = *failed;
-                    send(
-                        app,
-                        req,
-                        Reply::bytes(e.status, "application/json", e.body()),
-                    )
+                    send(app, req, e.into())
                 }
             }
         }
-        Body::Empty | Body::Bytes(_) => {
-            let data = match body {
-                Body::Bytes(b) => b,
-                _ => Vec::new(),
-            };
-            let mut response = Response::from_data(data).with_status_code(status);
-            for (name, value) in headers {
-                // Header values we set are ASCII; anything else is dropped rather than panicking.
-                if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                    response.add_header(h);
-                }
-            }
-            if let Err(e) = req.respond(response) {
-                log::debug!("response not delivered: {e}");
-            }
-            status
+        Body::Empty => send_bytes(req, status, headers, Vec::new()),
+        Body::Bytes(data) => send_bytes(req, status, headers, data),
+    }
+}
+
+/// Writes a small, fully known response through tiny_http; returns the status.
+fn send_bytes(
+    req: Request,
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    data: Vec<u8>,
+) -> u16 {
+    let mut response = Response::from_data(data).with_status_code(status);
+    for (name, value) in headers {
+        // Header values we set are ASCII; anything else is dropped rather than panicking.
+        if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(h);
         }
     }
+    if let Err(e) = req.respond(response) {
+        log::debug!("response not delivered: {e}");
+    }
+    status
 }
 
 /// Streams a blob straight onto the connection: header, then one store read and one socket

@@ -115,8 +115,6 @@ pub fn put(
     let digest = Digest::parse(digest)?;
     if has_body(req) {
         append_body(app, req, name, id)?;
-    } else {
-        app.store.upload(name, id)?;
     }
     finish(app, name, id, &digest)
 }
@@ -165,10 +163,11 @@ fn append_body(app: &App, req: &mut Request, name: &str, id: &str) -> Result<u64
             ));
         }
     }
-    match receive(app, req, name, id, up.received) {
-        Err(e) if e.status == 416 => Err(out_of_order(app.store.upload(name, id)?.received)),
-        other => other,
-    }
+    // Another writer moved the session on: the store's error already says where to.
+    receive(app, req, name, id, up.received).map_err(|e| match e.status {
+        416 => e.header("Location", location(name, id)),
+        _ => e,
+    })
 }
 
 /// Streams the body into the session from offset `at`, one chunk per transaction, hashing as

@@ -215,6 +215,10 @@ impl Client {
         self.req("HEAD", path, &[], Body::None)
     }
 
+    pub fn delete(&self, path: &str) -> Resp {
+        self.req("DELETE", path, &[], Body::None)
+    }
+
     pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Body) -> Resp {
         let mut s = TcpStream::connect(self.addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
