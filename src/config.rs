@@ -28,6 +28,11 @@ pub struct Config {
     /// Upload data is refused (507) while less than this would stay free on the disk, so
     /// that manifests, deletes and the database's own commits always have room.
     pub min_free_space: usize,
+    /// `blobMounting`: cross-repository mounts are honoured (the start value; changeable at
+    /// runtime, see `settings`).
+    pub blob_mounting: bool,
+    /// `automaticMount`: a mount without `from` may take the blob from any repository.
+    pub automatic_mount: bool,
 }
 
 impl Default for Config {
@@ -42,32 +47,73 @@ impl Default for Config {
             upload_ttl: Duration::from_secs(24 * 3600),
             min_free_space: 64 << 20,
             io_timeout: Duration::from_secs(120),
+            blob_mounting: true,
+            automatic_mount: true,
         }
     }
 }
 
 /// Settings as written by an operator (file or flags): all optional, sizes as text or numbers.
+/// Keys are camelCase in the file (`dataDir`, `blobMounting`).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Overrides {
     /// `listen`
     pub listen: Option<String>,
-    /// `data_dir`
+    /// `dataDir`
     pub data_dir: Option<PathBuf>,
     /// `workers`
     pub workers: Option<usize>,
-    /// `cache_size`
+    /// `cacheSize`
     pub cache_size: Option<Size>,
-    /// `chunk_size`
+    /// `chunkSize`
     pub chunk_size: Option<Size>,
-    /// `max_manifest_size`
+    /// `maxManifestSize`
     pub max_manifest_size: Option<Size>,
-    /// `upload_ttl`, e.g. `"24h"`
+    /// `uploadTtl`, e.g. `"24h"`
     pub upload_ttl: Option<String>,
-    /// `min_free_space`
+    /// `minFreeSpace`
     pub min_free_space: Option<Size>,
-    /// `io_timeout`, e.g. `"2m"`
+    /// `ioTimeout`, e.g. `"2m"`
     pub io_timeout: Option<String>,
+    /// `blobMounting`: `"enabled"` or `"disabled"`
+    pub blob_mounting: Option<String>,
+    /// `automaticMount`: `"enabled"` or `"disabled"`
+    pub automatic_mount: Option<String>,
+}
+
+/// `"enabled"` or `"disabled"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toggle {
+    /// On.
+    Enabled,
+    /// Off.
+    Disabled,
+}
+
+impl Toggle {
+    /// Parses `enabled` / `disabled` (as written on a command line).
+    pub fn parse(s: &str) -> Result<Toggle, String> {
+        match s {
+            "enabled" => Ok(Toggle::Enabled),
+            "disabled" => Ok(Toggle::Disabled),
+            _ => Err(format!("{s:?} is neither enabled nor disabled")),
+        }
+    }
+
+    /// True for `Enabled`.
+    pub fn on(self) -> bool {
+        self == Toggle::Enabled
+    }
+
+    /// The word for `on`.
+    pub fn word(on: bool) -> &'static str {
+        if on {
+            "enabled"
+        } else {
+            "disabled"
+        }
+    }
 }
 
 /// A byte size: a JSON number, or text such as `"4MiB"`, `"512KiB"`, `"1048576"`.
@@ -133,6 +179,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
+/// An optional `enabled`/`disabled` value, named `what` in errors.
+fn toggle(v: Option<String>, default: bool, what: &str) -> Result<bool, String> {
+    v.map_or(Ok(default), |s| {
+        Toggle::parse(&s)
+            .map(Toggle::on)
+            .map_err(|e| format!("{what}: {e}"))
+    })
+}
+
 impl Overrides {
     /// Reads a JSON config file; unknown keys are errors, so a typo does not pass silently.
     pub fn from_file(path: &Path) -> Result<Overrides, String> {
@@ -153,6 +208,8 @@ impl Overrides {
             upload_ttl: other.upload_ttl.or(self.upload_ttl),
             min_free_space: other.min_free_space.or(self.min_free_space),
             io_timeout: other.io_timeout.or(self.io_timeout),
+            blob_mounting: other.blob_mounting.or(self.blob_mounting),
+            automatic_mount: other.automatic_mount.or(self.automatic_mount),
         }
     }
 
@@ -171,22 +228,24 @@ impl Overrides {
             listen,
             data_dir: self.data_dir.unwrap_or(d.data_dir),
             workers: self.workers.unwrap_or(d.workers),
-            cache_size: size(self.cache_size, d.cache_size, "cache_size")?,
-            chunk_size: size(self.chunk_size, d.chunk_size, "chunk_size")?,
+            cache_size: size(self.cache_size, d.cache_size, "cacheSize")?,
+            chunk_size: size(self.chunk_size, d.chunk_size, "chunkSize")?,
             max_manifest_size: size(
                 self.max_manifest_size,
                 d.max_manifest_size,
-                "max_manifest_size",
+                "maxManifestSize",
             )?,
-            min_free_space: size(self.min_free_space, d.min_free_space, "min_free_space")?,
+            min_free_space: size(self.min_free_space, d.min_free_space, "minFreeSpace")?,
             io_timeout: match self.io_timeout {
                 None => d.io_timeout,
-                Some(t) => parse_duration(&t).map_err(|e| format!("io_timeout: {e}"))?,
+                Some(t) => parse_duration(&t).map_err(|e| format!("ioTimeout: {e}"))?,
             },
             upload_ttl: match self.upload_ttl {
                 None => d.upload_ttl,
-                Some(t) => parse_duration(&t).map_err(|e| format!("upload_ttl: {e}"))?,
+                Some(t) => parse_duration(&t).map_err(|e| format!("uploadTtl: {e}"))?,
             },
+            blob_mounting: toggle(self.blob_mounting, d.blob_mounting, "blobMounting")?,
+            automatic_mount: toggle(self.automatic_mount, d.automatic_mount, "automaticMount")?,
         };
         let within = |v: usize, lo: usize, hi: usize, what: &str, hint: &str| {
             if (lo..=hi).contains(&v) {
@@ -200,25 +259,25 @@ impl Overrides {
             c.cache_size,
             64 << 10,
             1 << 40,
-            "cache_size",
+            "cacheSize",
             "at least 64KiB",
         )?;
         within(
             c.chunk_size,
             4 << 10,
             64 << 20,
-            "chunk_size",
+            "chunkSize",
             "4KiB to 64MiB",
         )?;
         if c.upload_ttl.is_zero() {
-            return Err("upload_ttl: must be longer than 0s".into());
+            return Err("uploadTtl: must be longer than 0s".into());
         }
         if c.io_timeout.is_zero() {
-            return Err("io_timeout: must be longer than 0s".into());
+            return Err("ioTimeout: must be longer than 0s".into());
         }
         if !c.chunk_size.is_power_of_two() {
             return Err(format!(
-                "chunk_size: {} is not a power of two (e.g. 256KiB, 1MiB, 4MiB)",
+                "chunkSize: {} is not a power of two (e.g. 256KiB, 1MiB, 4MiB)",
                 c.chunk_size
             ));
         }
@@ -226,7 +285,7 @@ impl Overrides {
             c.max_manifest_size,
             1 << 10,
             64 << 20,
-            "max_manifest_size",
+            "maxManifestSize",
             "1KiB to 64MiB",
         )?;
         Ok(c)
@@ -258,14 +317,20 @@ mod tests {
 
     #[test]
     fn layering_and_validation() {
-        let file: Overrides =
-            serde_json::from_str(r#"{"workers": 3, "chunk_size": "256KiB"}"#).unwrap();
+        let file: Overrides = serde_json::from_str(
+            r#"{"workers": 3, "chunkSize": "256KiB", "blobMounting": "disabled"}"#,
+        )
+        .unwrap();
         let flags = Overrides {
             workers: Some(5),
             ..Default::default()
         };
         let c = file.merge(flags).resolve().unwrap();
         assert_eq!((c.workers, c.chunk_size), (5, 256 << 10));
+        assert!(!c.blob_mounting && c.automatic_mount);
+        let off: Overrides = serde_json::from_str(r#"{"blobMounting": "off"}"#).unwrap();
+        assert!(off.resolve().unwrap_err().starts_with("blobMounting:"));
+        assert!(serde_json::from_str::<Overrides>(r#"{"chunk_size": 4096}"#).is_err());
         assert!(serde_json::from_str::<Overrides>(r#"{"wrokers": 3}"#).is_err());
         assert!(Overrides {
             workers: Some(0),

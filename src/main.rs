@@ -1,13 +1,15 @@
 //! Outpost: an embedded, single-binary OCI container registry for edge sites.
 
+mod cli;
 mod config;
 mod digest;
 mod http;
 mod registry;
 mod server;
+mod settings;
 mod storage;
 
-use config::{parse_size, Overrides, Size};
+use config::{parse_size, Overrides, Size, Toggle};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,12 +17,13 @@ const USAGE: &str = "\
 outpost: an OCI container registry for edge sites
 
 Usage: outpost serve [OPTIONS]
+       outpost settings [--config FILE] [--server URL] [NAME=VALUE ...]
        outpost --version
 
 Options for serve (flags override the config file, which overrides the defaults):
-  --config FILE             JSON config file (keys: listen, data_dir, workers, cache_size,
-                            chunk_size, max_manifest_size, upload_ttl,
-                            min_free_space, io_timeout)
+  --config FILE             JSON config file (keys: listen, dataDir, workers, cacheSize,
+                            chunkSize, maxManifestSize, uploadTtl, minFreeSpace,
+                            ioTimeout, blobMounting, automaticMount)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --workers N               requests served at once       [default: 8]
@@ -30,7 +33,15 @@ Options for serve (flags override the config file, which overrides the defaults)
   --min-free-space SIZE     refuse uploads below this free disk [default: 64MiB]
   --io-timeout DURATION     drop connections stalled this long [default: 2m]
   --upload-ttl DURATION     drop upload sessions idle this long [default: 24h]
+  --blob-mounting enabled|disabled   honour cross-repository mounts [default: enabled]
+  --automatic-mount enabled|disabled mounts without from= search all repositories
+                                     [default: enabled]
   -h, --help                this help
+
+settings shows the switches that can change while the registry runs (blobMounting,
+automaticMount) and sets them: NAME=enabled, NAME=disabled, or NAME=default (back to the
+config file). It talks to the registry at --server (default: the configured listen
+address); if nothing listens there, it changes the store in --data-dir directly.
 
 SIZE is bytes or a number with KiB, MiB or GiB; DURATION is seconds or a number with s, m, h, d. Logs go to stderr; set RUST_LOG (e.g. debug).";
 
@@ -39,6 +50,12 @@ enum Command {
         config: Option<PathBuf>,
         flags: Box<Overrides>,
     },
+    Settings {
+        config: Option<PathBuf>,
+        flags: Box<Overrides>,
+        server: Option<String>,
+        changes: Vec<String>,
+    },
     Help,
     Version,
 }
@@ -46,9 +63,16 @@ enum Command {
 fn parse_args() -> Result<Command, lexopt::Error> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
-    let mut command = None;
+    let mut command: Option<String> = None;
     let mut config = None;
+    let mut server = None;
+    let mut changes = Vec::new();
     let mut flags = Overrides::default();
+    let toggle = |v: std::ffi::OsString, flag: &str| -> Result<Option<String>, lexopt::Error> {
+        let s = v.string()?;
+        Toggle::parse(&s).map_err(|e| format!("{flag}: {e}"))?;
+        Ok(Some(s))
+    };
     let size = |v: std::ffi::OsString, flag: &str| -> Result<Option<Size>, lexopt::Error> {
         let s = v.string()?;
         parse_size(&s).map_err(|e| format!("{flag}: {e}"))?;
@@ -60,14 +84,31 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if command.is_none() => {
                 let v = v.string()?;
-                if v != "serve" {
-                    return Err(format!("unknown command {v:?} (try: outpost serve)").into());
+                if v != "serve" && v != "settings" {
+                    return Err(format!("unknown command {v:?} (commands: serve, settings)").into());
                 }
                 command = Some(v);
+            }
+            Value(v) if command.as_deref() == Some("settings") => changes.push(v.string()?),
+            Long("server") if command.as_deref() == Some("settings") => {
+                server = Some(parser.value()?.string()?)
             }
             Long("config") => config = Some(PathBuf::from(parser.value()?)),
             Long("listen") => flags.listen = Some(parser.value()?.string()?),
             Long("data-dir") => flags.data_dir = Some(PathBuf::from(parser.value()?)),
+            Long(f) if command.as_deref() == Some("settings") => {
+                return Err(format!(
+                    "--{f} is not an option of settings (it takes --config, --listen, \
+                     --data-dir, --server)"
+                )
+                .into())
+            }
+            Long("blob-mounting") => {
+                flags.blob_mounting = toggle(parser.value()?, "--blob-mounting")?
+            }
+            Long("automatic-mount") => {
+                flags.automatic_mount = toggle(parser.value()?, "--automatic-mount")?
+            }
             Long("workers") => flags.workers = Some(parser.value()?.parse()?),
             Long("cache-size") => flags.cache_size = size(parser.value()?, "--cache-size")?,
             Long("chunk-size") => flags.chunk_size = size(parser.value()?, "--chunk-size")?,
@@ -90,10 +131,16 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             _ => return Err(arg.unexpected()),
         }
     }
-    match command {
-        Some(_) => Ok(Command::Serve {
+    match command.as_deref() {
+        Some("serve") => Ok(Command::Serve {
             config,
             flags: Box::new(flags),
+        }),
+        Some(_) => Ok(Command::Settings {
+            config,
+            flags: Box::new(flags),
+            server,
+            changes,
         }),
         None => Err("missing command (try: outpost serve)".into()),
     }
@@ -138,6 +185,16 @@ fn main() -> ExitCode {
             .map(|file| file.merge(*flags))
             .and_then(Overrides::resolve)
             .and_then(server::run),
+        Command::Settings {
+            config,
+            flags,
+            server,
+            changes,
+        } => config
+            .map_or(Ok(Overrides::default()), |p| Overrides::from_file(&p))
+            .map(|file| file.merge(*flags))
+            .and_then(Overrides::resolve)
+            .and_then(|c| cli::settings(&c, server.as_deref(), &changes)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

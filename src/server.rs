@@ -27,17 +27,21 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let store = Store::open(&db_path, &options)
         .map_err(|e| format!("cannot open store {}: {e}", db_path.display()))?;
-    let server = tiny_http::Server::new(tiny_http::ServerConfig {
-        addr: tiny_http::ConfigListenAddr::IP(vec![config.listen]),
-        ssl: None,
-        socket_timeout: Some(config.io_timeout),
-    })
-    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let server = Arc::new(server);
     let stopping = Arc::new(AtomicBool::new(false));
+    let listen = config.listen;
+    let io_timeout = config.io_timeout;
+    let workers = config.workers;
+    let app = App::new(store, config, stopping.clone())
+        .map_err(|e| format!("cannot read settings from {}: {e}", db_path.display()))?;
+    let server = tiny_http::Server::new(tiny_http::ServerConfig {
+        addr: tiny_http::ConfigListenAddr::IP(vec![listen]),
+        ssl: None,
+        socket_timeout: Some(io_timeout),
+    })
+    .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let server = Arc::new(server);
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let workers = config.workers;
     log::info!(
         "listening on {} (store {}, {} workers)",
         server
@@ -47,7 +51,7 @@ pub fn run(config: Config) -> Result<(), String> {
         db_path.display(),
         workers
     );
-    let app = Arc::new(App::new(store, config, stopping.clone()));
+    let app = Arc::new(app);
 
     let pool: Vec<_> = (0..workers)
         .map(|i| {

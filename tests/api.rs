@@ -786,12 +786,12 @@ fn cli_reports_bad_flags_and_config() {
         String::from_utf8_lossy(&out.stderr).contains("wrokers"),
         "{out:?}"
     );
-    // A valid config file is used (its data_dir receives the store).
+    // A valid config file is used (its dataDir receives the store).
     let data = dir.path().join("store");
     std::fs::write(
         &cfg,
         format!(
-            r#"{{"data_dir": {:?}, "workers": 2, "chunk_size": "64KiB"}}"#,
+            r#"{{"dataDir": {:?}, "workers": 2, "chunkSize": "64KiB"}}"#,
             data
         ),
     )

@@ -1,14 +1,17 @@
 //! The HTTP edge: parse a request into a route, call the store, write the response.
 
+mod admin;
 mod blobs;
 mod errors;
 mod manifests;
 mod routes;
+mod stats;
 mod tags;
 mod uploads;
 
 use crate::config::Config;
-use crate::storage::{BlobInfo, Store};
+use crate::settings::Settings;
+use crate::storage::{BlobInfo, Store, StoreError};
 use errors::{ApiError, Code};
 use routes::{Query, Route};
 use std::cell::RefCell;
@@ -26,18 +29,23 @@ pub struct App {
     pub config: Config,
     /// Set on SIGTERM/SIGINT: long transfers stop at their next chunk.
     pub stopping: Arc<AtomicBool>,
+    /// Switches an operator can flip at runtime.
+    settings: Settings,
+    stats: stats::Stats,
     hashers: uploads::HasherCache,
 }
 
 impl App {
-    /// Wires the store and configuration together.
-    pub fn new(store: Store, config: Config, stopping: Arc<AtomicBool>) -> App {
-        App {
+    /// Wires the store and configuration together (with settings changed at runtime earlier).
+    pub fn new(store: Store, config: Config, stopping: Arc<AtomicBool>) -> Result<App, StoreError> {
+        Ok(App {
+            settings: Settings::load(&config, &store)?,
             store,
             config,
             stopping,
+            stats: stats::Stats::default(),
             hashers: uploads::HasherCache::default(),
-        }
+        })
     }
 
     fn stopping(&self) -> bool {
@@ -95,7 +103,7 @@ impl Reply {
     }
 }
 
-type Result<T> = std::result::Result<T, ApiError>;
+type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 thread_local! {
     // One chunk buffer per worker, reused by every request it serves: memory stays at
@@ -152,6 +160,9 @@ fn dispatch(app: &App, req: &mut Request) -> Result<Reply> {
         (Route::Upload(name, id), Put) => uploads::put(app, req, &name, &id, &query),
         (Route::Upload(name, id), Delete) => uploads::cancel(app, &name, &id),
         (Route::Referrers(name, d), Get) => manifests::referrers(app, &name, &d, &query),
+        (Route::AdminSettings, Get) => admin::settings(app),
+        (Route::AdminSettings, Patch) => admin::settings_patch(app, req),
+        (Route::AdminStats, Get) => admin::stats(app),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,

@@ -22,11 +22,20 @@ pub enum Route {
     Upload(String, String),
     /// `/v2/<name>/referrers/<digest>`
     Referrers(String, String),
+    /// `/admin/settings`
+    AdminSettings,
+    /// `/admin/stats`
+    AdminStats,
 }
 
 /// Parses the path part of a request URL (no query).
 pub fn route(path: &str) -> Result<Route, ApiError> {
     let not_found = || ApiError::new(404, Code::Unsupported, "no such endpoint");
+    match path {
+        "/admin/settings" => return Ok(Route::AdminSettings),
+        "/admin/stats" => return Ok(Route::AdminStats),
+        _ => {}
+    }
     let rest = match path.strip_prefix("/v2") {
         Some("" | "/") => return Ok(Route::Base),
         Some(r) => r.strip_prefix('/').ok_or_else(not_found)?,

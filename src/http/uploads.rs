@@ -1,9 +1,12 @@
 //! Blob uploads: monolithic, chunked (`Content-Range`), streamed, resumable; finished by digest.
 
 use super::errors::{range_header, ApiError, Code};
+use super::stats::Refusal;
 use super::{has_body, header, with_buf, App, Reply, Result};
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::storage::StoreError;
+use crate::registry::names::valid_name;
+use crate::settings::Key;
+use crate::storage::{MountFrom, StoreError};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Mutex;
@@ -67,9 +70,21 @@ fn check_id(id: &str) -> Result<()> {
     }
 }
 
-/// `POST /v2/<name>/blobs/uploads/`: opens a session, or with `?digest=` takes the whole blob.
+/// `POST /v2/<name>/blobs/uploads/`: mounts with `?mount=` (and `from=`) when it can, else
+/// opens a session, or with `?digest=` takes the whole blob.
 pub fn start(app: &App, req: &mut Request, name: &str, query: &super::Query) -> Result<Reply> {
-    // `mount=` falls back to a fresh session, as the spec allows, until mounting lands.
+    if let Some(mount) = query.get("mount") {
+        match try_mount(app, name, mount, query.get("from"))? {
+            Ok(reply) => return Ok(reply),
+            Err(why) => {
+                app.stats.refused(why);
+                log::info!(
+                    "mount of {mount:.80} into {name} not done ({}): opening an upload",
+                    why.name()
+                );
+            }
+        }
+    }
     let digest = query.get("digest").map(Digest::parse).transpose()?;
     let id = app.store.upload_create(name)?;
     let Some(digest) = digest else {
@@ -80,6 +95,50 @@ pub fn start(app: &App, req: &mut Request, name: &str, query: &super::Query) -> 
         discard(app, name, &id);
     }
     result
+}
+
+/// A cross-repository mount: 201 with the blob's location in `name`, or why not (the caller
+/// then answers like a plain POST, so the client uploads; never 401/404 for a bad `from`).
+fn try_mount(
+    app: &App,
+    name: &str,
+    mount: &str,
+    from: Option<&str>,
+) -> Result<Result<Reply, Refusal>> {
+    if !app.settings.on(Key::BlobMounting) {
+        return Ok(Err(Refusal::Disabled));
+    }
+    let Ok(digest) = Digest::parse(mount) else {
+        return Ok(Err(Refusal::DigestInvalid));
+    };
+    let source = match from {
+        Some(f) if !valid_name(f) => return Ok(Err(Refusal::FromInvalid)),
+        Some(f) => MountFrom::Repo(f),
+        None if !app.settings.on(Key::AutomaticMount) => {
+            return Ok(Err(Refusal::AutomaticDisabled))
+        }
+        None => MountFrom::Any,
+    };
+    // Everyone may pull everything until access control exists.
+    let may_pull = |_: &str| true;
+    let mounted = match app.store.mount(name, source, &digest, &may_pull)? {
+        Ok(m) => m,
+        Err(why) => return Ok(Err(Refusal::Store(why))),
+    };
+    app.stats.mounted(mounted.size);
+    log::info!(
+        "mounted {digest} ({} bytes) into {name} from {}{}",
+        mounted.size,
+        mounted.from,
+        if mounted.linked {
+            ""
+        } else {
+            " (already there)"
+        }
+    );
+    Ok(Ok(Reply::empty(201)
+        .header("Location", format!("/v2/{name}/blobs/{digest}"))
+        .header("Docker-Content-Digest", digest.as_str())))
 }
 
 /// `GET` an upload: where it stands, so that a client can resume (also after a restart).
@@ -268,7 +327,13 @@ fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
             format!("uploaded content has digest {actual}, not {digest}: upload discarded"),
         ));
     }
-    app.store.upload_finish(name, id, digest, up.received)?;
+    if app.store.upload_finish(name, id, digest, up.received)? {
+        app.stats.deduplicated(up.received);
+        log::info!(
+            "{digest} ({} bytes) was stored already: linked into {name}, upload dropped",
+            up.received
+        );
+    }
     Ok(Reply::empty(201)
         .header("Location", format!("/v2/{name}/blobs/{digest}"))
         .header("Docker-Content-Digest", digest.as_str()))

@@ -1,13 +1,55 @@
 //! Blobs: content stored once per encryption domain, linked into repositories, read in chunks.
 
-use super::repos::{repo_id, repo_id_w};
-use super::schema::{BLOBS, CHUNKS, LINKS, LINK_PUSHED};
+use super::repos::{ensure_repo, repo_id, repo_id_w};
+use super::schema::{BLOBS, CHUNKS, LINKS, LINK_MOUNTED, REPOS};
 use super::{now, Store, StoreError};
 use crate::digest::{Algorithm, Digest, Hasher};
 use redb::{ReadableTable, WriteTransaction};
 
 /// The plaintext encryption domain (the only one until per-repository keys land).
 pub(super) const DOMAIN: u64 = 0;
+
+/// The storage/encryption domain of repository `_name`: content is stored, deduplicated and
+/// mounted only within one domain. Every repository is plaintext until per-repository keys
+/// exist; mounts and dedupe already ask this, so they stay within a domain when those land.
+pub(super) fn domain_of(_name: &str) -> u64 {
+    DOMAIN
+}
+
+/// Where a mount may take its blob from.
+#[derive(Clone, Copy, Debug)]
+pub enum MountFrom<'a> {
+    /// The repository the client named (`from=`).
+    Repo(&'a str),
+    /// Any repository of the target's domain the caller may pull (`mount=` without `from=`).
+    Any,
+}
+
+/// Why a mount was not done; the client is given an upload session instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountRefused {
+    /// `from` names no repository.
+    FromUnknown,
+    /// `from` exists but does not hold the blob.
+    NotInFrom,
+    /// No repository the caller may pull holds the blob (automatic mount).
+    NotStored,
+    /// `from` is in another storage/encryption domain than the target.
+    OtherDomain,
+    /// The caller may not pull from `from`.
+    NotReadable,
+}
+
+/// A mount that succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mounted {
+    /// The repository the blob was linked from.
+    pub from: String,
+    /// The blob's size: bytes the client did not have to send.
+    pub size: u64,
+    /// False if the target already held the blob (nothing was written).
+    pub linked: bool,
+}
 
 /// Bytes hashed per read transaction when a digest is recomputed from storage.
 const REHASH_STEP: usize = 1 << 20;
@@ -23,9 +65,9 @@ pub struct BlobInfo {
 
 impl Store {
     /// The blob `digest` as linked into `repo` (not merely present in the store).
-    pub fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<BlobInfo, StoreError> {
+    pub fn linked_blob(&self, repo_name: &str, digest: &Digest) -> Result<BlobInfo, StoreError> {
         let tx = self.read()?;
-        let repo = repo_id(&tx, repo)?;
+        let repo = repo_id(&tx, repo_name)?;
         if tx
             .open_table(LINKS)?
             .get((repo, digest.as_str()))?
@@ -35,7 +77,7 @@ impl Store {
         }
         let blob = tx
             .open_table(BLOBS)?
-            .get((DOMAIN, digest.as_str()))?
+            .get((domain_of(repo_name), digest.as_str()))?
             .map(|v| v.value());
         let (id, size, _) =
             blob.ok_or_else(|| StoreError::Corrupt(format!("link to missing blob {digest}")))?;
@@ -110,11 +152,80 @@ impl Store {
         Ok(hasher.finish())
     }
 
+    /// Links blob `digest` into `target` from another repository without copying it: the
+    /// source must hold it, the caller must be allowed to pull the source (`may_pull`), and
+    /// both must share a domain. One durable transaction that writes the link row only.
+    pub fn mount(
+        &self,
+        target: &str,
+        from: MountFrom<'_>,
+        digest: &Digest,
+        may_pull: &dyn Fn(&str) -> bool,
+    ) -> Result<Result<Mounted, MountRefused>, StoreError> {
+        let domain = domain_of(target);
+        let tx = self.write(true)?;
+        let source = {
+            let repos = tx.open_table(REPOS)?;
+            let links = tx.open_table(LINKS)?;
+            let holds = |id: u64| -> Result<bool, StoreError> {
+                Ok(links.get((id, digest.as_str()))?.is_some())
+            };
+            match from {
+                MountFrom::Repo(name) => {
+                    // Permission first: a refusal must not tell whether the blob is there.
+                    if !may_pull(name) {
+                        return Ok(Err(MountRefused::NotReadable));
+                    }
+                    let Some(id) = repos.get(name)?.map(|v| v.value()) else {
+                        return Ok(Err(MountRefused::FromUnknown));
+                    };
+                    if domain_of(name) != domain {
+                        return Ok(Err(MountRefused::OtherDomain));
+                    }
+                    if !holds(id)? {
+                        return Ok(Err(MountRefused::NotInFrom));
+                    }
+                    name.to_owned()
+                }
+                MountFrom::Any => {
+                    let mut found = None;
+                    for row in repos.iter()? {
+                        let (name, id) = row?;
+                        let name = name.value();
+                        if domain_of(name) == domain && may_pull(name) && holds(id.value())? {
+                            found = Some(name.to_owned());
+                            break;
+                        }
+                    }
+                    match found {
+                        Some(name) => name,
+                        None => return Ok(Err(MountRefused::NotStored)),
+                    }
+                }
+            }
+        };
+        let size = tx
+            .open_table(BLOBS)?
+            .get((domain, digest.as_str()))?
+            .map(|v| v.value().1)
+            .ok_or_else(|| StoreError::Corrupt(format!("{source} links missing blob {digest}")))?;
+        let target_id = ensure_repo(&tx, target)?;
+        let linked = link(&tx, target_id, domain, digest, LINK_MOUNTED)?;
+        if linked {
+            tx.commit()?;
+        } // else: nothing changed, and dropping the transaction writes nothing
+        Ok(Ok(Mounted {
+            from: source,
+            size,
+            linked,
+        }))
+    }
+
     /// Removes `digest` from `repo`; the content goes when no repository links it.
-    pub fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<(), StoreError> {
+    pub fn unlink_blob(&self, repo_name: &str, digest: &Digest) -> Result<(), StoreError> {
         let tx = self.write(true)?;
         {
-            let repo = repo_id_w(&tx, repo)?;
+            let repo = repo_id_w(&tx, repo_name)?;
             if tx
                 .open_table(LINKS)?
                 .remove((repo, digest.as_str()))?
@@ -122,7 +233,7 @@ impl Store {
             {
                 return Err(StoreError::BlobUnknown);
             }
-            release(&tx, digest)?;
+            release(&tx, domain_of(repo_name), digest)?;
         }
         tx.commit()?;
         self.space_freed();
@@ -130,34 +241,45 @@ impl Store {
     }
 }
 
-/// Links `digest` (stored in the domain) into repository `repo`; true if it was not linked.
-pub(super) fn link(tx: &WriteTransaction, repo: u64, digest: &Digest) -> Result<bool, StoreError> {
+/// Links `digest` (stored in `domain`, the repository's) into repository id `repo`, counting the
+/// link on the blob in the same transaction; `kind` says how. True if it was not linked.
+pub(super) fn link(
+    tx: &WriteTransaction,
+    repo: u64,
+    domain: u64,
+    digest: &Digest,
+    kind: u8,
+) -> Result<bool, StoreError> {
     let mut links = tx.open_table(LINKS)?;
     if links.get((repo, digest.as_str()))?.is_some() {
         return Ok(false);
     }
-    links.insert((repo, digest.as_str()), (LINK_PUSHED, now()))?;
+    links.insert((repo, digest.as_str()), (kind, now()))?;
     let mut blobs = tx.open_table(BLOBS)?;
     let (id, size, count) = blobs
-        .get((DOMAIN, digest.as_str()))?
+        .get((domain, digest.as_str()))?
         .map(|v| v.value())
         .ok_or_else(|| StoreError::Corrupt(format!("linking missing blob {digest}")))?;
-    blobs.insert((DOMAIN, digest.as_str()), (id, size, count + 1))?;
+    blobs.insert((domain, digest.as_str()), (id, size, count + 1))?;
     Ok(true)
 }
 
-/// Drops one link's count on `digest`; at zero the blob and its chunks are deleted in the same
-/// transaction, so a concurrent push either sees the blob or stores its own copy.
-fn release(tx: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
+/// Drops one count on `digest` in `domain`; at zero the blob and its chunks are deleted in the
+/// same transaction, so a concurrent push or mount either sees the blob or stores its own copy.
+pub(super) fn release(
+    tx: &WriteTransaction,
+    domain: u64,
+    digest: &Digest,
+) -> Result<(), StoreError> {
     let mut blobs = tx.open_table(BLOBS)?;
     let (id, size, count) = blobs
-        .get((DOMAIN, digest.as_str()))?
+        .get((domain, digest.as_str()))?
         .map(|v| v.value())
         .ok_or_else(|| StoreError::Corrupt(format!("releasing missing blob {digest}")))?;
     if count > 1 {
-        blobs.insert((DOMAIN, digest.as_str()), (id, size, count - 1))?;
+        blobs.insert((domain, digest.as_str()), (id, size, count - 1))?;
     } else {
-        blobs.remove((DOMAIN, digest.as_str()))?;
+        blobs.remove((domain, digest.as_str()))?;
         drop_chunks(tx, id)?;
     }
     Ok(())

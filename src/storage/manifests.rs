@@ -1,6 +1,6 @@
 //! Manifests, tags and referrers of each repository.
 
-use super::blobs::DOMAIN;
+use super::blobs::domain_of;
 use super::repos::{ensure_repo, repo_id, repo_id_w};
 use super::schema::{BLOBS, LINKS, MANIFESTS, REFERRERS, TAGS};
 use super::{page, Store, StoreError};
@@ -72,10 +72,11 @@ impl Store {
     /// Stores a manifest in `repo` (created if new) after checking, in the same transaction,
     /// that everything it references is there.
     pub fn manifest_put(&self, repo: &str, m: &NewManifest) -> Result<(), StoreError> {
+        let domain = domain_of(repo);
         let tx = self.write(true)?;
         {
             let repo = ensure_repo(&tx, repo)?;
-            check_references(&tx, repo, m)?;
+            check_references(&tx, repo, domain, m)?;
             let subject = m.referrer.as_ref().map(|(s, _)| *s);
             let value = encode(m.media_type, subject, m.body);
             tx.open_table(MANIFESTS)?
@@ -206,14 +207,19 @@ impl Store {
     }
 }
 
-fn check_references(tx: &WriteTransaction, repo: u64, m: &NewManifest) -> Result<(), StoreError> {
+fn check_references(
+    tx: &WriteTransaction,
+    repo: u64,
+    domain: u64,
+    m: &NewManifest,
+) -> Result<(), StoreError> {
     let links = tx.open_table(LINKS)?;
     let blobs = tx.open_table(BLOBS)?;
     for (digest, size) in &m.blobs {
         if links.get((repo, digest.as_str()))?.is_none() {
             return Err(StoreError::ManifestBlobUnknown(digest.to_string()));
         }
-        let stored = blobs.get((DOMAIN, digest.as_str()))?.map(|v| v.value().1);
+        let stored = blobs.get((domain, digest.as_str()))?.map(|v| v.value().1);
         if stored != Some(*size) {
             return Err(StoreError::ManifestRefMismatch(format!(
                 "descriptor of {digest} says {size} bytes, the blob has {}",

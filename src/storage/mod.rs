@@ -5,9 +5,10 @@ mod handle;
 mod manifests;
 mod repos;
 mod schema;
+mod settings;
 mod uploads;
 
-pub use blobs::BlobInfo;
+pub use blobs::{BlobInfo, MountFrom, MountRefused};
 pub use manifests::NewManifest;
 
 use handle::{Handle, Tx};
@@ -154,6 +155,7 @@ impl Store {
             tx.open_table(TAGS)?;
             tx.open_table(REFERRERS)?;
             tx.open_table(UPLOADS)?;
+            tx.open_table(SETTINGS)?;
         }
         tx.commit()?;
         Ok(store)
@@ -219,6 +221,43 @@ impl Store {
             }
         }
         Ok(file_len.saturating_sub(live + file_len / 32))
+    }
+}
+
+/// What the store holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    /// Repositories.
+    pub repositories: u64,
+    /// Stored blobs (each once per domain, however many repositories link it).
+    pub blobs: u64,
+    /// Bytes of stored blobs.
+    pub blob_bytes: u64,
+    /// Repository links to blobs.
+    pub links: u64,
+    /// Open upload sessions.
+    pub uploads: u64,
+    /// Size of the database file.
+    pub file_bytes: u64,
+}
+
+impl Store {
+    /// Counts what the store holds (walks the blob table: cheap at edge scale).
+    pub fn totals(&self) -> Result<Totals, StoreError> {
+        use redb::ReadableTableMetadata;
+        let tx = self.read()?;
+        let mut t = Totals {
+            repositories: tx.open_table(REPOS)?.len()?,
+            links: tx.open_table(LINKS)?.len()?,
+            uploads: tx.open_table(UPLOADS)?.len()?,
+            file_bytes: std::fs::metadata(self.handle.path()).map_or(0, |m| m.len()),
+            ..Totals::default()
+        };
+        for row in tx.open_table(BLOBS)?.iter()? {
+            t.blobs += 1;
+            t.blob_bytes += row?.1.value().1;
+        }
+        Ok(t)
     }
 }
 

@@ -21,8 +21,14 @@ pub const REFERRERS: TableDefinition<(u64, &str, &str), &[u8]> = TableDefinition
 /// Upload id -> (repository name, blob id, bytes received, unix seconds of last activity).
 pub const UPLOADS: TableDefinition<&str, (&str, u64, u64, u64)> = TableDefinition::new("uploads");
 
+/// Registry settings changed at runtime: name -> value. They outlive restarts and win over
+/// the config file (like PostgreSQL's `ALTER SYSTEM`); removing one returns to the file's.
+pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+
 /// The schema this build writes; a store with another is refused, not guessed at.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// How a blob came to be linked into a repository.
+/// How a blob came to be linked into a repository: uploaded (or deduplicated at the finish).
 pub const LINK_PUSHED: u8 = 0;
+/// Linked by a cross-repository mount.
+pub const LINK_MOUNTED: u8 = 1;

@@ -1,9 +1,9 @@
 //! Upload sessions: chunks appended under a blob id reserved at the start, committed as a blob
 //! (or dropped as a duplicate) when the client finishes with a verified digest.
 
-use super::blobs::{drop_chunks, link, DOMAIN};
+use super::blobs::{domain_of, drop_chunks, link};
 use super::repos::ensure_repo;
-use super::schema::{BLOBS, CHUNKS, UPLOADS};
+use super::schema::{BLOBS, CHUNKS, LINK_PUSHED, UPLOADS};
 use super::{next_id, now, Store, StoreError};
 use crate::digest::Digest;
 use redb::{ReadableTable, WriteTransaction};
@@ -94,35 +94,39 @@ impl Store {
     }
 
     /// Makes a verified upload the blob `digest` of `repo`. `size` is what the caller hashed:
-    /// the session must still be exactly that long. Stores content once: if the digest is
-    /// already stored, this upload's chunks are dropped and the existing blob is linked.
+    /// the session must still be exactly that long. Stores content once per domain: if the
+    /// digest is already stored, this upload's chunks are dropped and the existing blob is
+    /// linked, in the same transaction. True if the content was a duplicate.
     pub fn upload_finish(
         &self,
         repo: &str,
         id: &str,
         digest: &Digest,
         size: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let domain = domain_of(repo);
         let tx = self.write(true)?;
-        {
+        let duplicate = {
             let up = session(&tx, repo, id)?;
             if up.received != size {
                 return Err(StoreError::UploadOffset(up.received));
             }
             tx.open_table(UPLOADS)?.remove(id)?;
             let mut blobs = tx.open_table(BLOBS)?;
-            if blobs.get((DOMAIN, digest.as_str()))?.is_some() {
+            let duplicate = blobs.get((domain, digest.as_str()))?.is_some();
+            if duplicate {
                 drop(blobs);
                 drop_chunks(&tx, up.blob)?;
             } else {
-                blobs.insert((DOMAIN, digest.as_str()), (up.blob, size, 0))?;
+                blobs.insert((domain, digest.as_str()), (up.blob, size, 0))?;
                 drop(blobs);
             }
             let repo = ensure_repo(&tx, repo)?;
-            link(&tx, repo, digest)?;
-        }
+            link(&tx, repo, domain, digest, LINK_PUSHED)?;
+            duplicate
+        };
         tx.commit()?;
-        Ok(())
+        Ok(duplicate)
     }
 
     /// Cancels every session idle for more than `idle_secs`, one short transaction each;

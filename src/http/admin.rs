@@ -1,0 +1,59 @@
+//! The admin API: `/admin/settings` (read, change at runtime) and `/admin/stats`.
+
+use super::errors::{ApiError, Code};
+use super::{App, Reply, Result};
+use crate::settings::SettingsError;
+use std::io::Read;
+use tiny_http::Request;
+
+/// Largest settings patch read.
+const MAX_PATCH: usize = 64 << 10;
+
+fn json(value: &serde_json::Value) -> Reply {
+    let body = serde_json::to_vec_pretty(value).expect("JSON serialises");
+    Reply::bytes(200, "application/json", body)
+}
+
+/// `GET /admin/settings`: every switch, its value and where the value comes from.
+pub fn settings(app: &App) -> Result<Reply> {
+    Ok(json(&app.settings.to_json()))
+}
+
+/// `PATCH /admin/settings` with a JSON merge patch, e.g. `{"blobMounting": "disabled"}`.
+pub fn settings_patch(app: &App, req: &mut Request) -> Result<Reply> {
+    let mut body = Vec::new();
+    req.as_reader()
+        .take(MAX_PATCH as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::new(400, Code::Unsupported, format!("reading body: {e}")))?;
+    if body.len() > MAX_PATCH {
+        return Err(ApiError::new(
+            413,
+            Code::SizeInvalid,
+            "settings patch too large",
+        ));
+    }
+    let patch: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(400, Code::Unsupported, format!("body is not JSON: {e}")))?;
+    match app.settings.apply(&app.store, &patch) {
+        Ok(()) => Ok(json(&app.settings.to_json())),
+        Err(SettingsError::Invalid(m)) => Err(ApiError::new(400, Code::Unsupported, m)),
+        Err(SettingsError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// `GET /admin/stats`: counters since start and what the store holds.
+pub fn stats(app: &App) -> Result<Reply> {
+    let mut out = app.stats.to_json();
+    let t = app.store.totals()?;
+    out["store"] = serde_json::json!({
+        "repositories": t.repositories,
+        "blobs": t.blobs,
+        "blobBytes": t.blob_bytes,
+        "links": t.links,
+        "uploads": t.uploads,
+        "fileBytes": t.file_bytes,
+    });
+    out["settings"] = app.settings.to_json();
+    Ok(json(&out))
+}
