@@ -56,3 +56,44 @@ fn a_stored_byte_is_written_about_once() {
     drop(reg);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn re_uploading_stored_content_writes_almost_nothing() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("flash-again-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let reg = Registry::start(&dir);
+    let c = reg.client();
+    let pid = reg.child.id();
+    let data = bytes(43, 32 << 20);
+    let (d, r) = c.push_blob("first", &data);
+    assert_eq!(r.status, 201);
+    let file = || std::fs::metadata(dir.join("outpost.redb")).unwrap().len();
+    let (before, size_before) = (write_bytes(pid), file());
+    // A cold client pushing the same layer to another repository: it streams every byte.
+    let loc = c.start_upload("second");
+    let r = c.req(
+        "PATCH",
+        &loc,
+        &[],
+        Body::Chunked(data.chunks(100_003).collect()),
+    );
+    assert_eq!(r.status, 202);
+    let r = c.req("PUT", &format!("{loc}?digest={d}"), &[], Body::None);
+    assert_eq!(r.status, 201);
+    let written = write_bytes(pid) - before;
+    let grown = file() - size_before;
+    eprintln!(
+        "re-upload of {} bytes: wrote {written}, file grew {grown}",
+        data.len()
+    );
+    assert!(
+        written < data.len() as u64 / 100,
+        "wrote {written} bytes for content already stored"
+    );
+    assert!(grown < data.len() as u64 / 100, "file grew {grown} bytes");
+    assert_eq!(c.get(&format!("/v2/second/blobs/{d}")).body, data);
+    drop(reg);
+    let _ = std::fs::remove_dir_all(&dir);
+}

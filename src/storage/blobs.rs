@@ -1,10 +1,12 @@
 //! Blobs: content stored once per encryption domain, linked into repositories, read in chunks.
 
 use super::repos::{ensure_repo, repo_id, repo_id_w};
-use super::schema::{BLOBS, CHUNKS, LINKS, LINK_MOUNTED, REPOS};
+use super::schema::{BLOBS, CHUNKS, LINKS, LINK_MOUNTED, PREFIXES, REPOS};
 use super::{now, Store, StoreError};
 use crate::digest::{Algorithm, Digest, Hasher};
 use redb::{ReadableTable, WriteTransaction};
+use sha2::Digest as _;
+use std::cell::RefCell;
 
 /// The plaintext encryption domain (the only one until per-repository keys land).
 pub(super) const DOMAIN: u64 = 0;
@@ -53,6 +55,39 @@ pub struct Mounted {
 
 /// Bytes hashed per read transaction when a digest is recomputed from storage.
 const REHASH_STEP: usize = 1 << 20;
+
+/// Bytes at the start of a blob that are fingerprinted to find uploads repeating it.
+pub(super) const FP_LEN: usize = 4096;
+
+/// The fingerprint of a blob whose first `FP_LEN` bytes are `head`.
+pub(super) fn fingerprint(head: &[u8]) -> u64 {
+    let d = sha2::Sha256::digest(head);
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// The fingerprint of stored blob `id`, which is at least `FP_LEN` bytes long.
+pub(super) fn stored_fingerprint(
+    chunks: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    id: u64,
+) -> Result<u64, StoreError> {
+    let mut head = Vec::with_capacity(FP_LEN);
+    for row in chunks.range((id, 0)..=(id, u64::MAX))? {
+        let (_, v) = row?;
+        let v = v.value();
+        head.extend_from_slice(&v[..v.len().min(FP_LEN - head.len())]);
+        if head.len() == FP_LEN {
+            return Ok(fingerprint(&head));
+        }
+    }
+    Err(StoreError::Corrupt(format!(
+        "blob {id} is shorter than its size"
+    )))
+}
+
+thread_local! {
+    // Stored bytes read back to compare with an upload's; one per worker, reused.
+    static COMPARE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Where a stored blob's bytes live and how many there are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +166,23 @@ impl Store {
             }
         }
         Err(StoreError::BlobUnknown)
+    }
+
+    /// True if `blob` holds exactly `data` at `offset`.
+    pub(super) fn holds_at(
+        &self,
+        blob: BlobInfo,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<bool, StoreError> {
+        if offset + data.len() as u64 > blob.size {
+            return Ok(false);
+        }
+        COMPARE_BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            self.read_blob(blob, offset, data.len(), &mut buf)?;
+            Ok(buf.as_slice() == data)
+        })
     }
 
     /// Recomputes the digest of the first `size` bytes under blob id `id`.
@@ -280,6 +332,11 @@ pub(super) fn release(
         blobs.insert((domain, digest.as_str()), (id, size, count - 1))?;
     } else {
         blobs.remove((domain, digest.as_str()))?;
+        if size >= FP_LEN as u64 {
+            let fp = stored_fingerprint(&tx.open_table(CHUNKS)?, id)?;
+            tx.open_table(PREFIXES)?
+                .remove((domain, fp, digest.as_str()))?;
+        }
         drop_chunks(tx, id)?;
     }
     Ok(())

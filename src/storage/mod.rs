@@ -26,6 +26,9 @@ pub struct Store {
     min_free: u64,
     /// Last estimate of space inside the file that deletions freed, and when it was made.
     reusable: Mutex<Option<(Instant, u64)>>,
+    /// Progress of uploads that repeat a stored blob: upload id -> (bytes matched, unix
+    /// seconds of last activity). Only the durable checkpoints of it are written.
+    shadows: Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 /// How a store is opened.
@@ -130,6 +133,7 @@ impl Store {
             chunk_payload: options.chunk_size - CHUNK_ROW_OVERHEAD,
             min_free: options.min_free_space,
             reusable: Mutex::new(None),
+            shadows: Mutex::default(),
         };
         let tx = store.write(true)?;
         {
@@ -156,6 +160,8 @@ impl Store {
             tx.open_table(REFERRERS)?;
             tx.open_table(UPLOADS)?;
             tx.open_table(SETTINGS)?;
+            tx.open_table(PREFIXES)?;
+            tx.open_table(SHADOWS)?;
         }
         tx.commit()?;
         Ok(store)

@@ -21,6 +21,13 @@ pub const REFERRERS: TableDefinition<(u64, &str, &str), &[u8]> = TableDefinition
 /// Upload id -> (repository name, blob id, bytes received, unix seconds of last activity).
 pub const UPLOADS: TableDefinition<&str, (&str, u64, u64, u64)> = TableDefinition::new("uploads");
 
+/// (domain, fingerprint of a blob's first 4 KiB, digest) -> (). Finds stored blobs that an
+/// upload may be repeating, so that its bytes are compared instead of written.
+pub const PREFIXES: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("prefixes");
+/// Upload id -> (domain, digest) of the stored blob the upload has repeated byte for byte so
+/// far. The blob's link count includes one for each such upload, so it stays while shadowed.
+pub const SHADOWS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("shadows");
+
 /// Registry settings changed at runtime: name -> value. They outlive restarts and win over
 /// the config file (like PostgreSQL's `ALTER SYSTEM`); removing one returns to the file's.
 pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");

@@ -1,9 +1,16 @@
 //! Upload sessions: chunks appended under a blob id reserved at the start, committed as a blob
 //! (or dropped as a duplicate) when the client finishes with a verified digest.
+//!
+//! An upload whose first bytes are those of a blob the domain already stores (a cold client
+//! re-pushing known content) is compared with that blob instead of written: it "shadows" it.
+//! Only if the bytes diverge is the matched prefix copied into the session's own chunks; if
+//! they never do, the finish links the stored blob and nothing but metadata was written.
 
-use super::blobs::{domain_of, drop_chunks, link};
+use super::blobs::{
+    domain_of, drop_chunks, fingerprint, link, release, stored_fingerprint, BlobInfo, FP_LEN,
+};
 use super::repos::ensure_repo;
-use super::schema::{BLOBS, CHUNKS, LINK_PUSHED, UPLOADS};
+use super::schema::{BLOBS, CHUNKS, LINK_PUSHED, PREFIXES, SHADOWS, UPLOADS};
 use super::{next_id, now, Store, StoreError};
 use crate::digest::Digest;
 use redb::{ReadableTable, WriteTransaction};
@@ -15,11 +22,25 @@ const CHECKPOINT: u64 = 64 << 20;
 /// Where an upload session stands.
 #[derive(Clone, Copy, Debug)]
 pub struct Upload {
-    /// The blob id its chunks are stored under.
+    /// The blob id its content is read from: its own chunks, or the stored blob it shadows.
     pub blob: u64,
     /// Bytes received and committed so far.
     pub received: u64,
 }
+
+/// The stored blob an upload repeats, and how far.
+#[derive(Clone, Debug)]
+struct Shadow {
+    domain: u64,
+    digest: String,
+    blob: BlobInfo,
+    /// The session's own blob id, where a diverging upload continues.
+    own: u64,
+    at: u64,
+}
+
+/// Largest number of stored blobs sharing a fingerprint that an upload is compared with.
+const MAX_CANDIDATES: usize = 4;
 
 /// The upload `id` of `repo` in `uploads` (an id of another repository is unknown here).
 fn lookup(
@@ -60,7 +81,166 @@ impl Store {
 
     /// The state of upload `id` in `repo`.
     pub fn upload(&self, repo: &str, id: &str) -> Result<Upload, StoreError> {
-        lookup(&self.read()?.open_table(UPLOADS)?, repo, id)
+        let up = lookup(&self.read()?.open_table(UPLOADS)?, repo, id)?;
+        Ok(match self.shadow(repo, id)? {
+            Some(sh) => Upload {
+                blob: sh.blob.id,
+                received: sh.at,
+            },
+            None => up,
+        })
+    }
+
+    /// The blob upload `id` shadows, if any, with its progress.
+    fn shadow(&self, repo: &str, id: &str) -> Result<Option<Shadow>, StoreError> {
+        let tx = self.read()?;
+        let Some((domain, digest)) = tx
+            .open_table(SHADOWS)?
+            .get(id)?
+            .map(|v| (v.value().0, v.value().1.to_owned()))
+        else {
+            return Ok(None);
+        };
+        let up = lookup(&tx.open_table(UPLOADS)?, repo, id)?;
+        let (blob, size, _) = tx
+            .open_table(BLOBS)?
+            .get((domain, digest.as_str()))?
+            .map(|v| v.value())
+            .ok_or_else(|| StoreError::Corrupt(format!("upload {id} shadows missing {digest}")))?;
+        let progress = self.progress().get(id).map(|p| p.0);
+        Ok(Some(Shadow {
+            domain,
+            digest,
+            blob: BlobInfo { id: blob, size },
+            own: up.blob,
+            at: progress.unwrap_or(up.received),
+        }))
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
+        self.shadows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends to a shadowing upload: compares instead of writing. `Ok(None)` if the upload
+    /// does not shadow a blob (any more): the caller writes the data.
+    fn shadow_append(
+        &self,
+        repo: &str,
+        id: &str,
+        at: u64,
+        data: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(sh) = self.shadow(repo, id)? else {
+            return Ok(None);
+        };
+        if sh.at != at {
+            return Err(StoreError::UploadOffset(sh.at));
+        }
+        if !self.holds_at(sh.blob, at, data)? {
+            self.materialize(repo, id, &sh)?;
+            return Ok(None);
+        }
+        let end = at + data.len() as u64;
+        {
+            let mut progress = self.progress();
+            match progress.get(id) {
+                Some((p, _)) if *p != at => return Err(StoreError::UploadOffset(*p)),
+                _ => progress.insert(id.to_owned(), (end, now())),
+            };
+        }
+        if at / CHECKPOINT != end / CHECKPOINT {
+            // As for written uploads: after a crash, resume from here rather than the start.
+            let tx = self.write(true)?;
+            tx.open_table(UPLOADS)?
+                .insert(id, (repo, sh.own, end, now()))?;
+            tx.commit()?;
+        }
+        Ok(Some(end))
+    }
+
+    /// Makes a shadowing upload an ordinary one: copies the matched prefix of the stored blob
+    /// into the session's own chunks and releases the stored blob.
+    fn materialize(&self, repo: &str, id: &str, sh: &Shadow) -> Result<(), StoreError> {
+        let step = self.chunk_payload;
+        let mut buf = Vec::with_capacity(step);
+        let mut off = 0;
+        while off < sh.at {
+            self.read_blob(sh.blob, off, step.min((sh.at - off) as usize), &mut buf)?;
+            self.check_space(buf.len() as u64)?;
+            let tx = self.write(false)?;
+            session(&tx, repo, id)?;
+            tx.open_table(CHUNKS)?
+                .insert((sh.own, off), buf.as_slice())?;
+            tx.commit()?;
+            off += buf.len() as u64;
+        }
+        let tx = self.write(false)?;
+        {
+            session(&tx, repo, id)?;
+            tx.open_table(SHADOWS)?.remove(id)?;
+            let digest = Digest::parse(&sh.digest)
+                .map_err(|_| StoreError::Corrupt(format!("bad digest {}", sh.digest)))?;
+            release(&tx, sh.domain, &digest)?;
+            tx.open_table(UPLOADS)?
+                .insert(id, (repo, sh.own, sh.at, now()))?;
+        }
+        tx.commit()?;
+        self.progress().remove(id);
+        log::debug!("upload {id} diverged from {} at byte {}", sh.digest, sh.at);
+        Ok(())
+    }
+
+    /// Starts shadowing if `first` (an upload's first bytes) begins a stored blob of `repo`'s
+    /// domain. True if it does: `first` then needs no writing.
+    fn start_shadow(&self, repo: &str, id: &str, first: &[u8]) -> Result<bool, StoreError> {
+        let domain = domain_of(repo);
+        let fp = fingerprint(&first[..FP_LEN]);
+        let mut found = None;
+        {
+            let tx = self.read()?;
+            let prefixes = tx.open_table(PREFIXES)?;
+            let blobs = tx.open_table(BLOBS)?;
+            for row in prefixes
+                .range((domain, fp, "")..=(domain, fp, "\u{10ffff}"))?
+                .take(MAX_CANDIDATES)
+            {
+                let (k, _) = row?;
+                let digest = k.value().2.to_owned();
+                let Some((blob, size, _)) =
+                    blobs.get((domain, digest.as_str()))?.map(|v| v.value())
+                else {
+                    continue;
+                };
+                let blob = BlobInfo { id: blob, size };
+                if self.holds_at(blob, 0, first)? {
+                    found = Some((digest, blob));
+                    break;
+                }
+            }
+        }
+        let Some((digest, blob)) = found else {
+            return Ok(false);
+        };
+        let tx = self.write(false)?;
+        {
+            let up = session(&tx, repo, id)?;
+            if up.received != 0 {
+                return Err(StoreError::UploadOffset(up.received));
+            }
+            let mut blobs = tx.open_table(BLOBS)?;
+            // Deleted (or replaced) since it was compared: write the upload instead.
+            let row = blobs.get((domain, digest.as_str()))?.map(|v| v.value());
+            let Some((bid, size, count)) = row.filter(|r| r.0 == blob.id) else {
+                return Ok(false);
+            };
+            blobs.insert((domain, digest.as_str()), (bid, size, count + 1))?;
+            tx.open_table(SHADOWS)?
+                .insert(id, (domain, digest.as_str()))?;
+        }
+        tx.commit()?;
+        self.progress()
+            .insert(id.to_owned(), (first.len() as u64, now()));
+        Ok(true)
     }
 
     /// Appends `data` at offset `at`, which must be where the upload stands; returns the new
@@ -73,7 +253,13 @@ impl Store {
         at: u64,
         data: &[u8],
     ) -> Result<u64, StoreError> {
+        if let Some(end) = self.shadow_append(repo, id, at, data)? {
+            return Ok(end);
+        }
         let end = at + data.len() as u64;
+        if at == 0 && data.len() >= FP_LEN && self.start_shadow(repo, id, data)? {
+            return Ok(end);
+        }
         self.check_space(data.len() as u64)?;
         // A durable checkpoint each time the session crosses a multiple of CHECKPOINT: after a
         // crash a large upload resumes from there instead of from the start.
@@ -105,6 +291,29 @@ impl Store {
         size: u64,
     ) -> Result<bool, StoreError> {
         let domain = domain_of(repo);
+        if let Some(sh) = self.shadow(repo, id)? {
+            if sh.at != size {
+                return Err(StoreError::UploadOffset(sh.at));
+            }
+            if sh.domain != domain || sh.digest != digest.as_str() || sh.blob.size != size {
+                // A proper prefix of the stored blob (or another algorithm): store it.
+                self.materialize(repo, id, &sh)?;
+                return self.upload_finish(repo, id, digest, size);
+            }
+            let tx = self.write(true)?;
+            {
+                session(&tx, repo, id)?;
+                tx.open_table(UPLOADS)?.remove(id)?;
+                tx.open_table(SHADOWS)?.remove(id)?;
+                let repo = ensure_repo(&tx, repo)?;
+                // Link first, then drop the shadow's own count: the blob never reaches zero.
+                link(&tx, repo, domain, digest, LINK_PUSHED)?;
+                release(&tx, domain, digest)?;
+            }
+            tx.commit()?;
+            self.progress().remove(id);
+            return Ok(true);
+        }
         let tx = self.write(true)?;
         let duplicate = {
             let up = session(&tx, repo, id)?;
@@ -120,6 +329,11 @@ impl Store {
             } else {
                 blobs.insert((domain, digest.as_str()), (up.blob, size, 0))?;
                 drop(blobs);
+                if size >= FP_LEN as u64 {
+                    let fp = stored_fingerprint(&tx.open_table(CHUNKS)?, up.blob)?;
+                    tx.open_table(PREFIXES)?
+                        .insert((domain, fp, digest.as_str()), ())?;
+                }
             }
             let repo = ensure_repo(&tx, repo)?;
             link(&tx, repo, domain, digest, LINK_PUSHED)?;
@@ -140,8 +354,10 @@ impl Store {
             for row in uploads.iter()? {
                 let (id, v) = row?;
                 let (repo, _, _, last_active) = v.value();
-                if last_active < cutoff {
-                    stale.push((id.value().to_owned(), repo.to_owned()));
+                let id = id.value();
+                let shadow_active = self.progress().get(id).map_or(0, |p| p.1);
+                if last_active.max(shadow_active) < cutoff {
+                    stale.push((id.to_owned(), repo.to_owned()));
                 }
             }
             stale
@@ -164,8 +380,18 @@ impl Store {
             let up = session(&tx, repo, id)?;
             tx.open_table(UPLOADS)?.remove(id)?;
             drop_chunks(&tx, up.blob)?;
+            let shadowed = tx
+                .open_table(SHADOWS)?
+                .remove(id)?
+                .map(|v| (v.value().0, v.value().1.to_owned()));
+            if let Some((domain, digest)) = shadowed {
+                let digest = Digest::parse(&digest)
+                    .map_err(|_| StoreError::Corrupt(format!("bad digest {digest}")))?;
+                release(&tx, domain, &digest)?;
+            }
         }
         tx.commit()?;
+        self.progress().remove(id);
         self.space_freed();
         Ok(())
     }
