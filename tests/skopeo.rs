@@ -177,3 +177,161 @@ fn skopeo_push_and_pull_an_image_and_a_multi_arch_index() {
     assert_eq!(g.header("Content-Type"), Some(OCI_INDEX));
     assert!(!reg.log_text().contains(" 500 "), "{}", reg.log_text());
 }
+
+/// skopeo with its own blob-info cache under `cache` (as root, the cache would otherwise be
+/// the machine-wide one: `_CONTAINERS_ROOTLESS_UID` makes it use `XDG_DATA_HOME`), with
+/// `--debug`; returns the debug log.
+fn skopeo_cached(cache: &Path, args: &[&str]) -> String {
+    let uid = match unsafe_getuid() {
+        0 => 65534,
+        u => u,
+    };
+    let out = Command::new("skopeo")
+        .env("_CONTAINERS_ROOTLESS_UID", uid.to_string())
+        .env("XDG_DATA_HOME", cache)
+        .args(["--insecure-policy", "--debug"])
+        .args(args)
+        .output()
+        .expect("skopeo is required for this test: run ./test.sh, which installs it");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "skopeo {args:?} failed:\n{log}");
+    log
+}
+
+fn unsafe_getuid() -> u32 {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Blob bytes the registry reports, and the disk space its data directory takes (allocated
+/// blocks, as `du` counts: redb extends its file ahead of use without writing it).
+fn stored(c: &Client, data: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let s = c.get("/admin/stats").json()["store"].clone();
+    let alloc = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum();
+    (s["blobBytes"].as_u64().unwrap(), alloc)
+}
+
+#[test]
+fn skopeo_fleet_push_mounts_base_layers_and_stores_unique_bytes_only() {
+    let tmp = TempDir::new("skopeo-fleet");
+    // On the target directory's disk, like the flash test (file growth is what is judged).
+    let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fleet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let reg = Registry::start(&data);
+    let c = reg.client();
+    let host = c.addr.to_string();
+    let base: Vec<Vec<u8>> = (0..3).map(|i| bytes(100 + i, 2 << 20)).collect();
+    let services = ["service-a", "service-b", "service-c", "service-d"];
+    let mut layouts = Vec::new();
+    for (i, name) in services.iter().enumerate() {
+        let dir = new_layout(tmp.path(), name);
+        let mut layers = base.clone();
+        layers.push(bytes(200 + i as u64, 1 << 20));
+        let m = image(&dir, "arm64", &layers);
+        layout(&dir, OCI_MANIFEST, &m, "v1");
+        layouts.push(dir);
+    }
+    let unique = |dir: &Path| -> u64 {
+        // Everything in the layout but the base layers (unique layer, config, manifest).
+        let base_digests: Vec<String> = base.iter().map(|b| sha256(b)).collect();
+        std::fs::read_dir(dir.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| {
+                !base_digests.contains(&format!("sha256:{}", e.file_name().to_str().unwrap()))
+            })
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let push = |cache: &Path, dir: &Path, repo: &str| {
+        skopeo_cached(
+            cache,
+            &[
+                "copy",
+                // Else skopeo gzips the plain tar layers on the way (other digests).
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:v1", dir.display()),
+                &format!("docker://{host}/{repo}:v1"),
+            ],
+        )
+    };
+
+    // One client cache for the whole fleet: later services mount the base layers.
+    let cache = tmp.path().join("cache");
+    push(&cache, &layouts[0], services[0]);
+    for (i, name) in services.iter().enumerate().skip(1) {
+        let (bytes_before, file_before) = stored(&c, &data);
+        let log = push(&cache, &layouts[i], name);
+        let mounted = log.matches("... mount OK").count();
+        assert_eq!(
+            mounted,
+            base.len(),
+            "{name}: base layers not mounted:\n{log}"
+        );
+        assert!(!log.contains("started an upload instead"), "{log}");
+        let (bytes_after, file_after) = stored(&c, &data);
+        // Manifests are not blobs: the unique layer and config are what the store gained.
+        let manifest_len = std::fs::metadata(
+            layouts[i]
+                .join("blobs/sha256")
+                .join(&tagged_digest(&layouts[i])[7..]),
+        )
+        .unwrap()
+        .len();
+        assert_eq!(
+            bytes_after - bytes_before,
+            unique(&layouts[i]) - manifest_len
+        );
+        let grown = file_after - file_before;
+        eprintln!(
+            "{name}: {mounted} layers mounted, store +{} blob bytes, disk +{grown}",
+            bytes_after - bytes_before
+        );
+        assert!(
+            grown <= unique(&layouts[i]) + (256 << 10),
+            "{name}: file grew {grown} for {} unique bytes",
+            unique(&layouts[i])
+        );
+    }
+
+    // Cold clients (empty caches) pushing the fleet again to new repositories: every byte
+    // is sent, and the store keeps what it has.
+    let (bytes_before, file_before) = stored(&c, &data);
+    let mut pushed = 0u64;
+    for (i, name) in services.iter().enumerate() {
+        let cold_cache = tmp.path().join(format!("cold-{i}"));
+        push(&cold_cache, &layouts[i], &format!("{name}-cold"));
+        pushed += verified_blobs(&layouts[i])
+            .iter()
+            .map(|d| {
+                std::fs::metadata(layouts[i].join("blobs/sha256").join(&d[7..]))
+                    .unwrap()
+                    .len()
+            })
+            .sum::<u64>();
+    }
+    let (bytes_after, file_after) = stored(&c, &data);
+    assert_eq!(
+        bytes_after, bytes_before,
+        "cold re-push stored content twice"
+    );
+    let grown = file_after - file_before;
+    eprintln!("cold re-push of {pushed} bytes: disk +{grown}");
+    assert!(
+        grown * 100 < pushed,
+        "cold re-push of {pushed} bytes grew the store by {grown}"
+    );
+    let stats = c.get("/admin/stats").json();
+    assert_eq!(
+        stats["mounts"]["done"],
+        (base.len() * (services.len() - 1)) as u64
+    );
+    drop(reg);
+    let _ = std::fs::remove_dir_all(&data);
+}
