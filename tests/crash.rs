@@ -1,6 +1,8 @@
 //! SIGKILL in the middle of concurrent pushes, restart on the same store, verify: every
-//! acknowledged blob and manifest intact (re-hashed), nothing half-written visible, and each
-//! interrupted upload either resumes to completion or is reported unknown.
+//! acknowledged blob and manifest intact (re-hashed), nothing half-written visible, each
+//! interrupted upload either resumes to completion or is reported unknown, and the reference
+//! counts add up. Workers share some content (so uploads repeat stored blobs and are
+//! deduplicated) and mount what they pushed into a second repository.
 
 mod common;
 use common::*;
@@ -25,7 +27,13 @@ fn pusher(c: Client, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledge
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
         n += 1;
-        let seed = worker * 1_000_000 + n;
+        // Every third blob is content other workers (and rounds) push too.
+        let shared = n.is_multiple_of(3);
+        let seed = if shared {
+            999_000 + n % 7
+        } else {
+            worker * 1_000_000 + n
+        };
         let size = 50_000 + (seed as usize * 7919) % 3_000_000;
         let data = bytes(seed, size);
         let digest = sha256(&data);
@@ -74,6 +82,22 @@ fn pusher(c: Client, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledge
             }
         }
         drop(l);
+        if shared {
+            let target = format!("crash/m{worker}");
+            let mounted = std::panic::catch_unwind(|| {
+                let q = format!("/v2/{target}/blobs/uploads/?mount={digest}&from={repo}");
+                c.req("POST", &q, &[], Body::None).status
+            });
+            match mounted {
+                Ok(201) => ledger
+                    .lock()
+                    .unwrap()
+                    .blobs
+                    .push((target, digest.clone(), seed, size)),
+                Ok(202) => panic!("mount of a blob just pushed was refused"),
+                _ => return,
+            }
+        }
         // Every few blobs, a manifest over the last acknowledged one.
         if n.is_multiple_of(3) {
             let cfg = format!(r#"{{"w":{worker},"n":{n}}}"#).into_bytes();
@@ -149,6 +173,8 @@ fn sigkill_during_concurrent_pushes_leaves_a_consistent_store() {
             );
             assert_eq!(g.body, bytes(*seed, *size));
         }
+        let check = c.get("/admin/check");
+        assert_eq!(check.status, 200, "round {round}: {:?}", check.json());
         for (repo, digest, body) in &l.manifests {
             let g = c.get(&format!("/v2/{repo}/manifests/{digest}"));
             assert_eq!(g.status, 200, "acknowledged manifest {digest} lost");
@@ -193,6 +219,8 @@ fn sigkill_during_concurrent_pushes_leaves_a_consistent_store() {
                 st => panic!("open session answered {st}"),
             }
         }
+        let check = c.get("/admin/check");
+        assert_eq!(check.status, 200, "after resuming: {:?}", check.json());
         checked.0 += l.blobs.len();
         checked.1 += l.manifests.len();
         checked.2 += l.unacked.len();

@@ -85,6 +85,7 @@ fn repeated_diverging_and_prefix_uploads_store_the_right_bytes() {
         (original.len() * 3 + 4 + prefix.len()) as u64
     );
     assert_eq!(c.get("/admin/stats").json()["uploads"]["deduplicated"], 1);
+    assert_eq!(c.get("/admin/check").status, 200);
 }
 
 #[test]
@@ -115,6 +116,7 @@ fn a_shadowing_upload_keeps_the_stored_copy_alive_and_lets_go_when_cancelled() {
     let loc = upload_in_steps(&c, "cancelled", &data[..300_000], 300_000);
     assert_eq!(c.delete(&format!("/v2/late/blobs/{d}")).status, 202);
     assert_eq!(store(&c)["blobs"], 1, "kept while the upload repeats it");
+    assert_eq!(c.get("/admin/check").status, 200);
     assert_eq!(c.delete(&loc).status, 204);
     let s = store(&c);
     assert_eq!(

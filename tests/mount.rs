@@ -448,6 +448,7 @@ fn concurrent_mounts_and_deletes_never_lose_or_leak_a_blob() {
             }
         });
     });
+    assert_eq!(c.get("/admin/check").status, 200);
     // Only the origin holds it now: exactly one copy.
     let s = stats(&c)["store"].clone();
     assert_eq!(

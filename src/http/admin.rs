@@ -57,3 +57,17 @@ pub fn stats(app: &App) -> Result<Reply> {
     out["settings"] = app.settings.to_json();
     Ok(json(&out))
 }
+
+/// `GET /admin/check`: verifies the store's reference counts in one snapshot; 200 with
+/// `{"ok": true}`, or 500 with the problems found (each also logged).
+pub fn check(app: &App) -> Result<Reply> {
+    let problems = app.store.check()?;
+    for p in &problems {
+        log::error!("store check: {p}");
+    }
+    let mut reply = json(&serde_json::json!({ "ok": problems.is_empty(), "problems": problems }));
+    if !problems.is_empty() {
+        reply.status = 500;
+    }
+    Ok(reply)
+}

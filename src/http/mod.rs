@@ -163,6 +163,7 @@ fn dispatch(app: &App, req: &mut Request) -> Result<Reply> {
         (Route::AdminSettings, Get) => admin::settings(app),
         (Route::AdminSettings, Patch) => admin::settings_patch(app, req),
         (Route::AdminStats, Get) => admin::stats(app),
+        (Route::AdminCheck, Get) => admin::check(app),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,

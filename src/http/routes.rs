@@ -26,6 +26,8 @@ pub enum Route {
     AdminSettings,
     /// `/admin/stats`
     AdminStats,
+    /// `/admin/check`
+    AdminCheck,
 }
 
 /// Parses the path part of a request URL (no query).
@@ -34,6 +36,7 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     match path {
         "/admin/settings" => return Ok(Route::AdminSettings),
         "/admin/stats" => return Ok(Route::AdminStats),
+        "/admin/check" => return Ok(Route::AdminCheck),
         _ => {}
     }
     let rest = match path.strip_prefix("/v2") {

@@ -1,6 +1,7 @@
 //! The store: owns the redb database, every table and every transaction.
 
 mod blobs;
+mod check;
 mod handle;
 mod manifests;
 mod repos;
