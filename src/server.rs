@@ -100,6 +100,9 @@ pub fn run(config: Config) -> Result<(), String> {
     drop(janitor_stop);
     let _ = janitor.join();
     drop(server);
+    if let Err(e) = app.store.flush() {
+        log::error!("flushing the store at shutdown: {e}");
+    }
     match Arc::try_unwrap(app) {
         Ok(app) => drop(app), // closes the database cleanly
         Err(_) => log::warn!("store still referenced at shutdown"),
@@ -108,18 +111,26 @@ pub fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Drops abandoned upload sessions: at start, then every quarter of the TTL (1 s to 1 h),
-/// until `stop` is dropped.
+/// Makes mounts durable within `FLUSH_EVERY`, and drops abandoned upload sessions: at start,
+/// then every quarter of the TTL (1 s to 1 h), until `stop` is dropped.
 fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
+    const FLUSH_EVERY: Duration = Duration::from_secs(1);
     let ttl = app.config.upload_ttl;
     let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut next_purge = std::time::Instant::now();
     loop {
-        match app.store.purge_uploads(ttl.as_secs()) {
-            Ok(0) => {}
-            Ok(n) => log::info!("dropped {n} upload session(s) idle for more than {ttl:?}"),
-            Err(e) => log::warn!("purging idle uploads: {e}"),
+        if let Err(e) = app.store.flush() {
+            log::warn!("flushing the store: {e}");
         }
-        if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(every) {
+        if std::time::Instant::now() >= next_purge {
+            match app.store.purge_uploads(ttl.as_secs()) {
+                Ok(0) => {}
+                Ok(n) => log::info!("dropped {n} upload session(s) idle for more than {ttl:?}"),
+                Err(e) => log::warn!("purging idle uploads: {e}"),
+            }
+            next_purge = std::time::Instant::now() + every;
+        }
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(FLUSH_EVERY) {
             return;
         }
     }

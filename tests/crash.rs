@@ -20,6 +20,9 @@ struct Ledger {
     unacked: Vec<(String, String, u64, usize)>,
     /// (repo, upload location, seed, size) sessions open when the server died.
     open: Vec<(String, String, u64, usize)>,
+    /// (repo, digest, seed, size) mounted (201) with no durable acknowledgement since: a
+    /// mount is made durable by the next durable commit or a flush within a second.
+    mounted: Vec<(String, String, u64, usize)>,
 }
 
 fn pusher(c: Client, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>>) {
@@ -75,7 +78,16 @@ fn pusher(c: Client, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledge
         }));
         let mut l = ledger.lock().unwrap();
         match ok {
-            Ok(true) => l.blobs.push((repo.clone(), digest.clone(), seed, size)),
+            Ok(true) => {
+                // This worker's earlier mounts committed before this durable finish.
+                let mine = format!("crash/m{worker}");
+                let (done, pending) = std::mem::take(&mut l.mounted)
+                    .into_iter()
+                    .partition(|m| m.0 == mine);
+                l.mounted = pending;
+                l.blobs.extend::<Vec<_>>(done);
+                l.blobs.push((repo.clone(), digest.clone(), seed, size))
+            }
             _ => {
                 l.unacked.push((repo.clone(), digest, seed, size));
                 return; // the server is gone
@@ -89,11 +101,13 @@ fn pusher(c: Client, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledge
                 c.req("POST", &q, &[], Body::None).status
             });
             match mounted {
-                Ok(201) => ledger
-                    .lock()
-                    .unwrap()
-                    .blobs
-                    .push((target, digest.clone(), seed, size)),
+                Ok(201) => {
+                    ledger
+                        .lock()
+                        .unwrap()
+                        .mounted
+                        .push((target, digest.clone(), seed, size))
+                }
                 Ok(202) => panic!("mount of a blob just pushed was refused"),
                 _ => return,
             }
@@ -180,8 +194,9 @@ fn sigkill_during_concurrent_pushes_leaves_a_consistent_store() {
             assert_eq!(g.status, 200, "acknowledged manifest {digest} lost");
             assert_eq!(&g.body, body);
         }
-        // An unacknowledged blob may or may not have committed; if visible, it is whole.
-        for (repo, digest, _, size) in &l.unacked {
+        // An unacknowledged blob (or a mount not yet followed by a durable commit) may or may
+        // not have committed; if visible, it is whole.
+        for (repo, digest, _, size) in l.unacked.iter().chain(&l.mounted) {
             let g = c.get(&format!("/v2/{repo}/blobs/{digest}"));
             match g.status {
                 404 => {}

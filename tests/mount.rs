@@ -465,3 +465,20 @@ fn concurrent_mounts_and_deletes_never_lose_or_leak_a_blob() {
         (Some(0), Some(0))
     );
 }
+
+#[test]
+fn a_mount_is_durable_within_a_second_even_if_the_registry_is_killed() {
+    let dir = TempDir::new("mount-kill");
+    let mut reg = Registry::start(dir.path());
+    let c = reg.client();
+    let data = bytes(11, 50_000);
+    let (d, _) = c.push_blob("a", &data);
+    assert_eq!(mount(&c, "b", &d, Some("a")).status, 201);
+    // Nothing durable follows the mount; the store's flush makes it durable.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    reg.kill();
+    let reg = Registry::start(dir.path());
+    let c = reg.client();
+    assert_eq!(c.get(&blob_path("b", &d)).body, data);
+    assert_eq!(c.get("/admin/check").status, 200);
+}

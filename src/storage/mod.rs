@@ -30,6 +30,8 @@ pub struct Store {
     /// Progress of uploads that repeat a stored blob: upload id -> (bytes matched, unix
     /// seconds of last activity). Only the durable checkpoints of it are written.
     shadows: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Acknowledged changes (mounts) were committed without durability since the last flush.
+    unflushed: std::sync::atomic::AtomicBool,
 }
 
 /// How a store is opened.
@@ -135,6 +137,7 @@ impl Store {
             min_free: options.min_free_space,
             reusable: Mutex::new(None),
             shadows: Mutex::default(),
+            unflushed: Default::default(),
         };
         let tx = store.write(true)?;
         {
@@ -166,6 +169,19 @@ impl Store {
         }
         tx.commit()?;
         Ok(store)
+    }
+
+    /// Makes acknowledged non-durable commits (mounts) durable, if there are any: called about
+    /// once a second and at shutdown. One durable commit covers any number of them.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.unflushed.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.write(true).and_then(|tx| tx.commit()) {
+                self.unflushed.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Payload bytes per full chunk row: what writers should append at a time, and what a
