@@ -17,11 +17,8 @@ fn write_bytes(pid: u32) -> u64 {
 #[test]
 fn a_stored_byte_is_written_about_once() {
     // On the target directory's disk: a tmpfs would count no writes at all.
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("flash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let reg = Registry::start(&dir);
+    let tmp = TempDir::on_disk("flash");
+    let reg = Registry::start(tmp.path());
     let c = reg.client();
     let pid = reg.child.id();
     let data = bytes(42, 48 << 20);
@@ -53,17 +50,13 @@ fn a_stored_byte_is_written_about_once() {
         "the write counter saw only {written} bytes: cannot judge"
     );
     assert!(ratio <= 1.05, "wrote {ratio:.3}x the bytes stored");
-    drop(reg);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn re_uploading_stored_content_writes_almost_nothing() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("flash-again-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let reg = Registry::start(&dir);
+    let tmp = TempDir::on_disk("flash-again");
+    let dir = tmp.path();
+    let reg = Registry::start(dir);
     let c = reg.client();
     let pid = reg.child.id();
     let data = bytes(43, 32 << 20);
@@ -94,6 +87,4 @@ fn re_uploading_stored_content_writes_almost_nothing() {
     );
     assert!(grown < data.len() as u64 / 100, "file grew {grown} bytes");
     assert_eq!(c.get(&format!("/v2/second/blobs/{d}")).body, data);
-    drop(reg);
-    let _ = std::fs::remove_dir_all(&dir);
 }

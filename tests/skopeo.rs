@@ -219,9 +219,8 @@ fn stored(c: &Client, data: &Path) -> (u64, u64) {
 fn skopeo_fleet_push_mounts_base_layers_and_stores_unique_bytes_only() {
     let tmp = TempDir::new("skopeo-fleet");
     // On the target directory's disk, like the flash test (file growth is what is judged).
-    let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("fleet-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
+    let disk = TempDir::on_disk("fleet");
+    let data = disk.path().to_owned();
     let reg = Registry::start(&data);
     let c = reg.client();
     let host = c.addr.to_string();
@@ -332,6 +331,4 @@ fn skopeo_fleet_push_mounts_base_layers_and_stores_unique_bytes_only() {
         stats["mounts"]["done"],
         (base.len() * (services.len() - 1)) as u64
     );
-    drop(reg);
-    let _ = std::fs::remove_dir_all(&data);
 }

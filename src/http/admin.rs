@@ -1,9 +1,8 @@
 //! The admin API: `/admin/settings` (read, change at runtime) and `/admin/stats`.
 
 use super::errors::{ApiError, Code};
-use super::{App, Reply, Result};
+use super::{read_small_body, App, Reply, Result};
 use crate::settings::SettingsError;
-use std::io::Read;
 use tiny_http::Request;
 
 /// Largest settings patch read.
@@ -21,18 +20,7 @@ pub fn settings(app: &App) -> Result<Reply> {
 
 /// `PATCH /admin/settings` with a JSON merge patch, e.g. `{"blobMounting": "disabled"}`.
 pub fn settings_patch(app: &App, req: &mut Request) -> Result<Reply> {
-    let mut body = Vec::new();
-    req.as_reader()
-        .take(MAX_PATCH as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::new(400, Code::Unsupported, format!("reading body: {e}")))?;
-    if body.len() > MAX_PATCH {
-        return Err(ApiError::new(
-            413,
-            Code::SizeInvalid,
-            "settings patch too large",
-        ));
-    }
+    let body = read_small_body(req, MAX_PATCH, "settings patch", Code::Unsupported)?;
     let patch: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(400, Code::Unsupported, format!("body is not JSON: {e}")))?;
     match app.settings.apply(&app.store, &patch) {

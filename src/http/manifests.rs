@@ -2,13 +2,12 @@
 
 use super::errors::{ApiError, Code};
 use super::routes::Query;
-use super::{header, App, Reply, Result};
+use super::{header, read_small_body, App, Reply, Result};
 use crate::digest::{Digest, Hasher};
 use crate::registry::manifest::{descriptor_artifact_type, Manifest, OCI_INDEX};
 use crate::registry::names::valid_tag;
 use crate::registry::Reference;
 use crate::storage::NewManifest;
-use std::io::Read;
 use tiny_http::Request;
 
 /// `GET`/`HEAD` a manifest by tag or digest.
@@ -30,25 +29,12 @@ pub fn put(
     query: &Query,
 ) -> Result<Reply> {
     let reference = Reference::parse(reference)?;
-    let max = app.config.max_manifest_size;
-    let too_big = || {
-        ApiError::new(
-            413,
-            Code::SizeInvalid,
-            format!("manifest larger than the registry's limit of {max} bytes"),
-        )
-    };
-    if req.body_length().is_some_and(|n| n > max) {
-        return Err(too_big());
-    }
-    let mut body = Vec::new();
-    req.as_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::new(400, Code::ManifestInvalid, format!("reading manifest: {e}")))?;
-    if body.len() > max {
-        return Err(too_big());
-    }
+    let body = read_small_body(
+        req,
+        app.config.max_manifest_size,
+        "manifest",
+        Code::ManifestInvalid,
+    )?;
     let digest = match &reference {
         Reference::Digest(d) => {
             let mut h = Hasher::new(d.algorithm());

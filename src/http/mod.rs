@@ -180,6 +180,31 @@ fn header<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
         .map(|h| h.value.as_str())
 }
 
+/// Reads a small request body of at most `max` bytes: `Err(413 SIZE_INVALID)` beyond it
+/// (checked against Content-Length first), a read failure as `code`.
+fn read_small_body(req: &mut Request, max: usize, what: &str, code: Code) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = || {
+        ApiError::new(
+            413,
+            Code::SizeInvalid,
+            format!("{what} larger than the registry's limit of {max} bytes"),
+        )
+    };
+    if req.body_length().is_some_and(|n| n > max) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    req.as_reader()
+        .take(max as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::new(400, code, format!("reading {what}: {e}")))?;
+    if body.len() > max {
+        return Err(too_big());
+    }
+    Ok(body)
+}
+
 /// True if the request carries a body (declared length > 0 or chunked).
 fn has_body(req: &Request) -> bool {
     header(req, "Transfer-Encoding").is_some() || req.body_length().is_some_and(|n| n > 0)

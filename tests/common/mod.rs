@@ -28,6 +28,16 @@ impl TempDir {
         TempDir(p)
     }
 
+    /// A scratch directory on the disk of the build's target directory (the system temp
+    /// directory may be a tmpfs, where writes and allocated blocks cannot be measured).
+    pub fn on_disk(tag: &str) -> TempDir {
+        let p =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }
