@@ -9,9 +9,7 @@
 # Needs: cargo, skopeo, docker-registry, curl, python3 (installed with apt if missing, as root).
 # Writes runs under benches/runs/ (ignored by git).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(dirname "$here")
-harness=${OUTPOST_BENCH_HARNESS:-$top/../shared/bench}
+source "$(dirname "$0")/lib.sh"
 [[ -x $harness/bench.sh ]] || { echo "compare.sh: no harness at $harness" >&2; exit 2; }
 scale=1
 if [[ ${1:-} == --scale ]]; then scale=$2; shift 2; fi
@@ -22,7 +20,7 @@ command -v docker-registry >/dev/null || missing+=(docker-registry)
 if ((${#missing[@]})); then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
-(cd "$top" && cargo build --release --locked -q)
+build_release
 
 work=$(mktemp -d /tmp/outpost-bench.XXXXXX)
 runs=$here/runs
@@ -31,7 +29,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 newest_run() { ls -1td "$runs"/*/ | head -n 1; }
 
 # distribution
@@ -46,12 +43,8 @@ sleep 1
 
 # outpost
 port=$(free_port)
-mkdir -p "$work/outpost"
-"$top/target/release/outpost" serve --listen "127.0.0.1:$port" --data-dir "$work/outpost" \
-  2>"$work/outpost.log" &
-pid=$!
+start_outpost "$work/outpost" "$port" "$work/outpost.log"
 pids+=("$pid")
-for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/v2/" && break; sleep 0.05; done
 "$harness/bench.sh" --base "http://127.0.0.1:$port" --pid "$pid" --data-dir "$work/outpost" \
   --scale "$scale" --runs "$runs" --images "$work/images" --label outpost "$@" || true
 new_run=$(newest_run)

@@ -6,17 +6,14 @@
 #
 # usage: benches/raw.sh [ROUNDS]   (default 3; needs docker-registry, curl, python3, cargo)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(dirname "$here")
-harness=${OUTPOST_BENCH_HARNESS:-$top/../shared/bench}
+source "$(dirname "$0")/lib.sh"
 rounds=${1:-3}
-(cd "$top" && cargo build --release --locked -q)
+build_release
 work=$(mktemp -d /tmp/outpost-raw.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 blob=$work/blob.bin
 head -c 1G /dev/urandom >"$blob"; sync; sleep 5
 digest=sha256:$(sha256sum "$blob" | cut -d' ' -f1)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 measure() { # label pid base
@@ -34,9 +31,7 @@ for _ in $(seq "$rounds"); do
   sync; rm -rf "$work/d"; port=$(free_port)
   pid=$("$harness/reference/start-distribution.sh" "$work/d" "127.0.0.1:$port" "$work/d.log")
   measure distribution "$pid" "http://127.0.0.1:$port"; kill "$pid"; wait "$pid" 2>/dev/null || true
-  sync; rm -rf "$work/o"; mkdir -p "$work/o"; port=$(free_port)
-  "$top/target/release/outpost" serve --listen "127.0.0.1:$port" --data-dir "$work/o" 2>/dev/null &
-  pid=$!
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/v2/" && break; sleep 0.05; done
+  sync; rm -rf "$work/o"; port=$(free_port)
+  start_outpost "$work/o" "$port" /dev/null
   measure outpost "$pid" "http://127.0.0.1:$port"; kill "$pid"; wait "$pid" 2>/dev/null || true
 done

@@ -24,21 +24,7 @@ fn a_stored_byte_is_written_about_once() {
     let data = bytes(42, 48 << 20);
     let before = write_bytes(pid);
     // Streamed in uneven pieces, as clients do, then finished.
-    let loc = c.start_upload("flash");
-    let r = c.req(
-        "PATCH",
-        &loc,
-        &[],
-        Body::Chunked(data.chunks(100_003).collect()),
-    );
-    assert_eq!(r.status, 202);
-    let r = c.req(
-        "PUT",
-        &format!("{loc}?digest={}", sha256(&data)),
-        &[],
-        Body::None,
-    );
-    assert_eq!(r.status, 201);
+    assert_eq!(c.push_streamed("flash", &data).status, 201);
     let written = write_bytes(pid) - before;
     let ratio = written as f64 / data.len() as f64;
     eprintln!(
@@ -65,16 +51,7 @@ fn re_uploading_stored_content_writes_almost_nothing() {
     let file = || std::fs::metadata(dir.join("outpost.redb")).unwrap().len();
     let (before, size_before) = (write_bytes(pid), file());
     // A cold client pushing the same layer to another repository: it streams every byte.
-    let loc = c.start_upload("second");
-    let r = c.req(
-        "PATCH",
-        &loc,
-        &[],
-        Body::Chunked(data.chunks(100_003).collect()),
-    );
-    assert_eq!(r.status, 202);
-    let r = c.req("PUT", &format!("{loc}?digest={d}"), &[], Body::None);
-    assert_eq!(r.status, 201);
+    assert_eq!(c.push_streamed("second", &data).status, 201);
     let written = write_bytes(pid) - before;
     let grown = file() - size_before;
     eprintln!(

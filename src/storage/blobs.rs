@@ -290,7 +290,7 @@ impl Store {
             {
                 return Err(StoreError::BlobUnknown);
             }
-            release(&tx, domain_of(repo_name), digest)?;
+            release(&tx, domain_of(repo_name), digest.as_str())?;
         }
         tx.commit()?;
         self.space_freed();
@@ -323,24 +323,19 @@ pub(super) fn link(
 
 /// Drops one count on `digest` in `domain`; at zero the blob and its chunks are deleted in the
 /// same transaction, so a concurrent push or mount either sees the blob or stores its own copy.
-pub(super) fn release(
-    tx: &WriteTransaction,
-    domain: u64,
-    digest: &Digest,
-) -> Result<(), StoreError> {
+pub(super) fn release(tx: &WriteTransaction, domain: u64, digest: &str) -> Result<(), StoreError> {
     let mut blobs = tx.open_table(BLOBS)?;
     let (id, size, count) = blobs
-        .get((domain, digest.as_str()))?
+        .get((domain, digest))?
         .map(|v| v.value())
         .ok_or_else(|| StoreError::Corrupt(format!("releasing missing blob {digest}")))?;
     if count > 1 {
-        blobs.insert((domain, digest.as_str()), (id, size, count - 1))?;
+        blobs.insert((domain, digest), (id, size, count - 1))?;
     } else {
-        blobs.remove((domain, digest.as_str()))?;
+        blobs.remove((domain, digest))?;
         if size >= FP_LEN as u64 {
             let fp = stored_fingerprint(&tx.open_table(CHUNKS)?, id)?;
-            tx.open_table(PREFIXES)?
-                .remove((domain, fp, digest.as_str()))?;
+            tx.open_table(PREFIXES)?.remove((domain, fp, digest))?;
         }
         drop_chunks(tx, id)?;
     }

@@ -27,8 +27,8 @@ pub struct Store {
     min_free: u64,
     /// Last estimate of space inside the file that deletions freed, and when it was made.
     reusable: Mutex<Option<(Instant, u64)>>,
-    /// Progress of uploads that repeat a stored blob: upload id -> (bytes matched, unix
-    /// seconds of last activity). Only the durable checkpoints of it are written.
+    /// Progress of uploads that repeat a stored blob (exactly the ids in `shadows`): upload
+    /// id -> (bytes matched, unix seconds of last activity). Only checkpoints are written.
     shadows: Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// Acknowledged changes (mounts) were committed without durability since the last flush.
     unflushed: std::sync::atomic::AtomicBool,
@@ -168,6 +168,7 @@ impl Store {
             tx.open_table(SHADOWS)?;
         }
         tx.commit()?;
+        store.load_shadows()?;
         Ok(store)
     }
 

@@ -81,25 +81,29 @@ impl Store {
 
     /// The state of upload `id` in `repo`.
     pub fn upload(&self, repo: &str, id: &str) -> Result<Upload, StoreError> {
-        let up = lookup(&self.read()?.open_table(UPLOADS)?, repo, id)?;
-        Ok(match self.shadow(repo, id)? {
-            Some(sh) => Upload {
+        if let Some(sh) = self.shadow(repo, id)? {
+            return Ok(Upload {
                 blob: sh.blob.id,
                 received: sh.at,
-            },
-            None => up,
-        })
+            });
+        }
+        lookup(&self.read()?.open_table(UPLOADS)?, repo, id)
     }
 
-    /// The blob upload `id` shadows, if any, with its progress.
+    /// The blob upload `id` shadows, if any, with its progress. The in-memory progress map
+    /// (loaded from `shadows` at open) says which sessions shadow: an ordinary upload's
+    /// chunks pay one map lookup here, not a read transaction.
     fn shadow(&self, repo: &str, id: &str) -> Result<Option<Shadow>, StoreError> {
+        let Some(at) = self.progress().get(id).map(|p| p.0) else {
+            return Ok(None);
+        };
         let tx = self.read()?;
         let Some((domain, digest)) = tx
             .open_table(SHADOWS)?
             .get(id)?
             .map(|v| (v.value().0, v.value().1.to_owned()))
         else {
-            return Ok(None);
+            return Ok(None); // ended meanwhile
         };
         let up = lookup(&tx.open_table(UPLOADS)?, repo, id)?;
         let (blob, size, _) = tx
@@ -107,14 +111,28 @@ impl Store {
             .get((domain, digest.as_str()))?
             .map(|v| v.value())
             .ok_or_else(|| StoreError::Corrupt(format!("upload {id} shadows missing {digest}")))?;
-        let progress = self.progress().get(id).map(|p| p.0);
         Ok(Some(Shadow {
             domain,
             digest,
             blob: BlobInfo { id: blob, size },
             own: up.blob,
-            at: progress.unwrap_or(up.received),
+            at,
         }))
+    }
+
+    /// Fills the progress map from the `shadows` table: after a restart, each shadowing
+    /// session resumes from its last durable checkpoint.
+    pub(super) fn load_shadows(&self) -> Result<(), StoreError> {
+        let tx = self.read()?;
+        let uploads = tx.open_table(UPLOADS)?;
+        let mut progress = self.progress();
+        for row in tx.open_table(SHADOWS)?.iter()? {
+            let (id, _) = row?;
+            let id = id.value();
+            let received = uploads.get(id)?.map_or(0, |v| v.value().2);
+            progress.insert(id.to_owned(), (received, now()));
+        }
+        Ok(())
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
@@ -178,9 +196,7 @@ impl Store {
         {
             session(&tx, repo, id)?;
             tx.open_table(SHADOWS)?.remove(id)?;
-            let digest = Digest::parse(&sh.digest)
-                .map_err(|_| StoreError::Corrupt(format!("bad digest {}", sh.digest)))?;
-            release(&tx, sh.domain, &digest)?;
+            release(&tx, sh.domain, &sh.digest)?;
             tx.open_table(UPLOADS)?
                 .insert(id, (repo, sh.own, sh.at, now()))?;
         }
@@ -308,7 +324,7 @@ impl Store {
                 let repo = ensure_repo(&tx, repo)?;
                 // Link first, then drop the shadow's own count: the blob never reaches zero.
                 link(&tx, repo, domain, digest, LINK_PUSHED)?;
-                release(&tx, domain, digest)?;
+                release(&tx, domain, digest.as_str())?;
             }
             tx.commit()?;
             self.progress().remove(id);
@@ -385,8 +401,6 @@ impl Store {
                 .remove(id)?
                 .map(|v| (v.value().0, v.value().1.to_owned()));
             if let Some((domain, digest)) = shadowed {
-                let digest = Digest::parse(&digest)
-                    .map_err(|_| StoreError::Corrupt(format!("bad digest {digest}")))?;
                 release(&tx, domain, &digest)?;
             }
         }

@@ -279,6 +279,34 @@ impl Client {
         r.header("Location").unwrap().to_owned()
     }
 
+    /// Streams `data` into a new session of `repo` in one chunked PATCH of uneven pieces (as
+    /// clients send it), then finishes it with its digest; returns the finishing response.
+    pub fn push_streamed(&self, repo: &str, data: &[u8]) -> Resp {
+        let loc = self.start_upload(repo);
+        let r = self.req(
+            "PATCH",
+            &loc,
+            &[],
+            Body::Chunked(data.chunks(100_003).collect()),
+        );
+        assert_eq!(r.status, 202, "{r:?}");
+        self.req(
+            "PUT",
+            &format!("{loc}?digest={}", sha256(data)),
+            &[],
+            Body::None,
+        )
+    }
+
+    /// (blobs stored, their bytes) as `/admin/stats` reports them.
+    pub fn stored_blobs(&self) -> (u64, u64) {
+        let s = self.get("/admin/stats").json()["store"].clone();
+        (
+            s["blobs"].as_u64().expect("blobs"),
+            s["blobBytes"].as_u64().expect("blobBytes"),
+        )
+    }
+
     /// POST + PUT ?digest= with the whole blob; returns the final response.
     pub fn push_blob(&self, repo: &str, data: &[u8]) -> (String, Resp) {
         let digest = sha256(data);

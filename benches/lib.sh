@@ -1,0 +1,18 @@
+# Sourced by the benchmark scripts: where things are, a release build, a free loopback port,
+# and starting Outpost.
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+harness=${OUTPOST_BENCH_HARNESS:-$top/../shared/bench}
+
+build_release() { (cd "$top" && cargo build --release --locked -q); }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_outpost DATA_DIR PORT LOG: runs the release binary on 127.0.0.1:PORT, waits until /v2/
+# answers, and leaves its PID in $pid.
+start_outpost() {
+  mkdir -p "$1"
+  "$top/target/release/outpost" serve --listen "127.0.0.1:$2" --data-dir "$1" 2>"$3" &
+  pid=$!
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$2/v2/" && break; sleep 0.05; done
+}
