@@ -2,12 +2,78 @@
 //! directly on its store when it does not.
 
 use crate::config::Config;
+use crate::crypto::{Algorithm, MasterKey};
 use crate::settings::Settings;
-use crate::storage::{Store, StoreOptions};
+use crate::storage::Store;
 use serde_json::{Map, Value};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::time::Duration;
+
+/// Where a command's work is done: over HTTP by the running registry, or on the store.
+enum Reach {
+    Online(SocketAddr),
+    Offline(Box<Store>, std::path::PathBuf),
+}
+
+/// The running registry at `server` (default: the configured listen address), or, if
+/// nothing listens at the default address, the store in the data directory.
+fn reach(config: &Config, server: Option<&str>) -> Result<Reach, String> {
+    let addr = match server {
+        Some(s) => server_addr(s)?,
+        None => local_addr(config.listen),
+    };
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(_) => Ok(Reach::Online(addr)),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused && server.is_none() => {
+            let path = config.data_dir.join("outpost.redb");
+            if !path.exists() {
+                return Err(format!(
+                    "outpost is not running at {addr} and there is no store at {} \
+                     (give --config, --data-dir or --server)",
+                    path.display()
+                ));
+            }
+            Ok(Reach::Offline(Box::new(open_offline(config, &path)?), path))
+        }
+        Err(e) => Err(format!("cannot reach outpost at {addr}: {e}")),
+    }
+}
+
+/// The store, for commands that need the registry stopped.
+fn stopped_store(config: &Config, what: &str) -> Result<Store, String> {
+    let addr = local_addr(config.listen);
+    if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+        return Err(format!(
+            "outpost is running at {addr}: stop it first ({what} needs the store to itself; \
+             e.g. systemctl stop outpost)"
+        ));
+    }
+    let path = config.data_dir.join("outpost.redb");
+    if !path.exists() {
+        return Err(format!(
+            "there is no store at {} (give --config or --data-dir)",
+            path.display()
+        ));
+    }
+    open_offline(config, &path)
+}
+
+/// One request to the running registry; the JSON it answered with `ok` status.
+fn call(
+    addr: &SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    ok: u16,
+) -> Result<Value, String> {
+    let conn = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach outpost at {addr}: {e}"))?;
+    let reply = request(conn, addr, method, path, body)
+        .map_err(|e| format!("talking to outpost at {addr}: {e}"))?;
+    reply_json(reply, addr, ok)
+}
 
 /// `outpost settings [NAME=VALUE ...]`: shows the runtime switches, changing the given ones
 /// first. VALUE is `enabled`, `disabled`, or `default` (back to the config file's value).
@@ -23,31 +89,16 @@ pub fn settings(config: &Config, server: Option<&str>, changes: &[String]) -> Re
         };
         patch.insert(name.to_owned(), value);
     }
-    let addr = match server {
-        Some(s) => server_addr(s)?,
-        None => local_addr(config.listen),
-    };
-    let shown = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(conn) => {
-            let (method, body) = if patch.is_empty() {
-                ("GET", None)
+    let shown = match reach(config, server)? {
+        Reach::Online(addr) => {
+            if patch.is_empty() {
+                call(&addr, "GET", "/admin/settings", None, 200)?
             } else {
-                ("PATCH", Some(Value::Object(patch).to_string()))
-            };
-            let reply = request(conn, &addr, method, "/admin/settings", body.as_deref())
-                .map_err(|e| format!("talking to outpost at {addr}: {e}"))?;
-            reply_json(reply, &addr)?
-        }
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused && server.is_none() => {
-            let path = config.data_dir.join("outpost.redb");
-            if !path.exists() {
-                return Err(format!(
-                    "outpost is not running at {addr} and there is no store at {} \
-                     (give --config, --data-dir or --server)",
-                    path.display()
-                ));
+                let body = Value::Object(patch).to_string();
+                call(&addr, "PATCH", "/admin/settings", Some(&body), 200)?
             }
-            let store = open_offline(config, &path)?;
+        }
+        Reach::Offline(store, path) => {
             let settings = Settings::load(config, &store).map_err(|e| e.to_string())?;
             if !patch.is_empty() {
                 settings
@@ -57,17 +108,253 @@ pub fn settings(config: &Config, server: Option<&str>, changes: &[String]) -> Re
                         crate::settings::SettingsError::Store(e) => e.to_string(),
                     })?;
                 eprintln!(
-                    "outpost is not running at {addr}: changed {} directly; \
-                     it applies from the next start",
+                    "outpost is not running: changed {} directly; it applies from the next start",
                     path.display()
                 );
             }
             settings.to_json()
         }
-        Err(e) => return Err(format!("cannot reach outpost at {addr}: {e}")),
     };
     print_settings(&shown);
     Ok(())
+}
+
+/// How a key choice reads in output.
+fn key_words(key: Option<&str>) -> String {
+    key.map_or("plaintext".to_owned(), |k| format!("key {k:?}"))
+}
+
+/// `outpost repo create NAME [--key K [--algorithm A]]`.
+pub fn repo_create(
+    config: &Config,
+    server: Option<&str>,
+    name: &str,
+    key: Option<(String, Option<Algorithm>)>,
+) -> Result<(), String> {
+    let words = key_words(key.as_ref().map(|k| k.0.as_str()));
+    match reach(config, server)? {
+        Reach::Online(addr) => {
+            let mut body = Map::new();
+            if let Some((k, alg)) = &key {
+                body.insert("key".into(), Value::String(k.clone()));
+                if let Some(a) = alg {
+                    body.insert("algorithm".into(), Value::String(a.name().into()));
+                }
+            }
+            let path = format!("/admin/repositories/{name}");
+            call(
+                &addr,
+                "PUT",
+                &path,
+                Some(&Value::Object(body).to_string()),
+                201,
+            )?;
+        }
+        Reach::Offline(store, _) => store
+            .repo_create(name, key.as_ref().map(|(k, a)| (k.as_str(), *a)))
+            .map_err(|e| format!("cannot create {name}: {e}"))?,
+    }
+    println!("created repository {name} ({words})");
+    Ok(())
+}
+
+/// `outpost repo delete NAME [--erase]`.
+pub fn repo_delete(
+    config: &Config,
+    server: Option<&str>,
+    name: &str,
+    erase: bool,
+) -> Result<(), String> {
+    let (key, freed, erased) = match reach(config, server)? {
+        Reach::Online(addr) => {
+            let path = format!("/admin/repositories/{name}?erase={erase}");
+            let v = call(&addr, "DELETE", &path, None, 200)?;
+            (
+                v["key"].as_str().map(str::to_owned),
+                v["blobsFreed"].as_u64().unwrap_or(0),
+                v["erased"].as_bool().unwrap_or(false),
+            )
+        }
+        Reach::Offline(store, _) => {
+            let d = store
+                .repo_delete(name, erase)
+                .map_err(|e| format!("cannot delete {name}: {e}"))?;
+            (d.key, d.blobs_freed, d.erased)
+        }
+    };
+    println!(
+        "deleted repository {name} ({}); {freed} blob(s) no other repository held were deleted",
+        key_words(key.as_deref())
+    );
+    if erased {
+        println!(
+            "key {:?} destroyed: what it sealed, including any copy of the old blocks (a backup, \
+             a cloned card), can no longer be decrypted. Its wrapped copy may linger in freed \
+             pages of the database until they are reused; rotating the master key (outpost key \
+             rotate) and destroying the old one makes that copy useless too.",
+            key.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `outpost repo move NAME (--key K [--algorithm A] | --plaintext)`: re-encrypts.
+pub fn repo_move(
+    config: &Config,
+    name: &str,
+    key: Option<(String, Option<Algorithm>)>,
+) -> Result<(), String> {
+    let store = stopped_store(config, "repo move")?;
+    let m = store
+        .repo_move(name, key.as_ref().map(|(k, a)| (k.as_str(), *a)))
+        .map_err(|e| format!("cannot move {name}: {e}"))?;
+    println!(
+        "moved {name} from {} to {}: {} blob(s) re-encrypted ({} bytes), {} already stored \
+         with the new key, {} manifest record(s) re-sealed",
+        key_words(m.from.as_deref()),
+        key_words(key.as_ref().map(|k| k.0.as_str())),
+        m.blobs_copied,
+        m.bytes_copied,
+        m.blobs_shared,
+        m.records
+    );
+    Ok(())
+}
+
+/// `outpost key list`: names, algorithms and users of the data keys (never key material).
+pub fn key_list(config: &Config, server: Option<&str>) -> Result<(), String> {
+    let keys = match reach(config, server)? {
+        Reach::Online(addr) => call(&addr, "GET", "/admin/keys", None, 200)?["keys"].clone(),
+        Reach::Offline(store, _) => {
+            let keys = store.keys().map_err(|e| e.to_string())?;
+            Value::Array(keys.iter().map(crate::http::key_json).collect())
+        }
+    };
+    let keys = keys.as_array().cloned().unwrap_or_default();
+    if keys.is_empty() {
+        println!("no data keys: every repository is plaintext");
+    }
+    for k in keys {
+        let repos: Vec<&str> = k["repositories"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:<18} {} blob(s), {} bytes; master key {}; repositories: {}",
+            k["name"].as_str().unwrap_or("?"),
+            k["algorithm"].as_str().unwrap_or("?"),
+            k["blobs"],
+            k["blobBytes"],
+            k["masterKeyIds"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" + "))
+                .unwrap_or_default(),
+            if repos.is_empty() {
+                "none".to_owned()
+            } else {
+                repos.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `outpost key generate FILE`.
+pub fn key_generate(path: &Path) -> Result<(), String> {
+    let id = crate::crypto::generate_master_key(path)?;
+    println!(
+        "wrote a new master key to {} (id {id}, mode 600). Keep a copy somewhere safe: without \
+         it, encrypted repositories cannot be read.",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `outpost key rotate [--new-master-key FILE]`: re-wraps every data key under a new master
+/// key. Without FILE, a new key is generated next to `masterKeyFile` and replaces it:
+///   1. the new key is written to `<masterKeyFile>.new` (reused if a crash left one);
+///   2. every data key is wrapped by both keys (one durable transaction);
+///   3. `<masterKeyFile>.new` is renamed over `masterKeyFile`;
+///   4. the old key's wraps are dropped.
+///
+/// A crash anywhere leaves a store that the key in `masterKeyFile` opens, and the first
+/// start finishes or undoes the rotation (`Store::open` keeps only that key's wraps).
+pub fn key_rotate(config: &Config, new: Option<&Path>) -> Result<(), String> {
+    let current = crate::server::master_key(config)?
+        .ok_or("no master key is configured (masterKeyFile or the systemd credential): there is nothing to rotate")?;
+    let store = stopped_store(config, "key rotate")?;
+    let (new_key, replace) = match new {
+        Some(p) => (MasterKey::load(p)?, None),
+        None => {
+            let Some(file) = &config.master_key_file else {
+                return Err(format!(
+                    "the master key comes from the systemd credential {}: give \
+                     --new-master-key FILE (made with outpost key generate FILE), then point \
+                     LoadCredential at it",
+                    crate::server::MASTER_KEY_CREDENTIAL
+                ));
+            };
+            let mut next = file.clone().into_os_string();
+            next.push(".new");
+            let next = std::path::PathBuf::from(next);
+            if !next.exists() {
+                crate::crypto::generate_master_key(&next)?;
+            }
+            (MasterKey::load(&next)?, Some((next, file.clone())))
+        }
+    };
+    if new_key.id() == current.id() {
+        return Err(format!(
+            "the new master key is the current one (id {}): give another",
+            current.id()
+        ));
+    }
+    let n = store
+        .add_master_wraps(&new_key)
+        .map_err(|e| format!("cannot re-wrap the data keys: {e}"))?;
+    let Some((next, file)) = replace else {
+        println!(
+            "{n} data key(s) are now wrapped by master key id {} as well as id {}. Point \
+             masterKeyFile or LoadCredential at {} and start outpost: the first start with it \
+             drops the old wraps (until then either key opens the store).",
+            new_key.id(),
+            current.id(),
+            new.map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        );
+        return Ok(());
+    };
+    std::fs::rename(&next, &file)
+        .and_then(|()| sync_dir(&file))
+        .map_err(|e| {
+            format!(
+                "cannot move {} over {}: {e}; the store opens with either key, so retry",
+                next.display(),
+                file.display()
+            )
+        })?;
+    store
+        .finish_master_rotation(&new_key)
+        .map_err(|e| format!("dropping the old wraps: {e} (the next start does it)"))?;
+    println!(
+        "rotated the master key: {n} data key(s) re-wrapped from id {} to id {}; {} now holds \
+         the new key. Destroy every copy of the old one (backups included).",
+        current.id(),
+        new_key.id(),
+        file.display()
+    );
+    Ok(())
+}
+
+/// Makes a rename in `file`'s directory durable.
+fn sync_dir(file: &Path) -> std::io::Result<()> {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 fn print_settings(v: &Value) {
@@ -87,17 +374,8 @@ fn print_settings(v: &Value) {
 }
 
 fn open_offline(config: &Config, path: &std::path::Path) -> Result<Store, String> {
-    let options = StoreOptions {
-        cache_size: config.cache_size,
-        chunk_size: config.chunk_size,
-        min_free_space: config.min_free_space as u64,
-    };
-    Store::open(path, &options).map_err(|e| {
-        format!(
-            "cannot open store {}: {e} (if outpost is running on another address, pass --server)",
-            path.display()
-        )
-    })
+    crate::server::open_store(config, path, false)
+        .map_err(|e| format!("{e} (if outpost is running on another address, pass --server)"))
 }
 
 /// Where a registry listening on `listen` is reached from this machine.
@@ -156,11 +434,11 @@ fn request(
     Ok((status, raw[split + 4..].to_vec()))
 }
 
-/// The JSON of a 200 answer, or the error message the registry sent.
-fn reply_json((status, body): (u16, Vec<u8>), addr: &SocketAddr) -> Result<Value, String> {
+/// The JSON of an `ok` answer, or the error message the registry sent.
+fn reply_json((status, body): (u16, Vec<u8>), addr: &SocketAddr, ok: u16) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(&body)
         .map_err(|_| format!("outpost at {addr} answered {status} without JSON"))?;
-    if status == 200 {
+    if status == ok {
         return Ok(v);
     }
     let msg = v["errors"][0]["message"].as_str().unwrap_or("no message");

@@ -1,5 +1,6 @@
 //! Configuration: built-in defaults, overridden by a JSON file, overridden by flags; validated once.
 
+use crate::crypto::Algorithm;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,113 @@ pub struct Config {
     pub blob_mounting: bool,
     /// `automaticMount`: a mount without `from` may take the blob from any repository.
     pub automatic_mount: bool,
+    /// `masterKeyFile`: the master key wrapping the data keys (else the systemd credential).
+    pub master_key_file: Option<PathBuf>,
+    /// `encryption`: which key new repositories get, first matching rule wins.
+    pub encryption: Vec<EncryptionRule>,
+}
+
+/// An `encryption` rule: repositories whose name matches `repositories` are created with
+/// data key `key` (`None`: plaintext).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionRule {
+    /// A name pattern; `*` matches any run of characters, `/` included.
+    pub repositories: String,
+    /// The key's name and algorithm; `None` for plaintext.
+    pub key: Option<(String, Algorithm)>,
+}
+
+impl EncryptionRule {
+    /// True if repository `name` matches the pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        glob(self.repositories.as_bytes(), name.as_bytes())
+    }
+}
+
+/// `*`-only glob matching, iterative (no backtracking blow-up on hostile names).
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == name[n] {
+            p += 1;
+            n += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// A key name: 1 to 64 of `a-z A-Z 0-9 . _ -`.
+pub fn valid_key_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// An `encryption` rule as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    /// Name pattern, e.g. `plant-a/*`.
+    pub repositories: String,
+    /// Key name; absent with `algorithm: "none"` for plaintext.
+    pub key: Option<String>,
+    /// `aes-256-gcm` (default), `chacha20-poly1305`, or `none`.
+    pub algorithm: Option<String>,
+}
+
+impl RuleSpec {
+    fn resolve(self, n: usize) -> Result<EncryptionRule, String> {
+        let what = format!("encryption rule {n} ({:?})", self.repositories);
+        let pattern_ok = !self.repositories.is_empty()
+            && self
+                .repositories
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*".contains(&b));
+        if !pattern_ok {
+            return Err(format!(
+                "{what}: repositories must be a repository name pattern such as plant-a/*"
+            ));
+        }
+        let key = match (self.key, self.algorithm.as_deref()) {
+            (None, Some("none")) => None,
+            (Some(k), Some("none")) => {
+                return Err(format!(
+                    "{what}: algorithm none (plaintext) takes no key {k:?}"
+                ))
+            }
+            (None, _) => {
+                return Err(format!(
+                    "{what}: give a key name, or \"algorithm\": \"none\" for plaintext"
+                ))
+            }
+            (Some(k), alg) => {
+                if !valid_key_name(&k) {
+                    return Err(format!(
+                        "{what}: key {k:?} is not a key name (1-64 of a-z A-Z 0-9 . _ -)"
+                    ));
+                }
+                let alg = alg.map_or(Ok(Algorithm::Aes256Gcm), |a| {
+                    Algorithm::parse(a).map_err(|e| format!("{what}: {e}, or none"))
+                })?;
+                Some((k, alg))
+            }
+        };
+        Ok(EncryptionRule {
+            repositories: self.repositories,
+            key,
+        })
+    }
 }
 
 impl Default for Config {
@@ -49,6 +157,8 @@ impl Default for Config {
             io_timeout: Duration::from_secs(120),
             blob_mounting: true,
             automatic_mount: true,
+            master_key_file: None,
+            encryption: Vec::new(),
         }
     }
 }
@@ -80,6 +190,10 @@ pub struct Overrides {
     pub blob_mounting: Option<String>,
     /// `automaticMount`: `"enabled"` or `"disabled"`
     pub automatic_mount: Option<String>,
+    /// `masterKeyFile`
+    pub master_key_file: Option<PathBuf>,
+    /// `encryption`: rules
+    pub encryption: Option<Vec<RuleSpec>>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -210,6 +324,8 @@ impl Overrides {
             io_timeout: other.io_timeout.or(self.io_timeout),
             blob_mounting: other.blob_mounting.or(self.blob_mounting),
             automatic_mount: other.automatic_mount.or(self.automatic_mount),
+            master_key_file: other.master_key_file.or(self.master_key_file),
+            encryption: other.encryption.or(self.encryption),
         }
     }
 
@@ -246,7 +362,27 @@ impl Overrides {
             },
             blob_mounting: toggle(self.blob_mounting, d.blob_mounting, "blobMounting")?,
             automatic_mount: toggle(self.automatic_mount, d.automatic_mount, "automaticMount")?,
+            master_key_file: self.master_key_file,
+            encryption: self
+                .encryption
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| r.resolve(i + 1))
+                .collect::<Result<_, _>>()?,
         };
+        let mut algorithms = std::collections::HashMap::new();
+        for (name, alg) in c.encryption.iter().filter_map(|r| r.key.as_ref()) {
+            if let Some(other) = algorithms.insert(name, alg) {
+                if other != alg {
+                    return Err(format!(
+                        "encryption: key {name:?} is given as {} and as {}: one key, one algorithm",
+                        other.name(),
+                        alg.name()
+                    ));
+                }
+            }
+        }
         let within = |v: usize, lo: usize, hi: usize, what: &str, hint: &str| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -304,6 +440,47 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("4 parsecs").is_err());
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn encryption_rules() {
+        let file: Overrides = serde_json::from_str(
+            r#"{"encryption": [
+                {"repositories": "plant-a/public/*", "algorithm": "none"},
+                {"repositories": "plant-a/*", "key": "plant-a", "algorithm": "chacha20-poly1305"},
+                {"repositories": "*", "key": "site"}]}"#,
+        )
+        .unwrap();
+        let c = file.resolve().unwrap();
+        let key_of = |name: &str| {
+            let rule = c.encryption.iter().find(|r| r.matches(name)).unwrap();
+            rule.key.as_ref().map(|k| (k.0.as_str(), k.1))
+        };
+        assert_eq!(key_of("plant-a/public/x"), None);
+        assert_eq!(
+            key_of("plant-a/app/web"),
+            Some(("plant-a", Algorithm::ChaCha20Poly1305))
+        );
+        assert_eq!(key_of("plant-b"), Some(("site", Algorithm::Aes256Gcm)));
+        let bad = |json: &str| {
+            let o: Overrides = serde_json::from_str(json).unwrap();
+            o.resolve().unwrap_err()
+        };
+        assert!(bad(r#"{"encryption":[{"repositories":"a/*"}]}"#).contains("give a key"));
+        assert!(
+            bad(r#"{"encryption":[{"repositories":"a","key":"k","algorithm":"des"}]}"#)
+                .contains("not an algorithm")
+        );
+        assert!(bad(r#"{"encryption":[{"repositories":"A!","key":"k"}]}"#).contains("pattern"));
+        assert!(bad(r#"{"encryption":[{"repositories":"a","key":"k"},
+            {"repositories":"b","key":"k","algorithm":"chacha20-poly1305"}]}"#)
+        .contains("one key, one algorithm"));
+        assert!(glob(b"a*b*c", b"axxbyyc") && !glob(b"a*b*c", b"axxbyy"));
+        assert!(
+            glob(b"*", b"")
+                && glob(b"plant-a/*", b"plant-a/x/y")
+                && !glob(b"plant-a/*", b"plant-b/x")
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod crypto;
 mod digest;
 mod http;
 mod registry;
@@ -10,6 +11,7 @@ mod settings;
 mod storage;
 
 use config::{parse_size, Overrides, Size, Toggle};
+use crypto::Algorithm;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,15 +19,24 @@ const USAGE: &str = "\
 outpost: an OCI container registry for edge sites
 
 Usage: outpost serve [OPTIONS]
-       outpost settings [--config FILE] [--server URL] [NAME=VALUE ...]
+       outpost settings [COMMON] [NAME=VALUE ...]
+       outpost repo create NAME [--key KEY [--algorithm ALG]] [COMMON]
+       outpost repo delete NAME [--erase] [COMMON]
+       outpost repo move NAME (--key KEY [--algorithm ALG] | --plaintext) [COMMON]
+       outpost key list [COMMON]
+       outpost key generate FILE
+       outpost key rotate [--new-master-key FILE] [COMMON]
        outpost --version
 
 Options for serve (flags override the config file, which overrides the defaults):
   --config FILE             JSON config file (keys: listen, dataDir, workers, cacheSize,
                             chunkSize, maxManifestSize, uploadTtl, minFreeSpace,
-                            ioTimeout, blobMounting, automaticMount)
+                            ioTimeout, blobMounting, automaticMount, masterKeyFile,
+                            encryption)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
+  --master-key-file FILE    master key for encrypted repositories [default: the systemd
+                            credential outpost-master-key, if any]
   --workers N               requests served at once       [default: 8]
   --cache-size SIZE         database page cache           [default: 4MiB]
   --chunk-size SIZE         stored chunk size, a power of two [default: 256KiB]
@@ -38,36 +49,88 @@ Options for serve (flags override the config file, which overrides the defaults)
                                      [default: enabled]
   -h, --help                this help
 
+COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
+--master-key-file FILE, and (settings, repo create/delete, key list) --server URL.
+These commands talk to the registry at --server (default: the configured listen address);
+if nothing listens there, they work on the store in the data directory directly.
+repo move and key rotate need the registry stopped.
+
 settings shows the switches that can change while the registry runs (blobMounting,
 automaticMount) and sets them: NAME=enabled, NAME=disabled, or NAME=default (back to the
-config file). It talks to the registry at --server (default: the configured listen
-address); if nothing listens there, it changes the store in --data-dir directly.
+config file).
+
+repo create makes a repository with data key KEY (created if new; ALG is aes-256-gcm, the
+default, or chacha20-poly1305), or plaintext without --key. repo delete removes a repository
+and what only it holds; --erase also destroys its key (crypto-erase), if no other repository
+uses it. repo move re-encrypts a repository under another key, or to plaintext.
+
+key generate writes a new master key file (mode 600). key rotate re-wraps every data key
+under a new master key, without re-encrypting data: without --new-master-key it generates one
+and replaces masterKeyFile (a crash at any point leaves a store one of the two keys opens);
+with --new-master-key FILE both keys open the store until outpost first starts with FILE.
 
 SIZE is bytes or a number with KiB, MiB or GiB; DURATION is seconds or a number with s, m, h, d. Logs go to stderr; set RUST_LOG (e.g. debug).";
+
+/// Options of the commands that manage a registry (all but serve).
+struct Common {
+    config: Option<PathBuf>,
+    flags: Box<Overrides>,
+    server: Option<String>,
+}
+
+impl Common {
+    /// The configuration: file, then flags, over the defaults.
+    fn resolve(&self) -> Result<config::Config, String> {
+        let file = match &self.config {
+            Some(p) => Overrides::from_file(p)?,
+            None => Overrides::default(),
+        };
+        let flags = Overrides {
+            listen: self.flags.listen.clone(),
+            data_dir: self.flags.data_dir.clone(),
+            master_key_file: self.flags.master_key_file.clone(),
+            ..Overrides::default()
+        };
+        file.merge(flags).resolve()
+    }
+}
 
 enum Command {
     Serve {
         config: Option<PathBuf>,
         flags: Box<Overrides>,
     },
-    Settings {
-        config: Option<PathBuf>,
-        flags: Box<Overrides>,
-        server: Option<String>,
-        changes: Vec<String>,
-    },
+    Settings(Common, Vec<String>),
+    RepoCreate(Common, String, Option<(String, Option<Algorithm>)>),
+    RepoDelete(Common, String, bool),
+    RepoMove(Common, String, Option<(String, Option<Algorithm>)>),
+    KeyList(Common),
+    KeyGenerate(PathBuf),
+    KeyRotate(Common, Option<PathBuf>),
     Help,
     Version,
+}
+
+/// Every argument, before it is checked against what the command takes.
+#[derive(Default)]
+struct Args {
+    words: Vec<String>,
+    config: Option<PathBuf>,
+    server: Option<String>,
+    flags: Overrides,
+    key: Option<String>,
+    algorithm: Option<Algorithm>,
+    plaintext: bool,
+    erase: bool,
+    new_master_key: Option<PathBuf>,
+    /// Long options given, to refuse those the command does not take.
+    seen: Vec<String>,
 }
 
 fn parse_args() -> Result<Command, lexopt::Error> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
-    let mut command: Option<String> = None;
-    let mut config = None;
-    let mut server = None;
-    let mut changes = Vec::new();
-    let mut flags = Overrides::default();
+    let mut a = Args::default();
     let toggle = |v: std::ffi::OsString, flag: &str| -> Result<Option<String>, lexopt::Error> {
         let s = v.string()?;
         Toggle::parse(&s).map_err(|e| format!("{flag}: {e}"))?;
@@ -79,71 +142,168 @@ fn parse_args() -> Result<Command, lexopt::Error> {
         Ok(Some(Size::Text(s)))
     };
     while let Some(arg) = parser.next()? {
+        if let Long(f) = &arg {
+            a.seen.push(f.to_string());
+        }
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
-            Value(v) if command.is_none() => {
-                let v = v.string()?;
-                if v != "serve" && v != "settings" {
-                    return Err(format!("unknown command {v:?} (commands: serve, settings)").into());
+            Value(v) => a.words.push(v.string()?),
+            Long("server") => a.server = Some(parser.value()?.string()?),
+            Long("config") => a.config = Some(PathBuf::from(parser.value()?)),
+            Long("listen") => a.flags.listen = Some(parser.value()?.string()?),
+            Long("data-dir") => a.flags.data_dir = Some(PathBuf::from(parser.value()?)),
+            Long("master-key-file") => {
+                a.flags.master_key_file = Some(PathBuf::from(parser.value()?))
+            }
+            Long("key") => {
+                let k = parser.value()?.string()?;
+                if !config::valid_key_name(&k) {
+                    return Err(
+                        format!("--key {k:?}: a key name is 1-64 of a-z A-Z 0-9 . _ -").into(),
+                    );
                 }
-                command = Some(v);
+                a.key = Some(k);
             }
-            Value(v) if command.as_deref() == Some("settings") => changes.push(v.string()?),
-            Long("server") if command.as_deref() == Some("settings") => {
-                server = Some(parser.value()?.string()?)
+            Long("algorithm") => {
+                let v = parser.value()?.string()?;
+                a.algorithm = Some(Algorithm::parse(&v).map_err(|e| format!("--algorithm: {e}"))?);
             }
-            Long("config") => config = Some(PathBuf::from(parser.value()?)),
-            Long("listen") => flags.listen = Some(parser.value()?.string()?),
-            Long("data-dir") => flags.data_dir = Some(PathBuf::from(parser.value()?)),
-            Long(f) if command.as_deref() == Some("settings") => {
-                return Err(format!(
-                    "--{f} is not an option of settings (it takes --config, --listen, \
-                     --data-dir, --server)"
-                )
-                .into())
-            }
+            Long("plaintext") => a.plaintext = true,
+            Long("erase") => a.erase = true,
+            Long("new-master-key") => a.new_master_key = Some(PathBuf::from(parser.value()?)),
             Long("blob-mounting") => {
-                flags.blob_mounting = toggle(parser.value()?, "--blob-mounting")?
+                a.flags.blob_mounting = toggle(parser.value()?, "--blob-mounting")?
             }
             Long("automatic-mount") => {
-                flags.automatic_mount = toggle(parser.value()?, "--automatic-mount")?
+                a.flags.automatic_mount = toggle(parser.value()?, "--automatic-mount")?
             }
-            Long("workers") => flags.workers = Some(parser.value()?.parse()?),
-            Long("cache-size") => flags.cache_size = size(parser.value()?, "--cache-size")?,
-            Long("chunk-size") => flags.chunk_size = size(parser.value()?, "--chunk-size")?,
+            Long("workers") => a.flags.workers = Some(parser.value()?.parse()?),
+            Long("cache-size") => a.flags.cache_size = size(parser.value()?, "--cache-size")?,
+            Long("chunk-size") => a.flags.chunk_size = size(parser.value()?, "--chunk-size")?,
             Long("min-free-space") => {
-                flags.min_free_space = size(parser.value()?, "--min-free-space")?
+                a.flags.min_free_space = size(parser.value()?, "--min-free-space")?
             }
             Long("io-timeout") => {
                 let v = parser.value()?.string()?;
                 config::parse_duration(&v).map_err(|e| format!("--io-timeout: {e}"))?;
-                flags.io_timeout = Some(v);
+                a.flags.io_timeout = Some(v);
             }
             Long("upload-ttl") => {
                 let v = parser.value()?.string()?;
                 config::parse_duration(&v).map_err(|e| format!("--upload-ttl: {e}"))?;
-                flags.upload_ttl = Some(v);
+                a.flags.upload_ttl = Some(v);
             }
             Long("max-manifest-size") => {
-                flags.max_manifest_size = size(parser.value()?, "--max-manifest-size")?
+                a.flags.max_manifest_size = size(parser.value()?, "--max-manifest-size")?
             }
             _ => return Err(arg.unexpected()),
         }
     }
-    match command.as_deref() {
-        Some("serve") => Ok(Command::Serve {
-            config,
-            flags: Box::new(flags),
-        }),
-        Some(_) => Ok(Command::Settings {
-            config,
-            flags: Box::new(flags),
-            server,
-            changes,
-        }),
-        None => Err("missing command (try: outpost serve)".into()),
+    command(a)
+}
+
+/// The command `a` names, after checking that it takes the arguments given.
+fn command(a: Args) -> Result<Command, lexopt::Error> {
+    const COMMON: &[&str] = &["config", "listen", "data-dir", "master-key-file"];
+    const ONLINE: &[&str] = &["config", "listen", "data-dir", "master-key-file", "server"];
+    let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    let (name, takes, positionals): (&str, &[&str], usize) = match words.as_slice() {
+        [] => return Err("missing command (try: outpost serve)".into()),
+        ["serve", ..] => ("serve", &[], 0),
+        ["settings", ..] => ("settings", ONLINE, usize::MAX),
+        ["repo", "create", ..] => ("repo create", &["key", "algorithm"], 1),
+        ["repo", "delete", ..] => ("repo delete", &["erase"], 1),
+        ["repo", "move", ..] => ("repo move", &["key", "algorithm", "plaintext"], 1),
+        ["key", "list", ..] => ("key list", &[], 0),
+        ["key", "generate", ..] => ("key generate", &[], 1),
+        ["key", "rotate", ..] => ("key rotate", &["new-master-key"], 0),
+        ["repo" | "key", sub, ..] => {
+            return Err(format!(
+                "unknown command {} {sub:?} (repo: create, delete, move; key: list, generate, \
+                 rotate)",
+                words[0]
+            )
+            .into())
+        }
+        ["repo" | "key"] => {
+            return Err(format!("{} needs a subcommand (see --help)", words[0]).into())
+        }
+        [other, ..] => {
+            return Err(
+                format!("unknown command {other:?} (commands: serve, settings, repo, key)").into(),
+            )
+        }
+    };
+    let skip = name.split(' ').count();
+    let rest = &words[skip..];
+    if name != "serve" {
+        let common = match name {
+            "repo create" | "repo delete" | "key list" => ONLINE,
+            "key generate" => &[][..],
+            _ => COMMON,
+        };
+        if let Some(f) = a
+            .seen
+            .iter()
+            .find(|f| !takes.contains(&f.as_str()) && !common.contains(&f.as_str()))
+        {
+            return Err(format!("--{f} is not an option of {name} (see --help)").into());
+        }
+        if positionals != usize::MAX && rest.len() != positionals {
+            let what = if positionals == 0 {
+                "no arguments".to_owned()
+            } else {
+                "one argument".to_owned()
+            };
+            return Err(format!("{name} takes {what} (see --help)").into());
+        }
+    } else if let Some(extra) = rest.first() {
+        return Err(format!("serve takes no argument {extra:?} (options start with --)").into());
+    } else if let Some(f) = a.seen.iter().find(|f| {
+        matches!(
+            f.as_str(),
+            "server" | "key" | "algorithm" | "plaintext" | "erase" | "new-master-key"
+        )
+    }) {
+        return Err(format!("--{f} is not an option of serve (see --help)").into());
     }
+    let key = a.key.clone().map(|k| (k, a.algorithm));
+    if a.algorithm.is_some() && a.key.is_none() {
+        return Err("--algorithm needs --key".into());
+    }
+    let common = Common {
+        config: a.config,
+        flags: Box::new(a.flags),
+        server: a.server,
+    };
+    let arg = || rest.first().map(|s| s.to_string()).unwrap_or_default();
+    let repo = |what: &str| -> Result<String, lexopt::Error> {
+        let n = arg();
+        if registry::names::valid_name(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{what}: {n:?} is not a repository name (e.g. plant-a/web)").into())
+        }
+    };
+    Ok(match name {
+        "serve" => Command::Serve {
+            config: common.config,
+            flags: common.flags,
+        },
+        "settings" => Command::Settings(common, rest.iter().map(|s| s.to_string()).collect()),
+        "repo create" => Command::RepoCreate(common, repo(name)?, key),
+        "repo delete" => Command::RepoDelete(common, repo(name)?, a.erase),
+        "repo move" => {
+            if key.is_some() == a.plaintext {
+                return Err("repo move needs --key KEY or --plaintext".into());
+            }
+            Command::RepoMove(common, repo(name)?, key)
+        }
+        "key list" => Command::KeyList(common),
+        "key generate" => Command::KeyGenerate(PathBuf::from(arg())),
+        _ => Command::KeyRotate(common, a.new_master_key),
+    })
 }
 
 /// Caps glibc's malloc arenas at one. By default each worker thread may get its own arena,
@@ -185,16 +345,25 @@ fn main() -> ExitCode {
             .map(|file| file.merge(*flags))
             .and_then(Overrides::resolve)
             .and_then(server::run),
-        Command::Settings {
-            config,
-            flags,
-            server,
-            changes,
-        } => config
-            .map_or(Ok(Overrides::default()), |p| Overrides::from_file(&p))
-            .map(|file| file.merge(*flags))
-            .and_then(Overrides::resolve)
-            .and_then(|c| cli::settings(&c, server.as_deref(), &changes)),
+        Command::Settings(c, changes) => c
+            .resolve()
+            .and_then(|cfg| cli::settings(&cfg, c.server.as_deref(), &changes)),
+        Command::RepoCreate(c, name, key) => c
+            .resolve()
+            .and_then(|cfg| cli::repo_create(&cfg, c.server.as_deref(), &name, key)),
+        Command::RepoDelete(c, name, erase) => c
+            .resolve()
+            .and_then(|cfg| cli::repo_delete(&cfg, c.server.as_deref(), &name, erase)),
+        Command::RepoMove(c, name, key) => {
+            c.resolve().and_then(|cfg| cli::repo_move(&cfg, &name, key))
+        }
+        Command::KeyList(c) => c
+            .resolve()
+            .and_then(|cfg| cli::key_list(&cfg, c.server.as_deref())),
+        Command::KeyGenerate(path) => cli::key_generate(&path),
+        Command::KeyRotate(c, new) => c
+            .resolve()
+            .and_then(|cfg| cli::key_rotate(&cfg, new.as_deref())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

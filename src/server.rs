@@ -1,8 +1,9 @@
 //! The listener, a bounded pool of worker threads, and graceful shutdown on SIGTERM/SIGINT.
 
 use crate::config::Config;
+use crate::crypto::MasterKey;
 use crate::http::{self, App};
-use crate::storage::{Store, StoreOptions};
+use crate::storage::{Store, StoreError, StoreOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,13 +21,7 @@ pub fn run(config: Config) -> Result<(), String> {
         )
     })?;
     let db_path = config.data_dir.join("outpost.redb");
-    let options = StoreOptions {
-        cache_size: config.cache_size,
-        chunk_size: config.chunk_size,
-        min_free_space: config.min_free_space as u64,
-    };
-    let store = Store::open(&db_path, &options)
-        .map_err(|e| format!("cannot open store {}: {e}", db_path.display()))?;
+    let store = open_store(&config, &db_path, true)?;
     let stopping = Arc::new(AtomicBool::new(false));
     let listen = config.listen;
     let io_timeout = config.io_timeout;
@@ -109,6 +104,61 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Name of the systemd credential holding the master key (`LoadCredential=`).
+pub const MASTER_KEY_CREDENTIAL: &str = "outpost-master-key";
+
+/// The master key: `masterKeyFile` if set, else the systemd credential if there is one.
+pub fn master_key(config: &Config) -> Result<Option<MasterKey>, String> {
+    if let Some(path) = &config.master_key_file {
+        return MasterKey::load(path).map(Some);
+    }
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return Ok(None);
+    };
+    let path = std::path::Path::new(&dir).join(MASTER_KEY_CREDENTIAL);
+    if path.exists() {
+        MasterKey::load(&path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Opens the store at `path` as `config` says, with the master key it names; refuses
+/// encryption rules that no master key can serve. `serving`: the registry starts, and
+/// settles a master key rotation on the key it started with.
+pub fn open_store(config: &Config, path: &std::path::Path, serving: bool) -> Result<Store, String> {
+    let master = master_key(config)?;
+    let keys: Vec<&str> = config
+        .encryption
+        .iter()
+        .filter_map(|r| r.key.as_ref().map(|k| k.0.as_str()))
+        .collect();
+    if master.is_none() && !keys.is_empty() {
+        return Err(format!(
+            "the encryption rules name keys ({}) but there is no master key: set \
+             masterKeyFile in the config, or provide the systemd credential {} \
+             (outpost key generate FILE writes a new one)",
+            keys.join(", "),
+            MASTER_KEY_CREDENTIAL
+        ));
+    }
+    if let Some(m) = &master {
+        log::info!("master key id {} from {}", m.id(), m.source());
+    }
+    let options = StoreOptions {
+        cache_size: config.cache_size,
+        chunk_size: config.chunk_size,
+        min_free_space: config.min_free_space as u64,
+        master_key: master,
+        encryption: config.encryption.clone(),
+        settle_master_key: serving,
+    };
+    Store::open(path, options).map_err(|e| match e {
+        StoreError::Keys(m) => m,
+        e => format!("cannot open store {}: {e}", path.display()),
+    })
 }
 
 /// Makes mounts durable within `FLUSH_EVERY`, and drops abandoned upload sessions: at start,

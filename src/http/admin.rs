@@ -1,4 +1,5 @@
-//! The admin API: `/admin/settings` (read, change at runtime) and `/admin/stats`.
+//! The admin API: settings (read, change at runtime), stats, a consistency check, keys, and
+//! creating and deleting repositories.
 
 use super::errors::{ApiError, Code};
 use super::{read_small_body, App, Reply, Result};
@@ -58,4 +59,111 @@ pub fn check(app: &App) -> Result<Reply> {
         reply.status = 500;
     }
     Ok(reply)
+}
+
+/// The JSON of a key as listed.
+pub fn key_json(k: &crate::storage::KeyInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": k.name,
+        "algorithm": k.algorithm.name(),
+        "repositories": k.repositories,
+        "blobs": k.blobs,
+        "blobBytes": k.bytes,
+        "masterKeyIds": k.masters,
+    })
+}
+
+/// `GET /admin/keys`: every data key (names and algorithms; never key material).
+pub fn keys(app: &App) -> Result<Reply> {
+    let keys: Vec<_> = app.store.keys()?.iter().map(key_json).collect();
+    Ok(json(&serde_json::json!({ "keys": keys })))
+}
+
+/// `PUT /admin/repositories/<name>` with `{"key": K, "algorithm": A}` (both optional; no key:
+/// plaintext): creates the repository with that key. 201, or 409 if it exists.
+pub fn repo_create(app: &App, req: &mut Request, name: &str) -> Result<Reply> {
+    let body = read_small_body(req, MAX_PATCH, "repository", Code::Unsupported)?;
+    let spec: serde_json::Value = if body.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(400, Code::Unsupported, format!("body is not JSON: {e}")))?
+    };
+    let (key, algorithm) = parse_key_spec(&spec)?;
+    let key = key.as_deref().map(|k| (k, algorithm));
+    app.store.repo_create(name, key)?;
+    log::info!(
+        "created repository {name} ({})",
+        key.map_or("plaintext".to_owned(), |k| format!("key {:?}", k.0))
+    );
+    let mut reply = json(&serde_json::json!({ "name": name, "key": key.map(|k| k.0) }));
+    reply.status = 201;
+    Ok(reply)
+}
+
+/// `{"key": K, "algorithm": A}` checked: a valid key name, a known algorithm.
+fn parse_key_spec(
+    spec: &serde_json::Value,
+) -> Result<(Option<String>, Option<crate::crypto::Algorithm>)> {
+    let bad = |m: String| ApiError::new(400, Code::Unsupported, m);
+    let obj = spec
+        .as_object()
+        .ok_or_else(|| bad("body must be a JSON object".into()))?;
+    if let Some(k) = obj.keys().find(|k| *k != "key" && *k != "algorithm") {
+        return Err(bad(format!("unknown field {k:?} (fields: key, algorithm)")));
+    }
+    let text = |f: &str| -> Result<Option<String>> {
+        match obj.get(f) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad(format!("{f} must be a string"))),
+        }
+    };
+    let key = text("key")?;
+    if let Some(k) = &key {
+        if !crate::config::valid_key_name(k) {
+            return Err(bad(format!(
+                "{k:?} is not a key name (1-64 of a-z A-Z 0-9 . _ -)"
+            )));
+        }
+    }
+    let algorithm = text("algorithm")?
+        .map(|a| crate::crypto::Algorithm::parse(&a))
+        .transpose()
+        .map_err(bad)?;
+    if key.is_none() && algorithm.is_some() {
+        return Err(bad("an algorithm needs a key".into()));
+    }
+    Ok((key, algorithm))
+}
+
+/// `DELETE /admin/repositories/<name>[?erase=true]`: deletes the repository and everything
+/// only it holds; with `erase`, destroys its data key too (crypto-erase).
+pub fn repo_delete(app: &App, name: &str, query: &super::routes::Query) -> Result<Reply> {
+    let erase = match query.get("erase") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(ApiError::new(
+                400,
+                Code::Unsupported,
+                format!("erase={v:?}: use true or false"),
+            ))
+        }
+    };
+    let d = app.store.repo_delete(name, erase)?;
+    log::info!(
+        "deleted repository {name}: {} blob(s) freed{}",
+        d.blobs_freed,
+        match (&d.key, d.erased) {
+            (Some(k), true) => format!(", key {k:?} destroyed"),
+            _ => String::new(),
+        }
+    );
+    Ok(json(&serde_json::json!({
+        "name": name,
+        "key": d.key,
+        "blobsFreed": d.blobs_freed,
+        "erased": d.erased,
+    })))
 }

@@ -145,6 +145,18 @@ impl From<StoreError> for ApiError {
                 "registry storage is recovering from an I/O error: retry shortly",
             )
             .header("Retry-After", "1".to_owned()),
+            StoreError::Integrity(m) => {
+                log::error!("integrity error: {m}");
+                ApiError::new(
+                    500,
+                    Code::Unknown,
+                    "stored data failed its integrity check (see the registry's log)",
+                )
+            }
+            StoreError::Keys(m) => ApiError::new(400, Code::Unsupported, m),
+            e @ (StoreError::DomainChanged(_) | StoreError::RepoExists(_)) => {
+                ApiError::new(409, Code::Unsupported, e.to_string())
+            }
             e @ (StoreError::Corrupt(_) | StoreError::Db(_)) => {
                 log::error!("{e}");
                 ApiError::new(500, Code::Unknown, "internal storage error")

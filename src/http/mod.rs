@@ -9,6 +9,8 @@ mod stats;
 mod tags;
 mod uploads;
 
+pub use admin::key_json;
+
 use crate::config::Config;
 use crate::settings::Settings;
 use crate::storage::{BlobInfo, Store, StoreError};
@@ -164,6 +166,9 @@ fn dispatch(app: &App, req: &mut Request) -> Result<Reply> {
         (Route::AdminSettings, Patch) => admin::settings_patch(app, req),
         (Route::AdminStats, Get) => admin::stats(app),
         (Route::AdminCheck, Get) => admin::check(app),
+        (Route::AdminKeys, Get) => admin::keys(app),
+        (Route::AdminRepository(name), Put) => admin::repo_create(app, req, &name),
+        (Route::AdminRepository(name), Delete) => admin::repo_delete(app, &name, &query),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,
@@ -296,6 +301,7 @@ fn stream_blob(
         }
         head.push_str("\r\n");
         let abort = req.abort_handle();
+        let url = req.url().to_owned();
         let mut w = req.into_writer();
         let mut at = start;
         let result = (|| -> std::io::Result<()> {
@@ -315,9 +321,16 @@ fn stream_blob(
                 if app.stopping() {
                     return Err(std::io::Error::other("shutting down"));
                 }
-                app.store
+                if let Err(e) = app
+                    .store
                     .read_blob(blob, at, step.min(end - at) as usize, buf)
-                    .map_err(std::io::Error::other)?;
+                {
+                    if let StoreError::Integrity(m) = &e {
+                        // Headers are out: the connection is cut, and the bad chunk unsent.
+                        log::error!("integrity error serving {url}: {m}");
+                    }
+                    return Err(std::io::Error::other(e));
+                }
             }
         })();
         if let Err(e) = result {

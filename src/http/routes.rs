@@ -28,6 +28,10 @@ pub enum Route {
     AdminStats,
     /// `/admin/check`
     AdminCheck,
+    /// `/admin/keys`
+    AdminKeys,
+    /// `/admin/repositories/<name>`
+    AdminRepository(String),
 }
 
 /// Parses the path part of a request URL (no query).
@@ -37,7 +41,19 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/settings" => return Ok(Route::AdminSettings),
         "/admin/stats" => return Ok(Route::AdminStats),
         "/admin/check" => return Ok(Route::AdminCheck),
+        "/admin/keys" => return Ok(Route::AdminKeys),
         _ => {}
+    }
+    if let Some(name) = path.strip_prefix("/admin/repositories/") {
+        return if valid_name(name) {
+            Ok(Route::AdminRepository(name.to_owned()))
+        } else {
+            Err(ApiError::new(
+                400,
+                Code::NameInvalid,
+                "invalid repository name",
+            ))
+        };
     }
     let rest = match path.strip_prefix("/v2") {
         Some("" | "/") => return Ok(Route::Base),

@@ -315,9 +315,7 @@ fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
         .filter(|h| h.algorithm() == digest.algorithm());
     let actual = match cached {
         Some(h) => h.finish(),
-        None => app
-            .store
-            .hash_blob(up.blob, up.received, digest.algorithm())?,
+        None => app.store.hash_blob(up.content(), digest.algorithm())?,
     };
     if actual != *digest {
         discard(app, name, id);

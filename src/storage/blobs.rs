@@ -1,22 +1,14 @@
 //! Blobs: content stored once per encryption domain, linked into repositories, read in chunks.
 
-use super::repos::{ensure_repo, repo_id, repo_id_w};
+use super::domains::Domain;
+use super::repos::{ensure_repo, find_repo, find_repo_w};
 use super::schema::{BLOBS, CHUNKS, LINKS, LINK_MOUNTED, PREFIXES, REPOS};
 use super::{now, Store, StoreError};
+use crate::crypto::Binding;
 use crate::digest::{Algorithm, Digest, Hasher};
 use redb::{ReadableTable, WriteTransaction};
 use sha2::Digest as _;
 use std::cell::RefCell;
-
-/// The plaintext encryption domain (the only one until per-repository keys land).
-pub(super) const DOMAIN: u64 = 0;
-
-/// The storage/encryption domain of repository `_name`: content is stored, deduplicated and
-/// mounted only within one domain. Every repository is plaintext until per-repository keys
-/// exist; mounts and dedupe already ask this, so they stay within a domain when those land.
-pub(super) fn domain_of(_name: &str) -> u64 {
-    DOMAIN
-}
 
 /// Where a mount may take its blob from.
 #[derive(Clone, Copy, Debug)]
@@ -59,64 +51,176 @@ const REHASH_STEP: usize = 1 << 20;
 /// Bytes at the start of a blob that are fingerprinted to find uploads repeating it.
 pub(super) const FP_LEN: usize = 4096;
 
-/// The fingerprint of a blob whose first `FP_LEN` bytes are `head`.
-pub(super) fn fingerprint(head: &[u8]) -> u64 {
-    let d = sha2::Sha256::digest(head);
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
-}
-
-/// The fingerprint of stored blob `id`, which is at least `FP_LEN` bytes long.
-pub(super) fn stored_fingerprint(
-    chunks: &impl ReadableTable<(u64, u64), &'static [u8]>,
-    id: u64,
-) -> Result<u64, StoreError> {
-    let mut head = Vec::with_capacity(FP_LEN);
-    for row in chunks.range((id, 0)..=(id, u64::MAX))? {
-        let (_, v) = row?;
-        let v = v.value();
-        head.extend_from_slice(&v[..v.len().min(FP_LEN - head.len())]);
-        if head.len() == FP_LEN {
-            return Ok(fingerprint(&head));
+/// The fingerprint of a blob of a domain with key `key` (None: plaintext) whose first
+/// `FP_LEN` bytes are `head`. Keyed in an encrypted domain, so the table reveals nothing.
+pub(super) fn fingerprint(key: Option<&Domain>, head: &[u8]) -> u64 {
+    match key {
+        Some(d) => d.key.fingerprint(head),
+        None => {
+            let d = sha2::Sha256::digest(head);
+            u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
         }
     }
-    Err(StoreError::Corrupt(format!(
-        "blob {id} is shorter than its size"
-    )))
+}
+
+/// The fingerprint of stored blob `blob`, at least `FP_LEN` bytes long, read through `chunks`
+/// (a write transaction's view, so that it sees what that transaction sees).
+pub(super) fn stored_fingerprint(
+    chunks: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    key: Option<&Domain>,
+    blob: BlobInfo,
+) -> Result<u64, StoreError> {
+    let mut head = Vec::with_capacity(FP_LEN + crate::crypto::SEAL_OVERHEAD);
+    read_chunks(chunks, key, blob, 0, FP_LEN, &mut head)?;
+    if head.len() < FP_LEN {
+        return Err(StoreError::Corrupt(format!(
+            "blob {} is shorter than its size",
+            blob.id
+        )));
+    }
+    Ok(fingerprint(key, &head))
+}
+
+/// Stores `data` as the chunk at `offset` of blob id `blob`, sealed if `key` is given.
+pub(super) fn put_chunk(
+    tx: &WriteTransaction,
+    key: Option<&Domain>,
+    blob: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let mut chunks = tx.open_table(CHUNKS)?;
+    match key {
+        None => {
+            chunks.insert((blob, offset), data)?;
+        }
+        Some(d) => SEAL_BUF.with(|b| -> Result<(), StoreError> {
+            let mut buf = b.borrow_mut();
+            buf.clear();
+            d.key.seal(&Binding::chunk(blob, offset), data, &mut buf);
+            chunks.insert((blob, offset), buf.as_slice())?;
+            Ok(())
+        })?,
+    }
+    Ok(())
+}
+
+/// Replaces `buf` with up to `max` bytes of `blob` from `offset`, opening sealed chunks
+/// with `key`. A chunk that does not open is an integrity error; nothing of it is returned.
+fn read_chunks(
+    chunks: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    key: Option<&Domain>,
+    blob: BlobInfo,
+    offset: u64,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    buf.clear();
+    let end = blob.size.min(offset.saturating_add(max as u64));
+    if offset >= end {
+        return Ok(());
+    }
+    // The chunk holding `offset` is the last one starting at or before it.
+    let first = chunks
+        .range((blob.id, 0)..=(blob.id, offset))?
+        .next_back()
+        .transpose()?;
+    let mut pos = match first {
+        Some((k, _)) => k.value().1,
+        None => return Err(StoreError::BlobUnknown),
+    };
+    for entry in chunks.range((blob.id, pos)..=(blob.id, u64::MAX))? {
+        let (k, v) = entry?;
+        if k.value().1 != pos {
+            return Err(StoreError::Corrupt(format!(
+                "blob {} has a gap at {pos}",
+                blob.id
+            )));
+        }
+        let want = offset + buf.len() as u64;
+        let data = v.value();
+        let chunk_end = match key {
+            None => {
+                let chunk_end = pos + data.len() as u64;
+                if chunk_end > want {
+                    let from = (want - pos) as usize;
+                    let to = (end.min(chunk_end) - pos) as usize;
+                    buf.extend_from_slice(&data[from..to]);
+                }
+                chunk_end
+            }
+            Some(d) => {
+                // Opened in place at the end of `buf`, then trimmed to the wanted part.
+                let at = buf.len();
+                buf.extend_from_slice(data);
+                let n = match d.key.open(&Binding::chunk(blob.id, pos), &mut buf[at..]) {
+                    Ok(plain) => plain.len(),
+                    Err(_) => {
+                        buf.truncate(at);
+                        return Err(StoreError::Integrity(format!(
+                            "the chunk at byte {pos} of blob {} does not open with key {:?}: \
+                             it was altered or moved",
+                            blob.id, d.name
+                        )));
+                    }
+                };
+                let chunk_end = pos + n as u64;
+                let from = want.saturating_sub(pos) as usize;
+                let to = (end.min(chunk_end) - pos) as usize;
+                buf.truncate(at + to.max(from));
+                buf.drain(at..at + from);
+                chunk_end
+            }
+        };
+        pos = chunk_end;
+        if pos >= end {
+            return Ok(());
+        }
+    }
+    Err(StoreError::BlobUnknown)
 }
 
 thread_local! {
     // Stored bytes read back to compare with an upload's; one per worker, reused.
     static COMPARE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    // A chunk being sealed; one per worker, reused.
+    static SEAL_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Where a stored blob's bytes live and how many there are.
+/// Where a stored blob's bytes live, how many there are, and which key opens them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobInfo {
     /// Blob id: the first half of its chunk keys.
     pub id: u64,
     /// Size in bytes.
     pub size: u64,
+    /// Encryption domain (0: plaintext).
+    pub domain: u64,
 }
 
 impl Store {
     /// The blob `digest` as linked into `repo` (not merely present in the store).
     pub fn linked_blob(&self, repo_name: &str, digest: &Digest) -> Result<BlobInfo, StoreError> {
         let tx = self.read()?;
-        let repo = repo_id(&tx, repo_name)?;
+        let repo = find_repo(&tx, repo_name)?;
         if tx
             .open_table(LINKS)?
-            .get((repo, digest.as_str()))?
+            .get((repo.id, digest.as_str()))?
             .is_none()
         {
             return Err(StoreError::BlobUnknown);
         }
         let blob = tx
             .open_table(BLOBS)?
-            .get((domain_of(repo_name), digest.as_str()))?
+            .get((repo.domain, digest.as_str()))?
             .map(|v| v.value());
         let (id, size, _) =
             blob.ok_or_else(|| StoreError::Corrupt(format!("link to missing blob {digest}")))?;
-        Ok(BlobInfo { id, size })
+        Ok(BlobInfo {
+            id,
+            size,
+            domain: repo.domain,
+        })
     }
 
     /// Replaces `buf` with the blob's bytes from `offset`, at most `max` of them, read in one
@@ -128,44 +232,16 @@ impl Store {
         max: usize,
         buf: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
-        buf.clear();
-        let end = blob.size.min(offset.saturating_add(max as u64));
-        if offset >= end {
-            return Ok(());
-        }
+        let key = self.domain_key(blob.domain)?;
         let tx = self.read()?;
-        let chunks = tx.open_table(CHUNKS)?;
-        // The chunk holding `offset` is the last one starting at or before it.
-        let first = chunks
-            .range((blob.id, 0)..=(blob.id, offset))?
-            .next_back()
-            .transpose()?;
-        let mut pos = match first {
-            Some((k, _)) => k.value().1,
-            None => return Err(StoreError::BlobUnknown),
-        };
-        for entry in chunks.range((blob.id, pos)..=(blob.id, u64::MAX))? {
-            let (k, v) = entry?;
-            if k.value().1 != pos {
-                return Err(StoreError::Corrupt(format!(
-                    "blob {} has a gap at {pos}",
-                    blob.id
-                )));
-            }
-            let data = v.value();
-            let want = offset + buf.len() as u64;
-            let chunk_end = pos + data.len() as u64;
-            if chunk_end > want {
-                let from = (want - pos) as usize;
-                let to = (end.min(chunk_end) - pos) as usize;
-                buf.extend_from_slice(&data[from..to]);
-            }
-            pos = chunk_end;
-            if pos >= end {
-                return Ok(());
-            }
-        }
-        Err(StoreError::BlobUnknown)
+        read_chunks(
+            &tx.open_table(CHUNKS)?,
+            key.as_deref(),
+            blob,
+            offset,
+            max,
+            buf,
+        )
     }
 
     /// True if `blob` holds exactly `data` at `offset`.
@@ -185,16 +261,11 @@ impl Store {
         })
     }
 
-    /// Recomputes the digest of the first `size` bytes under blob id `id`.
-    pub fn hash_blob(
-        &self,
-        id: u64,
-        size: u64,
-        algorithm: Algorithm,
-    ) -> Result<Digest, StoreError> {
+    /// Recomputes the digest of the first `blob.size` bytes of `blob`.
+    pub fn hash_blob(&self, blob: BlobInfo, algorithm: Algorithm) -> Result<Digest, StoreError> {
         let mut hasher = Hasher::new(algorithm);
         let mut buf = Vec::with_capacity(REHASH_STEP);
-        let blob = BlobInfo { id, size };
+        let size = blob.size;
         let mut at = 0;
         while at < size {
             self.read_blob(blob, at, REHASH_STEP, &mut buf)?;
@@ -214,7 +285,7 @@ impl Store {
         digest: &Digest,
         may_pull: &dyn Fn(&str) -> bool,
     ) -> Result<Result<Mounted, MountRefused>, StoreError> {
-        let domain = domain_of(target);
+        let domain = self.domain_for(target)?;
         // Not durable by itself: a durable commit writes ~40-55 KiB of pages and allocator
         // state, 100x the link. The link becomes durable with the next durable commit (the
         // client's manifest PUT, which needs it) or the store's flush within a second.
@@ -225,16 +296,19 @@ impl Store {
             let holds = |id: u64| -> Result<bool, StoreError> {
                 Ok(links.get((id, digest.as_str()))?.is_some())
             };
+            let repo_of = |name: &str| -> Result<Option<(u64, u64)>, StoreError> {
+                Ok(repos.get(name)?.map(|v| v.value()))
+            };
             match from {
                 MountFrom::Repo(name) => {
                     // Permission first: a refusal must not tell whether the blob is there.
                     if !may_pull(name) {
                         return Ok(Err(MountRefused::NotReadable));
                     }
-                    let Some(id) = repos.get(name)?.map(|v| v.value()) else {
+                    let Some((id, from_domain)) = repo_of(name)? else {
                         return Ok(Err(MountRefused::FromUnknown));
                     };
-                    if domain_of(name) != domain {
+                    if from_domain != domain {
                         return Ok(Err(MountRefused::OtherDomain));
                     }
                     if !holds(id)? {
@@ -245,9 +319,9 @@ impl Store {
                 MountFrom::Any => {
                     let mut found = None;
                     for row in repos.iter()? {
-                        let (name, id) = row?;
-                        let name = name.value();
-                        if domain_of(name) == domain && may_pull(name) && holds(id.value())? {
+                        let (name, v) = row?;
+                        let (name, (id, from_domain)) = (name.value(), v.value());
+                        if from_domain == domain && may_pull(name) && holds(id)? {
                             found = Some(name.to_owned());
                             break;
                         }
@@ -264,8 +338,8 @@ impl Store {
             .get((domain, digest.as_str()))?
             .map(|v| v.value().1)
             .ok_or_else(|| StoreError::Corrupt(format!("{source} links missing blob {digest}")))?;
-        let target_id = ensure_repo(&tx, target)?;
-        let linked = link(&tx, target_id, domain, digest, LINK_MOUNTED)?;
+        let target = ensure_repo(&tx, target, domain)?;
+        let linked = link(&tx, target.id, domain, digest, LINK_MOUNTED)?;
         if linked {
             tx.commit()?;
             self.unflushed
@@ -282,15 +356,15 @@ impl Store {
     pub fn unlink_blob(&self, repo_name: &str, digest: &Digest) -> Result<(), StoreError> {
         let tx = self.write(true)?;
         {
-            let repo = repo_id_w(&tx, repo_name)?;
+            let repo = find_repo_w(&tx, repo_name)?;
             if tx
                 .open_table(LINKS)?
-                .remove((repo, digest.as_str()))?
+                .remove((repo.id, digest.as_str()))?
                 .is_none()
             {
                 return Err(StoreError::BlobUnknown);
             }
-            release(&tx, domain_of(repo_name), digest.as_str())?;
+            self.release(&tx, repo.domain, digest.as_str())?;
         }
         tx.commit()?;
         self.space_freed();
@@ -321,25 +395,46 @@ pub(super) fn link(
     Ok(true)
 }
 
-/// Drops one count on `digest` in `domain`; at zero the blob and its chunks are deleted in the
-/// same transaction, so a concurrent push or mount either sees the blob or stores its own copy.
-pub(super) fn release(tx: &WriteTransaction, domain: u64, digest: &str) -> Result<(), StoreError> {
-    let mut blobs = tx.open_table(BLOBS)?;
-    let (id, size, count) = blobs
-        .get((domain, digest))?
-        .map(|v| v.value())
-        .ok_or_else(|| StoreError::Corrupt(format!("releasing missing blob {digest}")))?;
-    if count > 1 {
-        blobs.insert((domain, digest), (id, size, count - 1))?;
-    } else {
-        blobs.remove((domain, digest))?;
-        if size >= FP_LEN as u64 {
-            let fp = stored_fingerprint(&tx.open_table(CHUNKS)?, id)?;
-            tx.open_table(PREFIXES)?.remove((domain, fp, digest))?;
+impl Store {
+    /// Drops one count on `digest` in `domain`; at zero the blob and its chunks are deleted
+    /// in the same transaction, so a concurrent push or mount either sees the blob or stores
+    /// its own copy.
+    pub(super) fn release(
+        &self,
+        tx: &WriteTransaction,
+        domain: u64,
+        digest: &str,
+    ) -> Result<(), StoreError> {
+        let mut blobs = tx.open_table(BLOBS)?;
+        let (id, size, count) = blobs
+            .get((domain, digest))?
+            .map(|v| v.value())
+            .ok_or_else(|| StoreError::Corrupt(format!("releasing missing blob {digest}")))?;
+        if count > 1 {
+            blobs.insert((domain, digest), (id, size, count - 1))?;
+        } else {
+            blobs.remove((domain, digest))?;
+            if size >= FP_LEN as u64 {
+                let key = self.domain_key(domain)?;
+                let blob = BlobInfo { id, size, domain };
+                let fp = stored_fingerprint(&tx.open_table(CHUNKS)?, key.as_deref(), blob);
+                let mut prefixes = tx.open_table(PREFIXES)?;
+                match fp {
+                    Ok(fp) => {
+                        prefixes.remove((domain, fp, digest))?;
+                    }
+                    // A damaged blob must still be deletable: find its row the slow way.
+                    Err(StoreError::Integrity(_)) => {
+                        let range = (domain, 0, "")..(domain + 1, 0, "");
+                        prefixes.retain_in(range, |k, _| k.2 != digest)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            drop_chunks(tx, id)?;
         }
-        drop_chunks(tx, id)?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Deletes every chunk of blob id `id`.

@@ -1,7 +1,6 @@
 //! A consistency check of the store's bookkeeping: what `/admin/check` reports and the tests
 //! assert after crashes and races.
 
-use super::blobs::domain_of;
 use super::schema::{BLOBS, LINKS, REPOS, SHADOWS, UPLOADS};
 use super::{Store, StoreError};
 use redb::ReadableTable;
@@ -16,8 +15,9 @@ impl Store {
         let mut problems = Vec::new();
         let mut names = HashMap::new();
         for row in tx.open_table(REPOS)?.iter()? {
-            let (name, id) = row?;
-            names.insert(id.value(), name.value().to_owned());
+            let (name, v) = row?;
+            let (id, domain) = v.value();
+            names.insert(id, (name.value().to_owned(), domain));
         }
         // (domain, digest) -> holders counted from links and shadows.
         let mut held: BTreeMap<(u64, String), u64> = BTreeMap::new();
@@ -25,11 +25,7 @@ impl Store {
             let (k, _) = row?;
             let (repo, digest) = k.value();
             match names.get(&repo) {
-                Some(name) => {
-                    *held
-                        .entry((domain_of(name), digest.to_owned()))
-                        .or_default() += 1
-                }
+                Some((_, domain)) => *held.entry((*domain, digest.to_owned())).or_default() += 1,
                 None => problems.push(format!("link of {digest} in unknown repository {repo}")),
             }
         }

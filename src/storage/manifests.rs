@@ -1,12 +1,64 @@
 //! Manifests, tags and referrers of each repository.
 
-use super::blobs::domain_of;
-use super::repos::{ensure_repo, repo_id, repo_id_w};
+use super::domains::Domain;
+use super::repos::{ensure_repo, find_repo, find_repo_w, Repo};
 use super::schema::{BLOBS, LINKS, MANIFESTS, REFERRERS, TAGS};
 use super::{page, Store, StoreError};
+use crate::crypto::Binding;
 use crate::digest::Digest;
 use redb::{ReadableTable, WriteTransaction};
+use std::borrow::Cow;
 use std::ops::Bound;
+
+/// First byte of a record sealed with its domain's key (a plaintext manifest record starts
+/// with its version, 1; a plaintext referrer descriptor with `{`).
+const SEALED: u8 = 2;
+
+/// `plain` as stored in a domain with key `key`: sealed and bound to `at`, or as it is.
+fn seal_record(key: Option<&Domain>, at: &Binding, plain: Vec<u8>) -> Vec<u8> {
+    match key {
+        None => plain,
+        Some(d) => {
+            let mut v = Vec::with_capacity(1 + plain.len() + crate::crypto::SEAL_OVERHEAD);
+            v.push(SEALED);
+            d.key.seal(at, &plain, &mut v);
+            v
+        }
+    }
+}
+
+/// The plaintext of a stored record of a domain with key `key`; `what` names it in errors.
+/// In an encrypted domain a record that is not sealed, or does not open, is refused.
+fn open_record<'a>(
+    key: Option<&Domain>,
+    at: &Binding,
+    stored: &'a [u8],
+    what: &dyn Fn() -> String,
+) -> Result<Cow<'a, [u8]>, StoreError> {
+    let Some(d) = key else {
+        return Ok(Cow::Borrowed(stored));
+    };
+    let failed = || {
+        StoreError::Integrity(format!(
+            "{} does not open with key {:?}: it was altered or moved",
+            what(),
+            d.name
+        ))
+    };
+    let sealed = stored.strip_prefix(&[SEALED]).ok_or_else(failed)?;
+    let mut buf = sealed.to_vec();
+    let n = d.key.open(at, &mut buf).map_err(|_| failed())?.len();
+    buf.truncate(n);
+    Ok(Cow::Owned(buf))
+}
+
+fn manifest_at(repo: u64, digest: &str) -> Binding {
+    Binding::record(b'm', repo, &[digest])
+}
+
+fn referrer_at(repo: u64, subject: &str, digest: &str) -> Binding {
+    Binding::record(b'r', repo, &[subject, digest])
+}
 
 /// A manifest as stored.
 #[derive(Debug)]
@@ -72,24 +124,28 @@ impl Store {
     /// Stores a manifest in `repo` (created if new) after checking, in the same transaction,
     /// that everything it references is there.
     pub fn manifest_put(&self, repo: &str, m: &NewManifest) -> Result<(), StoreError> {
-        let domain = domain_of(repo);
+        let domain = self.domain_for(repo)?;
+        let key = self.domain_key(domain)?;
+        let key = key.as_deref();
         let tx = self.write(true)?;
         {
-            let repo = ensure_repo(&tx, repo)?;
-            check_references(&tx, repo, domain, m)?;
+            let repo = ensure_repo(&tx, repo, domain)?;
+            check_references(&tx, repo, key, m)?;
             let subject = m.referrer.as_ref().map(|(s, _)| *s);
+            let digest = m.digest.as_str();
             let value = encode(m.media_type, subject, m.body);
+            let value = seal_record(key, &manifest_at(repo.id, digest), value);
             tx.open_table(MANIFESTS)?
-                .insert((repo, m.digest.as_str()), value.as_slice())?;
+                .insert((repo.id, digest), value.as_slice())?;
             let mut tags = tx.open_table(TAGS)?;
             for tag in m.tags {
-                tags.insert((repo, tag.as_str()), m.digest.as_str())?;
+                tags.insert((repo.id, tag.as_str()), digest)?;
             }
             if let Some((subject, descriptor)) = &m.referrer {
-                tx.open_table(REFERRERS)?.insert(
-                    (repo, subject.as_str(), m.digest.as_str()),
-                    descriptor.as_slice(),
-                )?;
+                let s = subject.as_str();
+                let value = seal_record(key, &referrer_at(repo.id, s, digest), descriptor.clone());
+                tx.open_table(REFERRERS)?
+                    .insert((repo.id, s, digest), value.as_slice())?;
             }
         }
         tx.commit()?;
@@ -103,35 +159,44 @@ impl Store {
         digest: &Digest,
     ) -> Result<StoredManifest, StoreError> {
         let tx = self.read()?;
-        let repo = repo_id(&tx, repo)?;
+        let repo = find_repo(&tx, repo)?;
         let table = tx.open_table(MANIFESTS)?;
         let row = table
-            .get((repo, digest.as_str()))?
+            .get((repo.id, digest.as_str()))?
             .ok_or(StoreError::ManifestUnknown)?;
-        let (media_type, _, body) = decode(row.value())?;
-        Ok(StoredManifest {
-            digest: digest.to_string(),
-            media_type: media_type.to_owned(),
-            body: body.to_vec(),
-        })
+        self.stored_manifest(repo, digest.as_str(), row.value())
     }
 
     /// The manifest tagged `tag` in `repo`.
     pub fn manifest_by_tag(&self, repo: &str, tag: &str) -> Result<StoredManifest, StoreError> {
         let tx = self.read()?;
-        let repo = repo_id(&tx, repo)?;
+        let repo = find_repo(&tx, repo)?;
         let tags = tx.open_table(TAGS)?;
-        let digest = tags.get((repo, tag))?.ok_or(StoreError::ManifestUnknown)?;
+        let digest = tags
+            .get((repo.id, tag))?
+            .ok_or(StoreError::ManifestUnknown)?;
         let digest = digest.value().to_owned();
         let table = tx.open_table(MANIFESTS)?;
-        let row = table.get((repo, digest.as_str()))?;
+        let row = table.get((repo.id, digest.as_str()))?;
         let row = row
             .ok_or_else(|| StoreError::Corrupt(format!("tag {tag} points at missing {digest}")))?;
-        let (media_type, _, body) = decode(row.value())?;
+        self.stored_manifest(repo, &digest, row.value())
+    }
+
+    /// A manifest from its stored record, opened with its repository's key.
+    fn stored_manifest(
+        &self,
+        repo: Repo,
+        digest: &str,
+        stored: &[u8],
+    ) -> Result<StoredManifest, StoreError> {
+        let key = self.domain_key(repo.domain)?;
+        let record = open_manifest(key.as_deref(), repo.id, digest, stored)?;
+        let (media_type, _, body) = decode(&record)?;
         Ok(StoredManifest {
+            digest: digest.to_owned(),
             media_type: media_type.to_owned(),
             body: body.to_vec(),
-            digest,
         })
     }
 
@@ -139,17 +204,23 @@ impl Store {
     pub fn manifest_delete(&self, repo: &str, digest: &Digest) -> Result<(), StoreError> {
         let tx = self.write(true)?;
         {
-            let repo = repo_id_w(&tx, repo)?;
+            let repo = find_repo_w(&tx, repo)?;
+            let key = self.domain_key(repo.domain)?;
             let mut manifests = tx.open_table(MANIFESTS)?;
-            let removed = manifests.remove((repo, digest.as_str()))?;
+            let removed = manifests.remove((repo.id, digest.as_str()))?;
             let value = removed.ok_or(StoreError::ManifestUnknown)?;
-            let subject = decode(value.value())?.1.to_owned();
+            // A record that no longer opens is still deleted; only its referrer entry, which
+            // it names, cannot be found and stays.
+            let subject = open_manifest(key.as_deref(), repo.id, digest.as_str(), value.value())
+                .and_then(|r| Ok(decode(&r)?.1.to_owned()))
+                .unwrap_or_default();
             drop(value);
             drop(manifests);
             if !subject.is_empty() {
                 tx.open_table(REFERRERS)?
-                    .remove((repo, subject.as_str(), digest.as_str()))?;
+                    .remove((repo.id, subject.as_str(), digest.as_str()))?;
             }
+            let repo = repo.id;
             let lower = Bound::Included((repo, ""));
             let upper = Bound::Excluded((repo + 1, ""));
             tx.open_table(TAGS)?
@@ -165,7 +236,7 @@ impl Store {
     pub fn tag_delete(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
         let tx = self.write(true)?;
         {
-            let repo = repo_id_w(&tx, repo)?;
+            let repo = find_repo_w(&tx, repo)?.id;
             if tx.open_table(TAGS)?.remove((repo, tag))?.is_none() {
                 return Err(StoreError::ManifestUnknown);
             }
@@ -182,7 +253,7 @@ impl Store {
         n: usize,
     ) -> Result<(Vec<String>, bool), StoreError> {
         let tx = self.read()?;
-        let repo = repo_id(&tx, repo)?;
+        let repo = find_repo(&tx, repo)?.id;
         let tags = tx.open_table(TAGS)?;
         let lower = last.map_or(Bound::Included((repo, "")), |l| Bound::Excluded((repo, l)));
         let range = tags.range::<(u64, &str)>((lower, Bound::Excluded((repo + 1, ""))))?;
@@ -192,27 +263,85 @@ impl Store {
     /// Descriptors (JSON) of the manifests in `repo` whose subject is `subject`.
     pub fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Vec<u8>>, StoreError> {
         let tx = self.read()?;
-        let repo = repo_id(&tx, repo)?;
+        let repo = find_repo(&tx, repo)?;
+        let key = self.domain_key(repo.domain)?;
         let table = tx.open_table(REFERRERS)?;
         let s = subject.as_str();
         let mut out = Vec::new();
-        for row in table.range::<(u64, &str, &str)>((repo, s, "")..)? {
+        for row in table.range::<(u64, &str, &str)>((repo.id, s, "")..)? {
             let (k, v) = row?;
-            if k.value().0 != repo || k.value().1 != s {
+            let (r, subject, digest) = k.value();
+            if r != repo.id || subject != s {
                 break;
             }
-            out.push(v.value().to_vec());
+            let what = || format!("the referrer {digest} of {s}");
+            let at = referrer_at(repo.id, s, digest);
+            out.push(open_record(key.as_deref(), &at, v.value(), &what)?.into_owned());
         }
         Ok(out)
     }
 }
 
-fn check_references(
+/// Re-seals, within `tx`, every manifest and referrer entry of repository id `repo` from
+/// key `old` to key `new` (either None: plaintext); returns how many.
+pub(super) fn reseal_records(
     tx: &WriteTransaction,
     repo: u64,
-    domain: u64,
+    old: Option<&Domain>,
+    new: Option<&Domain>,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    let mut manifests = tx.open_table(MANIFESTS)?;
+    let mut rows = Vec::new();
+    for row in manifests.range::<(u64, &str)>((repo, "")..(repo + 1, ""))? {
+        let (k, v) = row?;
+        let digest = k.value().1.to_owned();
+        let plain = open_manifest(old, repo, &digest, v.value())?.into_owned();
+        rows.push((digest, plain));
+    }
+    for (digest, plain) in rows {
+        let value = seal_record(new, &manifest_at(repo, &digest), plain);
+        manifests.insert((repo, digest.as_str()), value.as_slice())?;
+        n += 1;
+    }
+    let mut referrers = tx.open_table(REFERRERS)?;
+    let mut rows = Vec::new();
+    for row in referrers.range::<(u64, &str, &str)>((repo, "", "")..(repo + 1, "", ""))? {
+        let (k, v) = row?;
+        let (_, subject, digest) = k.value();
+        let what = || format!("the referrer {digest} of {subject}");
+        let at = referrer_at(repo, subject, digest);
+        let plain = open_record(old, &at, v.value(), &what)?.into_owned();
+        rows.push((subject.to_owned(), digest.to_owned(), plain));
+    }
+    for (subject, digest, plain) in rows {
+        let value = seal_record(new, &referrer_at(repo, &subject, &digest), plain);
+        referrers.insert((repo, subject.as_str(), digest.as_str()), value.as_slice())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The plaintext record of manifest `digest` of repository id `repo`.
+fn open_manifest<'a>(
+    key: Option<&Domain>,
+    repo: u64,
+    digest: &str,
+    stored: &'a [u8],
+) -> Result<Cow<'a, [u8]>, StoreError> {
+    open_record(key, &manifest_at(repo, digest), stored, &|| {
+        format!("manifest {digest}")
+    })
+}
+
+fn check_references(
+    tx: &WriteTransaction,
+    repo: Repo,
+    key: Option<&Domain>,
     m: &NewManifest,
 ) -> Result<(), StoreError> {
+    let domain = repo.domain;
+    let repo = repo.id;
     let links = tx.open_table(LINKS)?;
     let blobs = tx.open_table(BLOBS)?;
     for (digest, size) in &m.blobs {
@@ -231,7 +360,8 @@ fn check_references(
     for (digest, size) in &m.children {
         let row = manifests.get((repo, digest.as_str()))?;
         let row = row.ok_or_else(|| StoreError::ManifestBlobUnknown(digest.to_string()))?;
-        let len = decode(row.value())?.2.len() as u64;
+        let record = open_manifest(key, repo, digest.as_str(), row.value())?;
+        let len = decode(&record)?.2.len() as u64;
         if len != *size {
             return Err(StoreError::ManifestRefMismatch(format!(
                 "descriptor of {digest} says {size} bytes, the manifest has {len}"

@@ -2,14 +2,17 @@
 
 mod blobs;
 mod check;
+mod domains;
 mod handle;
 mod manifests;
+mod rekey;
 mod repos;
 mod schema;
 mod settings;
 mod uploads;
 
 pub use blobs::{BlobInfo, MountFrom, MountRefused};
+pub use domains::KeyInfo;
 pub use manifests::NewManifest;
 
 use handle::{Handle, Tx};
@@ -32,6 +35,8 @@ pub struct Store {
     shadows: Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// Acknowledged changes (mounts) were committed without durability since the last flush.
     unflushed: std::sync::atomic::AtomicBool,
+    /// The master key, the encryption rules and the unwrapped data keys.
+    keys: domains::Keyring,
 }
 
 /// How a store is opened.
@@ -42,12 +47,20 @@ pub struct StoreOptions {
     pub chunk_size: usize,
     /// Upload data is refused while less than this would stay free on the filesystem.
     pub min_free_space: u64,
+    /// The master key, if one is configured.
+    pub master_key: Option<crate::crypto::MasterKey>,
+    /// Which key new repositories get.
+    pub encryption: Vec<crate::config::EncryptionRule>,
+    /// Drop data key wraps by other master keys than this one (ends a rotation). Only the
+    /// registry's start does: a management command must not end a rotation under way.
+    pub settle_master_key: bool,
 }
 
-/// Bytes of a chunk row that are not payload: redb's leaf header, value length and key.
-/// redb allocates pages in powers of two, so a payload of exactly a power of two would take
-/// twice its size on disk; a power of two less this fits one allocation exactly.
-const CHUNK_ROW_OVERHEAD: usize = 64;
+/// Bytes of a chunk row that are not payload: redb's leaf header, value length and key, and
+/// in an encrypted domain the nonce and tag. redb allocates pages in powers of two, so a
+/// payload of exactly a power of two would take twice its size on disk; a power of two less
+/// this fits one allocation exactly (a plaintext row leaves the seal's 28 bytes unused).
+const CHUNK_ROW_OVERHEAD: usize = 64 + crate::crypto::SEAL_OVERHEAD;
 
 /// Everything the store can answer besides success.
 #[derive(Debug)]
@@ -72,6 +85,14 @@ pub enum StoreError {
     Unavailable,
     /// The store is not one this build can use (schema version, corruption).
     Corrupt(String),
+    /// Stored data failed to open with its key: altered, moved, or its key erased.
+    Integrity(String),
+    /// A key problem an operator must fix: missing or wrong master key, conflicting key.
+    Keys(String),
+    /// The repository was created with another key while this request ran; retry.
+    DomainChanged(String),
+    /// The repository exists already (with key name, if encrypted).
+    RepoExists(Option<String>),
     /// Any other database failure.
     Db(redb::Error),
 }
@@ -89,6 +110,14 @@ impl fmt::Display for StoreError {
             StoreError::Full => f.write_str("no space left on the storage device"),
             StoreError::Unavailable => f.write_str("store is reopening after an I/O failure"),
             StoreError::Corrupt(m) => write!(f, "store unusable: {m}"),
+            StoreError::Integrity(m) => write!(f, "integrity check failed: {m}"),
+            StoreError::Keys(m) => f.write_str(m),
+            StoreError::DomainChanged(r) => write!(
+                f,
+                "repository {r} was created with another key during this request: retry"
+            ),
+            StoreError::RepoExists(None) => f.write_str("the repository exists (plaintext)"),
+            StoreError::RepoExists(Some(k)) => write!(f, "the repository exists (key {k:?})"),
             StoreError::Db(e) => write!(f, "database error: {e}"),
         }
     }
@@ -130,7 +159,7 @@ fn now() -> u64 {
 impl Store {
     /// Opens (creating if absent) the store at `path` with `cache_size` bytes of page cache,
     /// storing blobs in chunk rows of `chunk_size` bytes (a power of two) each.
-    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, mut options: StoreOptions) -> Result<Store, StoreError> {
         let store = Store {
             handle: Handle::open(path, options.cache_size)?,
             chunk_payload: options.chunk_size - CHUNK_ROW_OVERHEAD,
@@ -138,6 +167,10 @@ impl Store {
             reusable: Mutex::new(None),
             shadows: Mutex::default(),
             unflushed: Default::default(),
+            keys: domains::Keyring::new(
+                options.master_key.take(),
+                std::mem::take(&mut options.encryption),
+            ),
         };
         let tx = store.write(true)?;
         {
@@ -148,6 +181,13 @@ impl Store {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    drop(meta);
+                    migrate_v1(&tx)?;
+                    tx.open_table(META)?
+                        .insert("schema_version", SCHEMA_VERSION)?;
+                    log::info!("migrated the store to schema version {SCHEMA_VERSION}");
+                }
                 Some(v) => {
                     return Err(StoreError::Corrupt(format!(
                         "schema version {v}, this build reads {SCHEMA_VERSION}"
@@ -166,8 +206,10 @@ impl Store {
             tx.open_table(SETTINGS)?;
             tx.open_table(PREFIXES)?;
             tx.open_table(SHADOWS)?;
+            tx.open_table(DOMAINS)?;
         }
         tx.commit()?;
+        store.load_domains(options.settle_master_key)?;
         store.load_shadows()?;
         Ok(store)
     }
@@ -241,7 +283,7 @@ impl Store {
                 live += row?.1.value().1;
             }
             for row in tx.open_table(UPLOADS)?.iter()? {
-                live += row?.1.value().2;
+                live += row?.1.value().3;
             }
         }
         Ok(file_len.saturating_sub(live + file_len / 32))
@@ -283,6 +325,28 @@ impl Store {
         }
         Ok(t)
     }
+}
+
+/// Version 1 -> 2: every repository and upload session was plaintext (domain 0).
+fn migrate_v1(tx: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = tx.open_table(REPOS_V1)?;
+        let mut new = tx.open_table(REPOS)?;
+        for row in old.iter()? {
+            let (name, id) = row?;
+            new.insert(name.value(), (id.value(), 0))?;
+        }
+        let old = tx.open_table(UPLOADS_V1)?;
+        let mut new = tx.open_table(UPLOADS)?;
+        for row in old.iter()? {
+            let (id, v) = row?;
+            let (repo, blob, received, last) = v.value();
+            new.insert(id.value(), (repo, 0, blob, received, last))?;
+        }
+    }
+    tx.delete_table(REPOS_V1)?;
+    tx.delete_table(UPLOADS_V1)?;
+    Ok(())
 }
 
 /// Takes and advances the counter `key` (ids start at 1).

@@ -4,22 +4,30 @@ use redb::TableDefinition;
 
 /// Counters and the schema version: `next_repo_id`, `next_blob_id`, `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Repository name -> repository id. Sorted by name, so it is also the catalog.
-pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+/// Repository name -> (repository id, encryption domain). Sorted by name: also the catalog.
+pub const REPOS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("repositories");
+/// Encryption domain id (from 1) -> encoded domain: name, algorithm, and its data key wrapped
+/// by one or two master keys (two only while a master key rotation is under way).
+pub const DOMAINS: TableDefinition<u64, &[u8]> = TableDefinition::new("domains");
 /// (encryption domain, digest) -> (blob id, size, link count). Domain 0 is plaintext.
 pub const BLOBS: TableDefinition<(u64, &str), (u64, u64, u64)> = TableDefinition::new("blobs");
-/// (blob id, byte offset) -> bytes. Appends add rows; a Range read seeks to its first row.
+/// (blob id, byte offset) -> bytes: plaintext, or `nonce ‖ ciphertext ‖ tag` in an encrypted
+/// domain. Appends add rows; a Range read seeks to its first row.
 pub const CHUNKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("chunks");
 /// (repository id, digest) -> (how it was linked, unix seconds).
 pub const LINKS: TableDefinition<(u64, &str), (u8, u64)> = TableDefinition::new("links");
-/// (repository id, digest) -> encoded manifest (media type, subject, bytes).
+/// (repository id, digest) -> encoded manifest (media type, subject, bytes), sealed in an
+/// encrypted domain.
 pub const MANIFESTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("manifests");
 /// (repository id, tag) -> manifest digest.
 pub const TAGS: TableDefinition<(u64, &str), &str> = TableDefinition::new("tags");
-/// (repository id, subject digest, referrer digest) -> descriptor JSON.
+/// (repository id, subject digest, referrer digest) -> descriptor JSON, sealed in an
+/// encrypted domain.
 pub const REFERRERS: TableDefinition<(u64, &str, &str), &[u8]> = TableDefinition::new("referrers");
-/// Upload id -> (repository name, blob id, bytes received, unix seconds of last activity).
-pub const UPLOADS: TableDefinition<&str, (&str, u64, u64, u64)> = TableDefinition::new("uploads");
+/// Upload id -> (repository name, domain, blob id, bytes received, unix seconds of last
+/// activity). The domain is fixed when the session opens: its chunks are sealed for it.
+pub const UPLOADS: TableDefinition<&str, (&str, u64, u64, u64, u64)> =
+    TableDefinition::new("upload_sessions");
 
 /// (domain, fingerprint of a blob's first 4 KiB, digest) -> (). Finds stored blobs that an
 /// upload may be repeating, so that its bytes are compared instead of written.
@@ -33,7 +41,15 @@ pub const SHADOWS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("sh
 pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 
 /// The schema this build writes; a store with another is refused, not guessed at.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Version 2 added encryption domains (`domains`, the domain of each repository and upload);
+/// a version 1 store is migrated at open (all of it plaintext).
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// Version 1's `repos`: name -> id.
+pub const REPOS_V1: TableDefinition<&str, u64> = TableDefinition::new("repos");
+/// Version 1's `uploads`: id -> (repository name, blob id, bytes received, last activity).
+pub const UPLOADS_V1: TableDefinition<&str, (&str, u64, u64, u64)> =
+    TableDefinition::new("uploads");
 
 /// How a blob came to be linked into a repository: uploaded (or deduplicated at the finish).
 pub const LINK_PUSHED: u8 = 0;

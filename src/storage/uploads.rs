@@ -7,14 +7,13 @@
 //! they never do, the finish links the stored blob and nothing but metadata was written.
 
 use super::blobs::{
-    domain_of, drop_chunks, fingerprint, link, release, stored_fingerprint, BlobInfo, FP_LEN,
+    drop_chunks, fingerprint, link, put_chunk, stored_fingerprint, BlobInfo, FP_LEN,
 };
 use super::repos::ensure_repo;
 use super::schema::{BLOBS, CHUNKS, LINK_PUSHED, PREFIXES, SHADOWS, UPLOADS};
 use super::{next_id, now, Store, StoreError};
 use crate::digest::Digest;
 use redb::{ReadableTable, WriteTransaction};
-use ring::rand::{SecureRandom, SystemRandom};
 
 /// Bytes of an upload between durable commits of its progress.
 const CHECKPOINT: u64 = 64 << 20;
@@ -26,6 +25,19 @@ pub struct Upload {
     pub blob: u64,
     /// Bytes received and committed so far.
     pub received: u64,
+    /// The encryption domain its chunks are sealed for.
+    pub domain: u64,
+}
+
+impl Upload {
+    /// What it received, as a blob to read.
+    pub fn content(&self) -> BlobInfo {
+        BlobInfo {
+            id: self.blob,
+            size: self.received,
+            domain: self.domain,
+        }
+    }
 }
 
 /// The stored blob an upload repeats, and how far.
@@ -44,13 +56,17 @@ const MAX_CANDIDATES: usize = 4;
 
 /// The upload `id` of `repo` in `uploads` (an id of another repository is unknown here).
 fn lookup(
-    uploads: &impl ReadableTable<&'static str, (&'static str, u64, u64, u64)>,
+    uploads: &impl ReadableTable<&'static str, (&'static str, u64, u64, u64, u64)>,
     repo: &str,
     id: &str,
 ) -> Result<Upload, StoreError> {
     let row = uploads.get(id)?;
     match row.as_ref().map(|v| v.value()) {
-        Some((r, blob, received, _)) if r == repo => Ok(Upload { blob, received }),
+        Some((r, domain, blob, received, _)) if r == repo => Ok(Upload {
+            blob,
+            received,
+            domain,
+        }),
         _ => Err(StoreError::UploadUnknown),
     }
 }
@@ -63,20 +79,26 @@ fn session(tx: &WriteTransaction, repo: &str, id: &str) -> Result<Upload, StoreE
 impl Store {
     /// Opens an upload session into `repo`; returns its unguessable id.
     pub fn upload_create(&self, repo: &str) -> Result<String, StoreError> {
-        let mut raw = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| StoreError::Corrupt("no system randomness".into()))?;
-        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        // Not durable: a session lost in a crash is reported unknown and the client restarts it.
+        // Sealed for the repository's key from the first byte: plaintext never reaches disk.
+        let domain = self.domain_for(repo)?;
+        self.session_create(repo, domain).map(|(id, _)| id)
+    }
+
+    /// Opens a session into `repo` whose chunks are sealed for `domain`; returns its id and
+    /// blob id. Not durable: a session lost in a crash is reported unknown and the client
+    /// restarts it.
+    pub(super) fn session_create(
+        &self,
+        repo: &str,
+        domain: u64,
+    ) -> Result<(String, u64), StoreError> {
+        let id = crate::crypto::hex(&crate::crypto::random::<16>());
         let tx = self.write(false)?;
-        {
-            let blob = next_id(&tx, "next_blob_id")?;
-            tx.open_table(UPLOADS)?
-                .insert(id.as_str(), (repo, blob, 0, now()))?;
-        }
+        let blob = next_id(&tx, "next_blob_id")?;
+        tx.open_table(UPLOADS)?
+            .insert(id.as_str(), (repo, domain, blob, 0, now()))?;
         tx.commit()?;
-        Ok(id)
+        Ok((id, blob))
     }
 
     /// The state of upload `id` in `repo`.
@@ -85,6 +107,7 @@ impl Store {
             return Ok(Upload {
                 blob: sh.blob.id,
                 received: sh.at,
+                domain: sh.domain,
             });
         }
         lookup(&self.read()?.open_table(UPLOADS)?, repo, id)
@@ -114,7 +137,11 @@ impl Store {
         Ok(Some(Shadow {
             domain,
             digest,
-            blob: BlobInfo { id: blob, size },
+            blob: BlobInfo {
+                id: blob,
+                size,
+                domain,
+            },
             own: up.blob,
             at,
         }))
@@ -129,13 +156,15 @@ impl Store {
         for row in tx.open_table(SHADOWS)?.iter()? {
             let (id, _) = row?;
             let id = id.value();
-            let received = uploads.get(id)?.map_or(0, |v| v.value().2);
+            let received = uploads.get(id)?.map_or(0, |v| v.value().3);
             progress.insert(id.to_owned(), (received, now()));
         }
         Ok(())
     }
 
-    fn progress(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
+    pub(super) fn progress(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
         self.shadows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -170,7 +199,7 @@ impl Store {
             // As for written uploads: after a crash, resume from here rather than the start.
             let tx = self.write(true)?;
             tx.open_table(UPLOADS)?
-                .insert(id, (repo, sh.own, end, now()))?;
+                .insert(id, (repo, sh.domain, sh.own, end, now()))?;
             tx.commit()?;
         }
         Ok(Some(end))
@@ -180,15 +209,16 @@ impl Store {
     /// into the session's own chunks and releases the stored blob.
     fn materialize(&self, repo: &str, id: &str, sh: &Shadow) -> Result<(), StoreError> {
         let step = self.chunk_payload;
-        let mut buf = Vec::with_capacity(step);
+        let key = self.domain_key(sh.domain)?;
+        let mut buf = Vec::with_capacity(step + crate::crypto::SEAL_OVERHEAD);
         let mut off = 0;
         while off < sh.at {
             self.read_blob(sh.blob, off, step.min((sh.at - off) as usize), &mut buf)?;
             self.check_space(buf.len() as u64)?;
             let tx = self.write(false)?;
             session(&tx, repo, id)?;
-            tx.open_table(CHUNKS)?
-                .insert((sh.own, off), buf.as_slice())?;
+            // Sealed anew for the session's own blob id: a chunk is bound to its blob.
+            put_chunk(&tx, key.as_deref(), sh.own, off, &buf)?;
             tx.commit()?;
             off += buf.len() as u64;
         }
@@ -196,9 +226,9 @@ impl Store {
         {
             session(&tx, repo, id)?;
             tx.open_table(SHADOWS)?.remove(id)?;
-            release(&tx, sh.domain, &sh.digest)?;
+            self.release(&tx, sh.domain, &sh.digest)?;
             tx.open_table(UPLOADS)?
-                .insert(id, (repo, sh.own, sh.at, now()))?;
+                .insert(id, (repo, sh.domain, sh.own, sh.at, now()))?;
         }
         tx.commit()?;
         self.progress().remove(id);
@@ -208,9 +238,14 @@ impl Store {
 
     /// Starts shadowing if `first` (an upload's first bytes) begins a stored blob of `repo`'s
     /// domain. True if it does: `first` then needs no writing.
-    fn start_shadow(&self, repo: &str, id: &str, first: &[u8]) -> Result<bool, StoreError> {
-        let domain = domain_of(repo);
-        let fp = fingerprint(&first[..FP_LEN]);
+    fn start_shadow(
+        &self,
+        repo: &str,
+        id: &str,
+        domain: u64,
+        first: &[u8],
+    ) -> Result<bool, StoreError> {
+        let fp = fingerprint(self.domain_key(domain)?.as_deref(), &first[..FP_LEN]);
         let mut found = None;
         {
             let tx = self.read()?;
@@ -227,7 +262,11 @@ impl Store {
                 else {
                     continue;
                 };
-                let blob = BlobInfo { id: blob, size };
+                let blob = BlobInfo {
+                    id: blob,
+                    size,
+                    domain,
+                };
                 if self.holds_at(blob, 0, first)? {
                     found = Some((digest, blob));
                     break;
@@ -242,6 +281,9 @@ impl Store {
             let up = session(&tx, repo, id)?;
             if up.received != 0 {
                 return Err(StoreError::UploadOffset(up.received));
+            }
+            if up.domain != domain {
+                return Ok(false);
             }
             let mut blobs = tx.open_table(BLOBS)?;
             // Deleted (or replaced) since it was compared: write the upload instead.
@@ -273,8 +315,11 @@ impl Store {
             return Ok(end);
         }
         let end = at + data.len() as u64;
-        if at == 0 && data.len() >= FP_LEN && self.start_shadow(repo, id, data)? {
-            return Ok(end);
+        if at == 0 && data.len() >= FP_LEN {
+            let domain = lookup(&self.read()?.open_table(UPLOADS)?, repo, id)?.domain;
+            if self.start_shadow(repo, id, domain, data)? {
+                return Ok(end);
+            }
         }
         self.check_space(data.len() as u64)?;
         // A durable checkpoint each time the session crosses a multiple of CHECKPOINT: after a
@@ -286,9 +331,10 @@ impl Store {
                 return Err(StoreError::UploadOffset(up.received));
             }
             if !data.is_empty() {
-                tx.open_table(CHUNKS)?.insert((up.blob, at), data)?;
+                let key = self.domain_key(up.domain)?;
+                put_chunk(&tx, key.as_deref(), up.blob, at, data)?;
                 tx.open_table(UPLOADS)?
-                    .insert(id, (repo, up.blob, end, now()))?;
+                    .insert(id, (repo, up.domain, up.blob, end, now()))?;
             }
         }
         tx.commit()?;
@@ -306,12 +352,12 @@ impl Store {
         digest: &Digest,
         size: u64,
     ) -> Result<bool, StoreError> {
-        let domain = domain_of(repo);
         if let Some(sh) = self.shadow(repo, id)? {
             if sh.at != size {
                 return Err(StoreError::UploadOffset(sh.at));
             }
-            if sh.domain != domain || sh.digest != digest.as_str() || sh.blob.size != size {
+            let domain = sh.domain;
+            if sh.digest != digest.as_str() || sh.blob.size != size {
                 // A proper prefix of the stored blob (or another algorithm): store it.
                 self.materialize(repo, id, &sh)?;
                 return self.upload_finish(repo, id, digest, size);
@@ -321,10 +367,10 @@ impl Store {
                 session(&tx, repo, id)?;
                 tx.open_table(UPLOADS)?.remove(id)?;
                 tx.open_table(SHADOWS)?.remove(id)?;
-                let repo = ensure_repo(&tx, repo)?;
+                let repo = ensure_repo(&tx, repo, domain)?;
                 // Link first, then drop the shadow's own count: the blob never reaches zero.
-                link(&tx, repo, domain, digest, LINK_PUSHED)?;
-                release(&tx, domain, digest.as_str())?;
+                link(&tx, repo.id, domain, digest, LINK_PUSHED)?;
+                self.release(&tx, domain, digest.as_str())?;
             }
             tx.commit()?;
             self.progress().remove(id);
@@ -336,6 +382,7 @@ impl Store {
             if up.received != size {
                 return Err(StoreError::UploadOffset(up.received));
             }
+            let domain = up.domain;
             tx.open_table(UPLOADS)?.remove(id)?;
             let mut blobs = tx.open_table(BLOBS)?;
             let duplicate = blobs.get((domain, digest.as_str()))?.is_some();
@@ -346,13 +393,15 @@ impl Store {
                 blobs.insert((domain, digest.as_str()), (up.blob, size, 0))?;
                 drop(blobs);
                 if size >= FP_LEN as u64 {
-                    let fp = stored_fingerprint(&tx.open_table(CHUNKS)?, up.blob)?;
+                    let key = self.domain_key(domain)?;
+                    let fp =
+                        stored_fingerprint(&tx.open_table(CHUNKS)?, key.as_deref(), up.content())?;
                     tx.open_table(PREFIXES)?
                         .insert((domain, fp, digest.as_str()), ())?;
                 }
             }
-            let repo = ensure_repo(&tx, repo)?;
-            link(&tx, repo, domain, digest, LINK_PUSHED)?;
+            let repo = ensure_repo(&tx, repo, domain)?;
+            link(&tx, repo.id, domain, digest, LINK_PUSHED)?;
             duplicate
         };
         tx.commit()?;
@@ -369,7 +418,7 @@ impl Store {
             let mut stale = Vec::new();
             for row in uploads.iter()? {
                 let (id, v) = row?;
-                let (repo, _, _, last_active) = v.value();
+                let (repo, _, _, _, last_active) = v.value();
                 let id = id.value();
                 let shadow_active = self.progress().get(id).map_or(0, |p| p.1);
                 if last_active.max(shadow_active) < cutoff {
@@ -389,24 +438,57 @@ impl Store {
         Ok(purged)
     }
 
+    /// Cancels, within `tx`, every upload session of repository `repo`; returns their ids
+    /// (for the caller to forget in the progress map once `tx` commits).
+    pub(super) fn cancel_sessions_of(
+        &self,
+        tx: &WriteTransaction,
+        repo: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = {
+            let mut v = Vec::new();
+            for row in tx.open_table(UPLOADS)?.iter()? {
+                let (id, up) = row?;
+                if up.value().0 == repo {
+                    v.push(id.value().to_owned());
+                }
+            }
+            v
+        };
+        for id in &ids {
+            self.drop_session(tx, repo, id)?;
+        }
+        Ok(ids)
+    }
+
     /// Cancels upload `id` of `repo` and drops what it received.
     pub fn upload_cancel(&self, repo: &str, id: &str) -> Result<(), StoreError> {
         let tx = self.write(false)?;
-        {
-            let up = session(&tx, repo, id)?;
-            tx.open_table(UPLOADS)?.remove(id)?;
-            drop_chunks(&tx, up.blob)?;
-            let shadowed = tx
-                .open_table(SHADOWS)?
-                .remove(id)?
-                .map(|v| (v.value().0, v.value().1.to_owned()));
-            if let Some((domain, digest)) = shadowed {
-                release(&tx, domain, &digest)?;
-            }
-        }
+        self.drop_session(&tx, repo, id)?;
         tx.commit()?;
         self.progress().remove(id);
         self.space_freed();
+        Ok(())
+    }
+
+    /// Removes session `id` of `repo` within `tx`: its row, its chunks, and its pin on a
+    /// blob it was repeating.
+    pub(super) fn drop_session(
+        &self,
+        tx: &WriteTransaction,
+        repo: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let up = session(tx, repo, id)?;
+        tx.open_table(UPLOADS)?.remove(id)?;
+        drop_chunks(tx, up.blob)?;
+        let shadowed = tx
+            .open_table(SHADOWS)?
+            .remove(id)?
+            .map(|v| (v.value().0, v.value().1.to_owned()));
+        if let Some((domain, digest)) = shadowed {
+            self.release(tx, domain, &digest)?;
+        }
         Ok(())
     }
 }
