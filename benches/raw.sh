@@ -11,10 +11,7 @@ rounds=${1:-3}
 build_release
 work=$(mktemp -d /tmp/outpost-raw.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-blob=$work/blob.bin
-head -c 1G /dev/urandom >"$blob"; sync; sleep 5
-digest=sha256:$(sha256sum "$blob" | cut -d' ' -f1)
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+settled_blob "$work"
 
 measure() { # label pid base
   local c0 t0 t1 c1 get0 get1

@@ -2,7 +2,8 @@
 //! acknowledged blob and manifest intact (re-hashed), nothing half-written visible, each
 //! interrupted upload either resumes to completion or is reported unknown, and the reference
 //! counts add up. Workers share some content (so uploads repeat stored blobs and are
-//! deduplicated) and mount what they pushed into a second repository.
+//! deduplicated) and mount what they pushed into a second repository. Half the workers push
+//! into encrypted repositories (one key), so sealed chunks are crashed on too.
 
 mod common;
 use common::*;
@@ -145,12 +146,20 @@ fn last_blob(l: &Mutex<Ledger>, repo: &str) -> (String, usize) {
 #[test]
 fn sigkill_during_concurrent_pushes_leaves_a_consistent_store() {
     let dir = TempDir::new("crash");
+    let keys = TempDir::new("crash-keys");
+    // Workers 1 and 3 of each round (repositories crash/w1, crash/m1, crash/w13, ...).
+    let rule = |p: &str| serde_json::json!({"repositories": p, "key": "crash", "algorithm": "chacha20-poly1305"});
+    let cfg = encryption_config(
+        keys.path(),
+        serde_json::json!([rule("crash/*1"), rule("crash/*3")]),
+    );
+    let args = ["--config", cfg.to_str().unwrap()];
     let mut checked = (0, 0, 0, 0);
     // Clients failing against the killed server panic by design; keep the output readable.
     let default_hook = std::panic::take_hook();
     for round in 0..3 {
         std::panic::set_hook(Box::new(|_| {}));
-        let mut reg = Registry::start(dir.path());
+        let mut reg = Registry::start_with(dir.path(), &args);
         let stop = Arc::new(AtomicBool::new(false));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let workers: Vec<_> = (0..4)
@@ -169,7 +178,7 @@ fn sigkill_during_concurrent_pushes_leaves_a_consistent_store() {
         drop(quiet);
         std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
 
-        let reg = Registry::start(dir.path());
+        let reg = Registry::start_with(dir.path(), &args);
         let c = reg.client();
         let l = ledger.lock().unwrap();
         assert!(
@@ -236,6 +245,9 @@ fn sigkill_during_concurrent_pushes_leaves_a_consistent_store() {
         }
         let check = c.get("/admin/check");
         assert_eq!(check.status, 200, "after resuming: {:?}", check.json());
+        let keys = c.get("/admin/keys").json();
+        let sealed = keys["keys"][0]["blobs"].as_u64().unwrap_or(0);
+        assert!(sealed > 0, "no encrypted blob was pushed: {keys}");
         checked.0 += l.blobs.len();
         checked.1 += l.manifests.len();
         checked.2 += l.unacked.len();

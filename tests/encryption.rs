@@ -60,6 +60,16 @@ impl Site {
     fn start(&self) -> Registry {
         Registry::start_with(&self.data(), &["--config", self.config().to_str().unwrap()])
     }
+    /// `outpost serve` with this site's config but master key `key` must refuse; its stderr.
+    fn refuses_with(&self, key: &Path) -> String {
+        let config = self.config();
+        refuses(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--master-key-file",
+            key.to_str().unwrap(),
+        ])
+    }
     /// Runs a management command against this site's config.
     fn cli(&self, args: &[&str]) -> Output {
         let config = self.config();
@@ -159,6 +169,29 @@ fn push_secret_image(c: &Client, repo: &str, seed: u64) -> (Vec<Vec<u8>>, Vec<u8
     (layers, manifest, digest)
 }
 
+/// Pushes a signature-like artifact whose subject is manifest `subject` (`size` bytes);
+/// returns its digest.
+fn push_referrer(c: &Client, repo: &str, subject: &str, size: usize) -> String {
+    let (empty, _) = c.push_blob(repo, b"{}");
+    let extra = format!(
+        r#","artifactType":"application/vnd.example.sig","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":{size}}},"annotations":{{"signer":"plant-a-ci"}}"#
+    );
+    let sig = image_manifest((&empty, 2), &[], &extra);
+    let digest = sha256(&sig);
+    let r = c.put_manifest(repo, &digest, OCI_MANIFEST, &sig);
+    assert_eq!(r.status, 201, "{r:?}");
+    digest
+}
+
+/// The referrers API of `repo` lists `sig` for `subject`, with its annotations.
+fn assert_referrer(c: &Client, repo: &str, subject: &str, sig: &str) {
+    let r = c.get(&format!("/v2/{repo}/referrers/{subject}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let list = r.json()["manifests"].clone();
+    assert_eq!(list[0]["digest"], sig, "{list}");
+    assert_eq!(list[0]["annotations"]["signer"], "plant-a-ci");
+}
+
 #[test]
 fn encrypted_repositories_put_no_plaintext_on_disk() {
     let site = Site::new("enc-scan");
@@ -167,18 +200,20 @@ fn encrypted_repositories_put_no_plaintext_on_disk() {
     let (aes_layers, aes_manifest, aes_digest) = push_secret_image(&c, "plant-a/app", 1);
     let (cha_layers, cha_manifest, _) = push_secret_image(&c, "plant-b/app", 2);
     let (plain_layers, plain_manifest, _) = push_secret_image(&c, "public/app", 3);
+    let sig = push_referrer(&c, "plant-a/app", &aes_digest, aes_manifest.len());
     // The same layer in three domains is stored three times, once per key.
     let shared = bytes(99, 70_000);
     for repo in ["plant-a/app", "plant-b/app", "public/app"] {
         assert_eq!(c.push_blob(repo, &shared).1.status, 201);
     }
     let (blobs, _) = c.stored_blobs();
-    assert_eq!(blobs, 3 * 4 + 3);
+    assert_eq!(blobs, 3 * 4 + 3 + 1);
     // Everything reads back, through a restart.
     reg.restart();
     let c = reg.client();
     let r = c.get(&format!("/v2/plant-a/app/manifests/{aes_digest}"));
     assert_eq!((r.status, &r.body), (200, &aes_manifest));
+    assert_referrer(&c, "plant-a/app", &aes_digest, &sig);
     for (repo, layers) in [("plant-a/app", &aes_layers), ("plant-b/app", &cha_layers)] {
         for l in layers.iter() {
             let r = c.get(&format!("/v2/{repo}/blobs/{}", sha256(l)));
@@ -190,12 +225,7 @@ fn encrypted_repositories_put_no_plaintext_on_disk() {
     }
     // A range read across chunk boundaries of a sealed blob.
     let d = sha256(&aes_layers[0]);
-    let r = c.req(
-        "GET",
-        &format!("/v2/plant-a/app/blobs/{d}"),
-        &[("Range", "bytes=65000-140000")],
-        Body::None,
-    );
+    let r = c.get_range(&format!("/v2/plant-a/app/blobs/{d}"), "65000-140000");
     assert_eq!(r.status, 206);
     assert!(r.body == aes_layers[0][65000..=140000]);
     assert_eq!(reg.terminate().code(), Some(0));
@@ -220,6 +250,8 @@ fn encrypted_repositories_put_no_plaintext_on_disk() {
     }
     assert!(holds_run(&file, &annotations(&plain_manifest)));
     assert!(holds_run(&file, &shared));
+    // The sealed referrer's descriptor: its annotation is not on disk in the clear.
+    assert!(!file.windows(10).any(|w| w == b"plant-a-ci"));
 }
 
 #[test]
@@ -393,12 +425,7 @@ fn tampered_data_is_never_served_and_is_logged() {
         "bytes other than the blob's were sent"
     );
     // A range within the intact first chunk still serves.
-    let r = c.req(
-        "GET",
-        &format!("/v2/plant-a/app/blobs/{db_}"),
-        &[("Range", "bytes=0-999")],
-        Body::None,
-    );
+    let r = c.get_range(&format!("/v2/plant-a/app/blobs/{db_}"), "0-999");
     assert_eq!(r.status, 206);
     assert!(r.body == big[..1000]);
     // The altered manifest: 500.
@@ -442,12 +469,7 @@ fn master_key_problems_refuse_to_start() {
     assert!(outpost(&["key", "generate", other.to_str().unwrap()])
         .status
         .success());
-    let err = refuses(&[
-        "--config",
-        config,
-        "--master-key-file",
-        other.to_str().unwrap(),
-    ]);
+    let err = site.refuses_with(&other);
     assert!(
         err.contains("does not open") && err.contains("plant-a"),
         "{err}"
@@ -468,12 +490,7 @@ fn master_key_problems_refuse_to_start() {
     let junk = site.dir.path().join("junk.key");
     std::fs::write(&junk, "not a key").unwrap();
     std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let err = refuses(&[
-        "--config",
-        config,
-        "--master-key-file",
-        junk.to_str().unwrap(),
-    ]);
+    let err = site.refuses_with(&junk);
     assert!(err.contains("64 hex digits"), "{err}");
     // Rules that name keys, on a fresh store, without a master key.
     let fresh = TempDir::new("enc-fresh");
@@ -544,12 +561,7 @@ fn master_key_rotation_one_command_and_two_steps() {
     let reg = site.start();
     assert!(reg.client().get(&format!("/v2/plant-b/app/blobs/{d}")).body == layer);
     drop(reg);
-    let err = refuses(&[
-        "--config",
-        site.config().to_str().unwrap(),
-        "--master-key-file",
-        old.to_str().unwrap(),
-    ]);
+    let err = site.refuses_with(&old);
     assert!(err.contains("does not open"), "{err}");
 
     // Two steps (also the state a crash between them leaves): both keys open the store until
@@ -573,13 +585,7 @@ fn master_key_rotation_one_command_and_two_steps() {
     assert!(reg.log_text().contains("kept only master key id"));
     assert!(reg.client().get(&format!("/v2/plant-b/app/blobs/{d}")).body == layer);
     drop(reg);
-    let cfg = site.config();
-    let err = refuses(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--master-key-file",
-        next.to_str().unwrap(),
-    ]);
+    let err = site.refuses_with(&next);
     assert!(err.contains("does not open"), "{err}");
     // Again, and this time started with the new key: the rotation completes.
     let out = site.cli(&["key", "rotate", "--new-master-key", next.to_str().unwrap()]);
@@ -590,12 +596,7 @@ fn master_key_rotation_one_command_and_two_steps() {
     reg.restart();
     assert!(reg.client().get(&format!("/v2/plant-b/app/blobs/{d}")).body == layer);
     drop(reg);
-    let err = refuses(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--master-key-file",
-        current.to_str().unwrap(),
-    ]);
+    let err = site.refuses_with(&current);
     assert!(err.contains("does not open"), "{err}");
     // Rotation needs the registry stopped.
     let reg = site.start();
@@ -742,6 +743,7 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
         text(&out)
     );
     let (_, img, md) = push_secret_image(&c, "plant-a/open", 11);
+    let sig = push_referrer(&c, "plant-a/open", &md, img.len());
     let keys = c.get("/admin/keys").json()["keys"].clone();
     let vendor = keys
         .as_array()
@@ -771,7 +773,7 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
     let out = site.cli(&["repo", "move", "plant-a/open", "--key", "plant-a"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("4 blob(s) re-encrypted"),
+        text(&out).contains("5 blob(s) re-encrypted"),
         "{}",
         text(&out)
     );
@@ -788,10 +790,11 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
         assert_eq!(r.status, 200);
         assert_eq!(sha256(&r.body), l["digest"].as_str().unwrap());
     }
+    assert_referrer(&c, "plant-a/open", &md, &sig);
     let keys = c.get("/admin/keys").json().to_string();
     assert!(keys.contains("plant-a/open"), "{keys}");
     assert!(c.get("/admin/check").json()["ok"].as_bool().unwrap());
-    assert_eq!(c.stored_blobs().0, 4, "the plaintext copies are gone");
+    assert_eq!(c.stored_blobs().0, 5, "the plaintext copies are gone");
     // And back to plaintext.
     reg.terminate();
     let out = site.cli(&["repo", "move", "plant-a/open", "--plaintext"]);
@@ -801,6 +804,7 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
         .client()
         .get(&format!("/v2/plant-a/open/manifests/{md}"));
     assert_eq!((r.status, &r.body), (200, &img));
+    assert_referrer(&reg.client(), "plant-a/open", &md, &sig);
     assert!(reg.client().get("/admin/check").json()["ok"]
         .as_bool()
         .unwrap());

@@ -55,6 +55,19 @@ fn layout(dir: &Path, media_type: &str, top: &(String, usize), tag: &str) {
     .unwrap();
 }
 
+/// A multi-arch index over images `amd` and `arm` in layout `dir`, tagged `tag`.
+fn index(dir: &Path, amd: &(String, usize), arm: &(String, usize), tag: &str) -> (String, usize) {
+    let platform = |a: &str| format!(r#","platform":{{"architecture":"{a}","os":"linux"}}"#);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{},{}]}}"#,
+        desc(OCI_MANIFEST, amd, &platform("amd64")),
+        desc(OCI_MANIFEST, arm, &platform("arm64"))
+    );
+    let idx = put_blob(dir, index.as_bytes());
+    layout(dir, OCI_INDEX, &idx, tag);
+    idx
+}
+
 fn new_layout(root: &Path, name: &str) -> std::path::PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
@@ -157,14 +170,7 @@ fn skopeo_push_and_pull_an_image_and_a_multi_arch_index() {
     let shared = bytes(4, 1 << 20);
     let amd = image(&msrc, "amd64", &[shared.clone(), bytes(5, 200 << 10)]);
     let arm = image(&msrc, "arm64", &[shared, bytes(6, 150 << 10)]);
-    let platform = |a: &str| format!(r#","platform":{{"architecture":"{a}","os":"linux"}}"#);
-    let index = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{},{}]}}"#,
-        desc(OCI_MANIFEST, &amd, &platform("amd64")),
-        desc(OCI_MANIFEST, &arm, &platform("arm64"))
-    );
-    let idx = put_blob(&msrc, index.as_bytes());
-    layout(&msrc, OCI_INDEX, &idx, "multi");
+    let idx = index(&msrc, &amd, &arm, "multi");
     round_trip(
         &c,
         &msrc,
@@ -175,6 +181,34 @@ fn skopeo_push_and_pull_an_image_and_a_multi_arch_index() {
     );
     let g = c.get("/v2/edge/multi/manifests/multi");
     assert_eq!(g.header("Content-Type"), Some(OCI_INDEX));
+    assert!(!reg.log_text().contains(" 500 "), "{}", reg.log_text());
+}
+
+#[test]
+fn skopeo_round_trips_through_encrypted_repositories() {
+    let tmp = TempDir::new("skopeo-enc");
+    let cfg = encryption_config(
+        tmp.path(),
+        serde_json::json!([
+            {"repositories": "aes/*", "key": "aes", "algorithm": "aes-256-gcm"},
+            {"repositories": "cha/*", "key": "cha", "algorithm": "chacha20-poly1305"},
+        ]),
+    );
+    let reg = Registry::start_with(
+        &tmp.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = reg.client();
+    let msrc = new_layout(tmp.path(), "msrc");
+    let amd = image(&msrc, "amd64", &[bytes(7, 1 << 20), bytes(8, 200 << 10)]);
+    let arm = image(&msrc, "arm64", &[bytes(9, 700 << 10)]);
+    let idx = index(&msrc, &amd, &arm, "v1");
+    for repo in ["aes/app", "cha/app"] {
+        let dst = tmp.path().join(repo.replace('/', "-"));
+        round_trip(&c, &msrc, &dst, &format!("{repo}:v1"), &idx.0, true);
+    }
+    let keys = c.get("/admin/keys").json();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
     assert!(!reg.log_text().contains(" 500 "), "{}", reg.log_text());
 }
 

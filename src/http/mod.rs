@@ -19,7 +19,7 @@ use routes::{Query, Route};
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 use tiny_http::{Header, Method, Request, Response};
 
@@ -259,6 +259,55 @@ fn send_bytes(
     status
 }
 
+/// Why a blob transfer stopped early: the client's connection, or the store.
+enum Stop {
+    Client(std::io::Error),
+    Store(StoreError),
+}
+
+/// Reads `blob` from `from` to `end` in `step`-byte pieces into buffers (at most two, taken
+/// back through `spare`) and sends them down `full`; stops at the first error (sent too),
+/// when the receiver goes, or when the registry is stopping.
+fn read_ahead(
+    app: &App,
+    blob: BlobInfo,
+    from: u64,
+    end: u64,
+    step: u64,
+    full: &mpsc::SyncSender<Result<Vec<u8>, StoreError>>,
+    spare: &mpsc::Receiver<Vec<u8>>,
+) {
+    let mut fresh = 2;
+    let mut at = from;
+    while at < end && !app.stopping() {
+        let mut buf = if fresh > 0 {
+            fresh -= 1;
+            Vec::with_capacity(step as usize + crate::crypto::SEAL_OVERHEAD)
+        } else {
+            match spare.recv() {
+                Ok(b) => b,
+                Err(_) => return,
+            }
+        };
+        match app
+            .store
+            .read_blob(blob, at, step.min(end - at) as usize, &mut buf)
+        {
+            Ok(()) if buf.is_empty() => return,
+            Ok(()) => {
+                at += buf.len() as u64;
+                if full.send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = full.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
 /// Streams a blob straight onto the connection: header, then one store read and one socket
 /// write per chunk (tiny_http's own body copy goes 8 KiB at a time). The first chunk is read
 /// before the header is written, so a store failure there is still answered properly
@@ -309,28 +358,58 @@ fn stream_blob(
             if head_only || len == 0 {
                 return w.flush();
             }
-            loop {
-                if buf.is_empty() {
-                    return Err(std::io::Error::other("blob ended early"));
-                }
-                w.write_all(buf)?;
-                at += buf.len() as u64;
-                if at >= end {
-                    return w.flush();
-                }
-                if app.stopping() {
-                    return Err(std::io::Error::other("shutting down"));
-                }
-                if let Err(e) = app
-                    .store
-                    .read_blob(blob, at, step.min(end - at) as usize, buf)
-                {
-                    if let StoreError::Integrity(m) = &e {
-                        // Headers are out: the connection is cut, and the bad chunk unsent.
-                        log::error!("integrity error serving {url}: {m}");
+            if buf.is_empty() {
+                return Err(std::io::Error::other("blob ended early"));
+            }
+            w.write_all(buf)?;
+            at += buf.len() as u64;
+            if blob.domain == 0 {
+                // Plaintext: reading a chunk is a copy; one buffer, one thread.
+                while at < end {
+                    if app.stopping() {
+                        return Err(std::io::Error::other("shutting down"));
                     }
-                    return Err(std::io::Error::other(e));
+                    app.store
+                        .read_blob(blob, at, step.min(end - at) as usize, buf)
+                        .map_err(std::io::Error::other)?;
+                    if buf.is_empty() {
+                        return Err(std::io::Error::other("blob ended early"));
+                    }
+                    w.write_all(buf)?;
+                    at += buf.len() as u64;
                 }
+                return w.flush();
+            }
+            if at >= end {
+                return w.flush();
+            }
+            // Sealed: the rest is read and opened on a helper thread while this one writes
+            // (opening a chunk costs about as much CPU as sending it; two buffers more).
+            let failed = std::thread::scope(|scope| {
+                let (full, filled) = mpsc::sync_channel::<Result<Vec<u8>, StoreError>>(1);
+                let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+                let from = at;
+                scope.spawn(move || read_ahead(app, blob, from, end, step, &full, &spare));
+                for chunk in filled {
+                    let chunk = chunk.map_err(Stop::Store)?;
+                    w.write_all(&chunk).map_err(Stop::Client)?;
+                    at += chunk.len() as u64;
+                    let _ = give_back.send(chunk);
+                }
+                Ok(())
+            });
+            match failed {
+                Ok(()) if at >= end => w.flush(),
+                Ok(()) => Err(std::io::Error::other("blob ended early")),
+                Err(Stop::Client(e)) => Err(e),
+                Err(Stop::Store(StoreError::Integrity(m))) => {
+                    // Headers are out: the connection is cut, and the bad chunk unsent.
+                    log::error!("integrity error serving {url}: {m}");
+                    Err(std::io::Error::other(format!(
+                        "integrity check failed: {m}"
+                    )))
+                }
+                Err(Stop::Store(e)) => Err(std::io::Error::other(e)),
             }
         })();
         if let Err(e) = result {

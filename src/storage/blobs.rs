@@ -81,6 +81,26 @@ pub(super) fn stored_fingerprint(
     Ok(fingerprint(key, &head))
 }
 
+/// Calls `f` with `data` as stored for the chunk at `offset` of blob id `blob`: sealed (in a
+/// per-thread buffer) if `key` is given, else as it is.
+pub(super) fn with_sealed<T>(
+    key: Option<&Domain>,
+    blob: u64,
+    offset: u64,
+    data: &[u8],
+    f: impl FnOnce(&[u8]) -> T,
+) -> T {
+    match key {
+        None => f(data),
+        Some(d) => SEAL_BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            buf.clear();
+            d.key.seal(&Binding::chunk(blob, offset), data, &mut buf);
+            f(&buf)
+        }),
+    }
+}
+
 /// Stores `data` as the chunk at `offset` of blob id `blob`, sealed if `key` is given.
 pub(super) fn put_chunk(
     tx: &WriteTransaction,
@@ -89,20 +109,10 @@ pub(super) fn put_chunk(
     offset: u64,
     data: &[u8],
 ) -> Result<(), StoreError> {
-    let mut chunks = tx.open_table(CHUNKS)?;
-    match key {
-        None => {
-            chunks.insert((blob, offset), data)?;
-        }
-        Some(d) => SEAL_BUF.with(|b| -> Result<(), StoreError> {
-            let mut buf = b.borrow_mut();
-            buf.clear();
-            d.key.seal(&Binding::chunk(blob, offset), data, &mut buf);
-            chunks.insert((blob, offset), buf.as_slice())?;
-            Ok(())
-        })?,
-    }
-    Ok(())
+    with_sealed(key, blob, offset, data, |bytes| {
+        tx.open_table(CHUNKS)?.insert((blob, offset), bytes)?;
+        Ok(())
+    })
 }
 
 /// Replaces `buf` with up to `max` bytes of `blob` from `offset`, opening sealed chunks

@@ -7,7 +7,7 @@
 //! they never do, the finish links the stored blob and nothing but metadata was written.
 
 use super::blobs::{
-    drop_chunks, fingerprint, link, put_chunk, stored_fingerprint, BlobInfo, FP_LEN,
+    drop_chunks, fingerprint, link, put_chunk, stored_fingerprint, with_sealed, BlobInfo, FP_LEN,
 };
 use super::repos::ensure_repo;
 use super::schema::{BLOBS, CHUNKS, LINK_PUSHED, PREFIXES, SHADOWS, UPLOADS};
@@ -267,9 +267,17 @@ impl Store {
                     size,
                     domain,
                 };
-                if self.holds_at(blob, 0, first)? {
-                    found = Some((digest, blob));
-                    break;
+                // Compared in a read transaction of its own: the candidate may have been
+                // deleted since this one began (then it is no candidate), or be damaged
+                // (then the upload is written, never compared with bad data).
+                match self.holds_at(blob, 0, first) {
+                    Ok(true) => {
+                        found = Some((digest, blob));
+                        break;
+                    }
+                    Ok(false) | Err(StoreError::BlobUnknown) => {}
+                    Err(StoreError::Integrity(m)) => log::error!("integrity error: {m}"),
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -315,29 +323,34 @@ impl Store {
             return Ok(end);
         }
         let end = at + data.len() as u64;
-        if at == 0 && data.len() >= FP_LEN {
-            let domain = lookup(&self.read()?.open_table(UPLOADS)?, repo, id)?.domain;
-            if self.start_shadow(repo, id, domain, data)? {
-                return Ok(end);
-            }
+        let up = lookup(&self.read()?.open_table(UPLOADS)?, repo, id)?;
+        if up.received != at {
+            return Err(StoreError::UploadOffset(up.received));
+        }
+        if at == 0 && data.len() >= FP_LEN && self.start_shadow(repo, id, up.domain, data)? {
+            return Ok(end);
+        }
+        if data.is_empty() {
+            return Ok(end);
         }
         self.check_space(data.len() as u64)?;
-        // A durable checkpoint each time the session crosses a multiple of CHECKPOINT: after a
-        // crash a large upload resumes from there instead of from the start.
-        let tx = self.write(at / CHECKPOINT != end / CHECKPOINT)?;
-        {
-            let up = session(&tx, repo, id)?;
-            if up.received != at {
-                return Err(StoreError::UploadOffset(up.received));
-            }
-            if !data.is_empty() {
-                let key = self.domain_key(up.domain)?;
-                put_chunk(&tx, key.as_deref(), up.blob, at, data)?;
+        // Sealed before the write transaction: other writers do not wait for the cipher.
+        let key = self.domain_key(up.domain)?;
+        with_sealed(key.as_deref(), up.blob, at, data, |bytes| {
+            // A durable checkpoint each time the session crosses a multiple of CHECKPOINT:
+            // after a crash a large upload resumes from there instead of from the start.
+            let tx = self.write(at / CHECKPOINT != end / CHECKPOINT)?;
+            {
+                let now_at = session(&tx, repo, id)?;
+                if now_at.received != at || now_at.blob != up.blob {
+                    return Err(StoreError::UploadOffset(now_at.received));
+                }
+                tx.open_table(CHUNKS)?.insert((up.blob, at), bytes)?;
                 tx.open_table(UPLOADS)?
                     .insert(id, (repo, up.domain, up.blob, end, now()))?;
             }
-        }
-        tx.commit()?;
+            tx.commit()
+        })?;
         Ok(end)
     }
 

@@ -298,6 +298,16 @@ impl Client {
         )
     }
 
+    /// GET `path` with a `Range: bytes=…` header.
+    pub fn get_range(&self, path: &str, range: &str) -> Resp {
+        self.req(
+            "GET",
+            path,
+            &[("Range", &format!("bytes={range}"))],
+            Body::None,
+        )
+    }
+
     /// (blobs stored, their bytes) as `/admin/stats` reports them.
     pub fn stored_blobs(&self) -> (u64, u64) {
         let s = self.get("/admin/stats").json()["store"].clone();
@@ -441,4 +451,20 @@ pub fn push_image(c: &Client, repo: &str, seed: u64, n: usize) -> Vec<u8> {
     }
     let refs: Vec<(&str, usize)> = layers.iter().map(|(d, s)| (d.as_str(), *s)).collect();
     image_manifest((&cd, config.len()), &refs, "")
+}
+
+/// Writes a new master key and a config naming it with encryption `rules` into `dir`;
+/// returns the config's path (for `--config`).
+pub fn encryption_config(dir: &Path, rules: serde_json::Value) -> PathBuf {
+    let key = dir.join("master.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["key", "generate"])
+        .arg(&key)
+        .output()
+        .expect("run outpost key generate");
+    assert!(out.status.success(), "{out:?}");
+    let cfg = dir.join("outpost.json");
+    let config = serde_json::json!({ "masterKeyFile": key, "encryption": rules });
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    cfg
 }
