@@ -507,6 +507,20 @@ fn master_key_problems_refuse_to_start() {
         fresh.path().to_str().unwrap(),
     ]);
     assert!(err.contains("no master key"), "{err}");
+    // Nor can a repository be created with a key.
+    let out = outpost(&[
+        "repo",
+        "create",
+        "x/y",
+        "--key",
+        "x",
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no master key"), "{}", text(&out));
     // The systemd credential is used when no masterKeyFile is set.
     let creds = site.dir.path().join("creds");
     std::fs::create_dir(&creds).unwrap();
@@ -770,6 +784,13 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
     ]);
     assert!(text(&out).contains("stop it first"), "{}", text(&out));
     drop(reg);
+    // Offline (nothing listens): create and delete work on the store directly.
+    let out = site.cli(&["repo", "create", "plant-c/offline", "--key", "plant-c"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = site.cli(&["key", "list"]);
+    assert!(text(&out).contains("plant-c/offline"), "{}", text(&out));
+    let out = site.cli(&["repo", "delete", "plant-c/offline"]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = site.cli(&["repo", "move", "plant-a/open", "--key", "plant-a"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
