@@ -507,6 +507,15 @@ fn master_key_problems_refuse_to_start() {
         fresh.path().to_str().unwrap(),
     ]);
     assert!(err.contains("no master key"), "{err}");
+    // A rule that asks an existing key for another algorithm.
+    let changed = site.dir.path().join("changed.json");
+    let cfg = serde_json::json!({
+        "masterKeyFile": site.key(),
+        "encryption": [{"repositories": "plant-a/*", "key": "plant-a", "algorithm": "chacha20-poly1305"}],
+    });
+    std::fs::write(&changed, cfg.to_string()).unwrap();
+    let err = refuses(&["--config", changed.to_str().unwrap(), "--data-dir", data]);
+    assert!(err.contains("algorithm never changes"), "{err}");
     // Nor can a repository be created with a key.
     let out = outpost(&[
         "repo",

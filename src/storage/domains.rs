@@ -221,6 +221,30 @@ impl Store {
         Ok(dropped.join(", "))
     }
 
+    /// Refuses rules that ask an existing key for another algorithm than it has: every
+    /// first push they match would fail, so the registry says so at start instead.
+    pub(super) fn check_rules(&self) -> Result<(), StoreError> {
+        for rule in &self.keys.rules {
+            let Some((name, want)) = &rule.key else {
+                continue;
+            };
+            if let Some((_, has)) = self.keys.by_name(name) {
+                if has != *want {
+                    return Err(StoreError::Keys(format!(
+                        "the encryption rule for {} asks key {name:?} to be {}, but it was \
+                         created as {}: a key's algorithm never changes; name a new key in \
+                         the rule (and outpost repo move repositories to it if they should \
+                         change too)",
+                        rule.repositories,
+                        want.name(),
+                        has.name()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The unwrapped key of `domain`; None for plaintext.
     pub(super) fn domain_key(&self, domain: u64) -> Result<Option<Arc<Domain>>, StoreError> {
         if domain == PLAINTEXT {

@@ -210,6 +210,7 @@ impl Store {
         }
         tx.commit()?;
         store.load_domains(options.settle_master_key)?;
+        store.check_rules()?;
         store.load_shadows()?;
         Ok(store)
     }
