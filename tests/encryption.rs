@@ -898,3 +898,49 @@ fn a_version_1_store_is_migrated_as_plaintext() {
         serde_json::json!(["old/app"])
     );
 }
+
+#[test]
+fn a_move_killed_midway_leaves_the_repository_whole() {
+    let site = Site::new("enc-move-kill");
+    let mut reg = site.start();
+    let c = reg.client();
+    let big = bytes(21, 48 << 20);
+    let (d, r) = c.push_blob("plain/app", &big);
+    assert_eq!(r.status, 201);
+    let (_, img, md) = push_secret_image(&c, "plain/app", 22);
+    assert_eq!(reg.terminate().code(), Some(0));
+    let config = site.config();
+    let mut done = false;
+    for delay_ms in [30, 120, 400] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["repo", "move", "plain/app", "--key", "plant-a", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        done |= child.wait().unwrap().success();
+        // Whatever the moment: the repository is whole, under one key or the other.
+        let reg = site.start();
+        let c = reg.client();
+        assert!(c.get("/admin/check").json()["ok"].as_bool().unwrap());
+        assert_eq!(sha256(&c.get(&format!("/v2/plain/app/blobs/{d}")).body), d);
+        let r = c.get(&format!("/v2/plain/app/manifests/{md}"));
+        assert_eq!((r.status, &r.body), (200, &img));
+    }
+    // Finished now (if no attempt did): staged copies of killed attempts are no obstacle.
+    let out = site.cli(&["repo", "move", "plain/app", "--key", "plant-a"]);
+    assert!(
+        out.status.success() || (done && text(&out).contains("already stored")),
+        "{}",
+        text(&out)
+    );
+    let reg = site.start();
+    let c = reg.client();
+    let keys = c.get("/admin/keys").json().to_string();
+    assert!(keys.contains("plain/app"), "{keys}");
+    assert_eq!(sha256(&c.get(&format!("/v2/plain/app/blobs/{d}")).body), d);
+    assert!(c.get("/admin/check").json()["ok"].as_bool().unwrap());
+}
