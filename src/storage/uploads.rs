@@ -290,9 +290,6 @@ impl Store {
             if up.received != 0 {
                 return Err(StoreError::UploadOffset(up.received));
             }
-            if up.domain != domain {
-                return Ok(false);
-            }
             let mut blobs = tx.open_table(BLOBS)?;
             // Deleted (or replaced) since it was compared: write the upload instead.
             let row = blobs.get((domain, digest.as_str()))?.map(|v| v.value());
