@@ -70,6 +70,18 @@ impl Site {
             key.to_str().unwrap(),
         ])
     }
+    /// Runs a management command that must succeed; its output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        text(&out)
+    }
+    /// Runs a management command that must fail; its output.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        text(&out)
+    }
     /// Runs a management command against this site's config.
     fn cli(&self, args: &[&str]) -> Output {
         let config = self.config();
@@ -570,13 +582,8 @@ fn master_key_rotation_one_command_and_two_steps() {
     std::fs::copy(site.key(), &old).unwrap();
 
     // One command: a new key replaces masterKeyFile, data keys are re-wrapped.
-    let out = site.cli(&["key", "rotate"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("rotated the master key"),
-        "{}",
-        text(&out)
-    );
+    let out = site.ok(&["key", "rotate"]);
+    assert!(out.contains("rotated the master key"), "{out}");
     assert_ne!(
         std::fs::read(site.key()).unwrap(),
         std::fs::read(&old).unwrap()
@@ -595,14 +602,9 @@ fn master_key_rotation_one_command_and_two_steps() {
     assert!(outpost(&["key", "generate", next.to_str().unwrap()])
         .status
         .success());
-    let out = site.cli(&["key", "rotate", "--new-master-key", next.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = site.cli(&["key", "list"]);
-    assert!(
-        text(&out).contains(" + "),
-        "two master key ids: {}",
-        text(&out)
-    );
+    site.ok(&["key", "rotate", "--new-master-key", next.to_str().unwrap()]);
+    let out = site.ok(&["key", "list"]);
+    assert!(out.contains(" + "), "two master key ids: {out}");
     // Started with the current key: the rotation is undone, the new key no longer opens it.
     let reg = site.start();
     assert!(reg.log_text().contains("kept only master key id"));
@@ -611,8 +613,7 @@ fn master_key_rotation_one_command_and_two_steps() {
     let err = site.refuses_with(&next);
     assert!(err.contains("does not open"), "{err}");
     // Again, and this time started with the new key: the rotation completes.
-    let out = site.cli(&["key", "rotate", "--new-master-key", next.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    site.ok(&["key", "rotate", "--new-master-key", next.to_str().unwrap()]);
     site.write_config(&next);
     let mut reg = site.start();
     assert!(reg.client().get(&format!("/v2/plant-b/app/blobs/{d}")).body == layer);
@@ -624,12 +625,8 @@ fn master_key_rotation_one_command_and_two_steps() {
     // Rotation needs the registry stopped.
     let reg = site.start();
     let listen = reg.addr.to_string();
-    let out = site.cli(&["key", "rotate", "--listen", &listen]);
-    assert!(
-        !out.status.success() && text(&out).contains("stop it first"),
-        "{}",
-        text(&out)
-    );
+    let out = site.fails(&["key", "rotate", "--listen", &listen]);
+    assert!(out.contains("stop it first"), "{out}");
 }
 
 #[test]
@@ -645,7 +642,7 @@ fn crypto_erase_destroys_the_key_and_says_so() {
     assert_eq!(r.status, 201);
     let server = format!("http://{}", reg.addr);
     // Refused while another repository uses the key; nothing is deleted.
-    let out = site.cli(&[
+    let out = site.fails(&[
         "repo",
         "delete",
         "plant-a/app",
@@ -653,12 +650,7 @@ fn crypto_erase_destroys_the_key_and_says_so() {
         "--server",
         &server,
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("also used by plant-a/tools"),
-        "{}",
-        text(&out)
-    );
+    assert!(out.contains("also used by plant-a/tools"), "{out}");
     assert!(c.get(&format!("/v2/plant-a/app/blobs/{d}")).body == layer);
     // Refused for a plaintext repository.
     let out = site.cli(&[
@@ -677,9 +669,8 @@ fn crypto_erase_destroys_the_key_and_says_so() {
     std::fs::copy(site.db(), &clone).unwrap();
     let mut reg = site.start();
     let server = format!("http://{}", reg.addr);
-    let out = site.cli(&["repo", "delete", "plant-a/tools", "--server", &server]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = site.cli(&[
+    site.ok(&["repo", "delete", "plant-a/tools", "--server", &server]);
+    let out = site.ok(&[
         "repo",
         "delete",
         "plant-a/app",
@@ -687,12 +678,7 @@ fn crypto_erase_destroys_the_key_and_says_so() {
         "--server",
         &server,
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("key \"plant-a\" destroyed"),
-        "{}",
-        text(&out)
-    );
+    assert!(out.contains("key \"plant-a\" destroyed"), "{out}");
     let c = reg.client();
     assert_eq!(c.get(&format!("/v2/plant-a/app/blobs/{d}")).status, 404);
     assert!(c.get(&format!("/v2/public/app/blobs/{d}")).body == layer);
@@ -705,8 +691,7 @@ fn crypto_erase_destroys_the_key_and_says_so() {
     assert!(c.get("/admin/check").json()["ok"].as_bool().unwrap());
     drop(reg);
     // Rotating the master key afterwards makes the clone unreadable too.
-    let out = site.cli(&["key", "rotate"]);
-    assert!(out.status.success(), "{}", text(&out));
+    site.ok(&["key", "rotate"]);
     let clone_dir = site.dir.path().join("clone");
     std::fs::create_dir(&clone_dir).unwrap();
     std::fs::rename(&clone, clone_dir.join("outpost.redb")).unwrap();
@@ -729,7 +714,7 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
     let c = reg.client();
     let server = format!("http://{}", reg.addr);
     // Explicit creation, online: a key no rule names, and plaintext despite a rule.
-    let out = site.cli(&[
+    site.ok(&[
         "repo",
         "create",
         "vendor/x",
@@ -740,16 +725,10 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
         "--server",
         &server,
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = site.cli(&["repo", "create", "plant-a/open", "--server", &server]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = site.cli(&["repo", "create", "vendor/x", "--server", &server]);
-    assert!(
-        !out.status.success() && text(&out).contains("exists"),
-        "{}",
-        text(&out)
-    );
-    let out = site.cli(&[
+    site.ok(&["repo", "create", "plant-a/open", "--server", &server]);
+    let out = site.fails(&["repo", "create", "vendor/x", "--server", &server]);
+    assert!(out.contains("exists"), "{out}");
+    let out = site.fails(&[
         "repo",
         "create",
         "vendor/y",
@@ -760,11 +739,7 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
         "--server",
         &server,
     ]);
-    assert!(
-        !out.status.success() && text(&out).contains("chacha20-poly1305"),
-        "{}",
-        text(&out)
-    );
+    assert!(out.contains("chacha20-poly1305"), "{out}");
     let (_, img, md) = push_secret_image(&c, "plant-a/open", 11);
     let sig = push_referrer(&c, "plant-a/open", &md, img.len());
     let keys = c.get("/admin/keys").json()["keys"].clone();
@@ -794,19 +769,12 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
     assert!(text(&out).contains("stop it first"), "{}", text(&out));
     drop(reg);
     // Offline (nothing listens): create and delete work on the store directly.
-    let out = site.cli(&["repo", "create", "plant-c/offline", "--key", "plant-c"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = site.cli(&["key", "list"]);
-    assert!(text(&out).contains("plant-c/offline"), "{}", text(&out));
-    let out = site.cli(&["repo", "delete", "plant-c/offline"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = site.cli(&["repo", "move", "plant-a/open", "--key", "plant-a"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("5 blob(s) re-encrypted"),
-        "{}",
-        text(&out)
-    );
+    site.ok(&["repo", "create", "plant-c/offline", "--key", "plant-c"]);
+    let out = site.ok(&["key", "list"]);
+    assert!(out.contains("plant-c/offline"), "{out}");
+    site.ok(&["repo", "delete", "plant-c/offline"]);
+    let out = site.ok(&["repo", "move", "plant-a/open", "--key", "plant-a"]);
+    assert!(out.contains("5 blob(s) re-encrypted"), "{out}");
     let mut reg = site.start();
     let c = reg.client();
     let r = c.get(&format!("/v2/plant-a/open/manifests/{md}"));
@@ -827,8 +795,7 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
     assert_eq!(c.stored_blobs().0, 5, "the plaintext copies are gone");
     // And back to plaintext.
     reg.terminate();
-    let out = site.cli(&["repo", "move", "plant-a/open", "--plaintext"]);
-    assert!(out.status.success(), "{}", text(&out));
+    site.ok(&["repo", "move", "plant-a/open", "--plaintext"]);
     let reg = site.start();
     let r = reg
         .client()
