@@ -96,6 +96,16 @@ fn decode(domain: u64, v: &[u8]) -> Result<Row, StoreError> {
     })
 }
 
+/// Every domain row of `table`, decoded.
+fn all_rows(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<Vec<(u64, Row)>, StoreError> {
+    let mut rows = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        rows.push((k.value(), decode(k.value(), v.value())?));
+    }
+    Ok(rows)
+}
+
 /// A data key as `outpost key list` shows it.
 #[derive(Debug, Clone)]
 pub struct KeyInfo {
@@ -120,16 +130,7 @@ impl Store {
     /// keys (a rotation that was interrupted, or finished by this start) are dropped: the
     /// master key the registry started with is the one that stays.
     pub(super) fn load_domains(&self, settle: bool) -> Result<(), StoreError> {
-        let rows: Vec<(u64, Row)> = {
-            let tx = self.read()?;
-            let table = tx.open_table(DOMAINS)?;
-            let mut rows = Vec::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                rows.push((k.value(), decode(k.value(), v.value())?));
-            }
-            rows
-        };
+        let rows = all_rows(&self.read()?.open_table(DOMAINS)?)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -200,11 +201,7 @@ impl Store {
         let tx = self.write(true)?;
         {
             let mut table = tx.open_table(DOMAINS)?;
-            let mut rows = Vec::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                rows.push((k.value(), decode(k.value(), v.value())?));
-            }
+            let rows = all_rows(&table)?;
             for (id, mut row) in rows {
                 row.wraps.retain(|w| {
                     if w.0 != keep {
@@ -334,11 +331,9 @@ impl Store {
     pub fn keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
         let tx = self.read()?;
         let mut out: HashMap<u64, KeyInfo> = HashMap::new();
-        for row in tx.open_table(DOMAINS)?.iter()? {
-            let (k, v) = row?;
-            let r = decode(k.value(), v.value())?;
+        for (id, r) in all_rows(&tx.open_table(DOMAINS)?)? {
             out.insert(
-                k.value(),
+                id,
                 KeyInfo {
                     name: r.name,
                     algorithm: r.algorithm,
@@ -377,11 +372,7 @@ impl Store {
         let tx = self.write(true)?;
         let n = {
             let mut table = tx.open_table(DOMAINS)?;
-            let mut rows = Vec::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                rows.push((k.value(), decode(k.value(), v.value())?));
-            }
+            let mut rows = all_rows(&table)?;
             for (id, row) in &mut rows {
                 let current = row.wraps.iter().find(|w| w.0 == master.id());
                 let raw =
@@ -413,12 +404,13 @@ impl Store {
 
     /// Destroys data key `domain` within `tx`, with everything still sealed by it: upload
     /// sessions sealing for it (first pushes to repositories a rule maps to it), and blobs
-    /// they were repeating. The caller has unlinked every repository from it.
+    /// they were repeating. The caller has unlinked every repository from it. Returns the
+    /// sessions dropped, for the caller to forget once `tx` commits.
     pub(super) fn erase_domain(
         &self,
         tx: &redb::WriteTransaction,
         domain: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let sessions: Vec<(String, String)> = {
             let mut v = Vec::new();
             for row in tx.open_table(UPLOADS)?.iter()? {
@@ -448,11 +440,7 @@ impl Store {
         tx.open_table(PREFIXES)?
             .retain_in((domain, 0, "")..(domain + 1, 0, ""), |_, _| false)?;
         tx.open_table(DOMAINS)?.remove(domain)?;
-        let mut progress = self.progress();
-        for (id, _) in &sessions {
-            progress.remove(id);
-        }
-        Ok(())
+        Ok(sessions.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Forgets the unwrapped key of `domain` (after its erasure committed).

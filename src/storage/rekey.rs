@@ -6,12 +6,12 @@
 //! A crash before that transaction leaves the repository as it was, and the staged sessions
 //! are purged like any abandoned upload.
 
-use super::blobs::{put_chunk, stored_fingerprint, BlobInfo, FP_LEN};
+use super::blobs::{stored_fingerprint, BlobInfo, FP_LEN};
 use super::domains::PLAINTEXT;
 use super::manifests::reseal_records;
 use super::repos::find_repo_w;
 use super::schema::{BLOBS, CHUNKS, LINKS, PREFIXES, REPOS, UPLOADS};
-use super::{now, Store, StoreError};
+use super::{Store, StoreError};
 use crate::crypto::Algorithm;
 use crate::digest::{Digest, Hasher};
 use redb::ReadableTable;
@@ -164,20 +164,9 @@ impl Store {
             .map_err(|_| StoreError::Corrupt(format!("bad digest {digest}")))?;
         let mut hasher = Hasher::new(parsed.algorithm());
         let (session, blob) = self.session_create(repo, domain)?;
-        let key = self.domain_key(domain)?;
-        let mut buf = Vec::with_capacity(self.chunk_payload + crate::crypto::SEAL_OVERHEAD);
-        let mut at = 0;
-        while at < src.size {
-            self.read_blob(src, at, self.chunk_payload, &mut buf)?;
-            hasher.update(&buf);
-            self.check_space(buf.len() as u64)?;
-            let tx = self.write(false)?;
-            put_chunk(&tx, key.as_deref(), blob, at, &buf)?;
-            at += buf.len() as u64;
-            tx.open_table(UPLOADS)?
-                .insert(session.as_str(), (repo, domain, blob, at, now()))?;
-            tx.commit()?;
-        }
+        self.copy_into_session(repo, &session, src, src.size, (blob, domain), |piece| {
+            hasher.update(piece)
+        })?;
         if hasher.finish().as_str() != digest {
             return Err(StoreError::Integrity(format!(
                 "blob {digest} of {repo} no longer hashes to its digest"

@@ -153,10 +153,10 @@ impl Store {
             .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, _| false)?;
         tx.open_table(REFERRERS)?
             .retain_in::<(u64, &str, &str), _>((id, "", "")..(id + 1, "", ""), |_, _| false)?;
-        let sessions = self.cancel_sessions_of(&tx, name)?;
+        let mut sessions = self.cancel_sessions_of(&tx, name)?;
         tx.open_table(REPOS)?.remove(name)?;
         if erase {
-            self.erase_domain(&tx, domain)?;
+            sessions.extend(self.erase_domain(&tx, domain)?);
         }
         tx.commit()?;
         let mut progress = self.progress();

@@ -208,20 +208,7 @@ impl Store {
     /// Makes a shadowing upload an ordinary one: copies the matched prefix of the stored blob
     /// into the session's own chunks and releases the stored blob.
     fn materialize(&self, repo: &str, id: &str, sh: &Shadow) -> Result<(), StoreError> {
-        let step = self.chunk_payload;
-        let key = self.domain_key(sh.domain)?;
-        let mut buf = Vec::with_capacity(step + crate::crypto::SEAL_OVERHEAD);
-        let mut off = 0;
-        while off < sh.at {
-            self.read_blob(sh.blob, off, step.min((sh.at - off) as usize), &mut buf)?;
-            self.check_space(buf.len() as u64)?;
-            let tx = self.write(false)?;
-            session(&tx, repo, id)?;
-            // Sealed anew for the session's own blob id: a chunk is bound to its blob.
-            put_chunk(&tx, key.as_deref(), sh.own, off, &buf)?;
-            tx.commit()?;
-            off += buf.len() as u64;
-        }
+        self.copy_into_session(repo, id, sh.blob, sh.at, (sh.own, sh.domain), |_| {})?;
         let tx = self.write(false)?;
         {
             session(&tx, repo, id)?;
@@ -233,6 +220,41 @@ impl Store {
         tx.commit()?;
         self.progress().remove(id);
         log::debug!("upload {id} diverged from {} at byte {}", sh.digest, sh.at);
+        Ok(())
+    }
+
+    /// Copies the first `len` bytes of `src` into the chunks of session `id` of `repo`
+    /// (blob id and domain `dst`), sealed anew for that blob (a chunk is bound to its blob),
+    /// one short transaction per chunk; `seen` gets each piece. The session's progress
+    /// follows, so a crash resumes after what was copied.
+    pub(super) fn copy_into_session(
+        &self,
+        repo: &str,
+        id: &str,
+        src: BlobInfo,
+        len: u64,
+        (blob, domain): (u64, u64),
+        mut seen: impl FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        let step = self.chunk_payload;
+        let key = self.domain_key(domain)?;
+        let mut buf = Vec::with_capacity(step + crate::crypto::SEAL_OVERHEAD);
+        let mut at = 0;
+        while at < len {
+            self.read_blob(src, at, step.min((len - at) as usize), &mut buf)?;
+            if buf.is_empty() {
+                return Err(StoreError::BlobUnknown);
+            }
+            seen(&buf);
+            self.check_space(buf.len() as u64)?;
+            let tx = self.write(false)?;
+            session(&tx, repo, id)?;
+            put_chunk(&tx, key.as_deref(), blob, at, &buf)?;
+            at += buf.len() as u64;
+            tx.open_table(UPLOADS)?
+                .insert(id, (repo, domain, blob, at, now()))?;
+            tx.commit()?;
+        }
         Ok(())
     }
 
