@@ -38,6 +38,162 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     /// `encryption`: which key new repositories get, first matching rule wins.
     pub encryption: Vec<EncryptionRule>,
+    /// `auth` and `access`: `None` when neither is given (everything open).
+    pub auth: Option<AuthConfig>,
+    /// `tls`: serve HTTPS with this certificate and key.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Users, tokens and access rules, when auth is on.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `auth.htpasswd`: an htpasswd file (bcrypt) whose users sign in besides the store's.
+    pub htpasswd: Option<PathBuf>,
+    /// `auth.tokenTtl`: how long a bearer token from `/token` is valid.
+    pub token_ttl: Duration,
+    /// `auth.realm`: the token endpoint's URL in challenges (default: from the request's Host).
+    pub realm: Option<String>,
+    /// `auth.service`: the service name in challenges and tokens.
+    pub service: String,
+    /// `access` rules and `auth.admins`.
+    pub access: crate::auth::Access,
+}
+
+/// `tls`: PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// `tls.certFile`: the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// `tls.keyFile`: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// `auth` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `htpasswd`
+    pub htpasswd: Option<PathBuf>,
+    /// `tokenTtl`, e.g. `"5m"`
+    pub token_ttl: Option<String>,
+    /// `realm`
+    pub realm: Option<String>,
+    /// `service`
+    pub service: Option<String>,
+    /// `admins`
+    pub admins: Option<Vec<String>>,
+}
+
+/// An `access` rule as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessSpec {
+    /// Name pattern, e.g. `plant-a/*`.
+    pub repositories: String,
+    /// Users, `anonymous` or `authenticated`.
+    pub pull: Option<Vec<String>>,
+    /// Users, `anonymous` or `authenticated`.
+    pub push: Option<Vec<String>>,
+    /// Users, `anonymous` or `authenticated`.
+    pub delete: Option<Vec<String>>,
+}
+
+/// `tls` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// `certFile`
+    pub cert_file: PathBuf,
+    /// `keyFile`
+    pub key_file: PathBuf,
+}
+
+/// True if `p` is a repository name pattern (`a-z 0-9 . _ - /` and `*`).
+fn valid_pattern(p: &str) -> bool {
+    !p.is_empty()
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*".contains(&b))
+}
+
+impl AccessSpec {
+    fn resolve(self, n: usize) -> Result<crate::auth::rules::AccessRule, String> {
+        let what = format!("access rule {n} ({:?})", self.repositories);
+        if !valid_pattern(&self.repositories) {
+            return Err(format!(
+                "{what}: repositories must be a repository name pattern such as plant-a/*"
+            ));
+        }
+        let who = |v: Option<Vec<String>>, verb: &str| -> Result<Vec<_>, String> {
+            v.unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    crate::auth::Principal::parse(p).map_err(|e| format!("{what}: {verb}: {e}"))
+                })
+                .collect()
+        };
+        Ok(crate::auth::rules::AccessRule {
+            pull: who(self.pull, "pull")?,
+            push: who(self.push, "push")?,
+            delete: who(self.delete, "delete")?,
+            repositories: self.repositories,
+        })
+    }
+}
+
+fn resolve_auth(
+    spec: Option<AuthSpec>,
+    access: Option<Vec<AccessSpec>>,
+) -> Result<Option<AuthConfig>, String> {
+    if spec.is_none() && access.is_none() {
+        return Ok(None);
+    }
+    let spec = spec.unwrap_or_default();
+    let token_ttl = match spec.token_ttl {
+        None => Duration::from_secs(300),
+        Some(t) => parse_duration(&t).map_err(|e| format!("auth.tokenTtl: {e}"))?,
+    };
+    if !(60..=86400).contains(&token_ttl.as_secs()) {
+        return Err("auth.tokenTtl: must be 1m to 24h".into());
+    }
+    if let Some(r) = &spec.realm {
+        let ok = (r.starts_with("http://") || r.starts_with("https://"))
+            && r.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !ok {
+            return Err(format!(
+                "auth.realm: {r:?} is not a URL such as https://registry.plant-a:5000/token"
+            ));
+        }
+    }
+    let service = spec.service.unwrap_or_else(|| "outpost".to_owned());
+    if service.is_empty()
+        || !service
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        return Err(format!(
+            "auth.service: {service:?} must be 1 or more of a-z A-Z 0-9 . _ : -"
+        ));
+    }
+    let admins = spec.admins.unwrap_or_default();
+    if let Some(bad) = admins.iter().find(|a| !crate::auth::valid_user_name(a)) {
+        return Err(format!(
+            "auth.admins: {bad:?} is not a user name (1-64 of a-z A-Z 0-9 . _ @ -)"
+        ));
+    }
+    let rules = access
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.resolve(i + 1))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(AuthConfig {
+        htpasswd: spec.htpasswd,
+        token_ttl,
+        realm: spec.realm,
+        service,
+        access: crate::auth::Access { rules, admins },
+    }))
 }
 
 /// An `encryption` rule: repositories whose name matches `repositories` are created with
@@ -58,7 +214,7 @@ impl EncryptionRule {
 }
 
 /// `*`-only glob matching, iterative (no backtracking blow-up on hostile names).
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
+pub fn glob(pattern: &[u8], name: &[u8]) -> bool {
     let (mut p, mut n) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {
@@ -102,12 +258,7 @@ pub struct RuleSpec {
 impl RuleSpec {
     fn resolve(self, n: usize) -> Result<EncryptionRule, String> {
         let what = format!("encryption rule {n} ({:?})", self.repositories);
-        let pattern_ok = !self.repositories.is_empty()
-            && self
-                .repositories
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*".contains(&b));
-        if !pattern_ok {
+        if !valid_pattern(&self.repositories) {
             return Err(format!(
                 "{what}: repositories must be a repository name pattern such as plant-a/*"
             ));
@@ -159,6 +310,8 @@ impl Default for Config {
             automatic_mount: true,
             master_key_file: None,
             encryption: Vec::new(),
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -194,6 +347,12 @@ pub struct Overrides {
     pub master_key_file: Option<PathBuf>,
     /// `encryption`: rules
     pub encryption: Option<Vec<RuleSpec>>,
+    /// `auth`: users and tokens
+    pub auth: Option<AuthSpec>,
+    /// `access`: rules
+    pub access: Option<Vec<AccessSpec>>,
+    /// `tls`: certificate and key files
+    pub tls: Option<TlsSpec>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -326,6 +485,9 @@ impl Overrides {
             automatic_mount: other.automatic_mount.or(self.automatic_mount),
             master_key_file: other.master_key_file.or(self.master_key_file),
             encryption: other.encryption.or(self.encryption),
+            auth: other.auth.or(self.auth),
+            access: other.access.or(self.access),
+            tls: other.tls.or(self.tls),
         }
     }
 
@@ -370,6 +532,11 @@ impl Overrides {
                 .enumerate()
                 .map(|(i, r)| r.resolve(i + 1))
                 .collect::<Result<_, _>>()?,
+            auth: resolve_auth(self.auth, self.access)?,
+            tls: self.tls.map(|t| TlsConfig {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+            }),
         };
         let mut algorithms = std::collections::HashMap::new();
         for (name, alg) in c.encryption.iter().filter_map(|r| r.key.as_ref()) {

@@ -1,6 +1,8 @@
 //! Outpost: an embedded, single-binary OCI container registry for edge sites.
 
+mod auth;
 mod cli;
+mod clock;
 mod config;
 mod crypto;
 mod digest;
@@ -9,6 +11,7 @@ mod registry;
 mod server;
 mod settings;
 mod storage;
+mod tls;
 
 use config::{parse_size, Overrides, Size, Toggle};
 use crypto::Algorithm;
@@ -26,13 +29,16 @@ Usage: outpost serve [OPTIONS]
        outpost key list [COMMON]
        outpost key generate FILE
        outpost key rotate [--new-master-key FILE] [COMMON]
+       outpost user add|passwd|del NAME [COMMON]
+       outpost user list [COMMON]
+       outpost tls self-signed --host NAME [--host NAME ...] [--out DIR] [--days N] [COMMON]
        outpost --version
 
 Options for serve (flags override the config file, which overrides the defaults):
   --config FILE             JSON config file (keys: listen, dataDir, workers, cacheSize,
                             chunkSize, maxManifestSize, uploadTtl, minFreeSpace,
                             ioTimeout, blobMounting, automaticMount, masterKeyFile,
-                            encryption)
+                            encryption, auth, access, tls)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --master-key-file FILE    master key for encrypted repositories [default: the systemd
@@ -50,10 +56,12 @@ Options for serve (flags override the config file, which overrides the defaults)
   -h, --help                this help
 
 COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
---master-key-file FILE, and (settings, repo create/delete, key list) --server URL.
-These commands talk to the registry at --server (default: the configured listen address);
-if nothing listens there, they work on the store in the data directory directly.
-repo move and key rotate need the registry stopped.
+--master-key-file FILE, and (settings, repo create/delete, key list, user) --server URL.
+These commands talk to the running registry through its admin socket (admin.sock in the
+data directory: its user and root may use it, whatever the access rules say), else at
+--server (default: the configured listen address, plain HTTP); if nothing listens there,
+they work on the store in the data directory directly. repo move and key rotate need the
+registry stopped.
 
 settings shows the switches that can change while the registry runs (blobMounting,
 automaticMount) and sets them: NAME=enabled, NAME=disabled, or NAME=default (back to the
@@ -63,6 +71,14 @@ repo create makes a repository with data key KEY (created if new; ALG is aes-256
 default, or chacha20-poly1305), or plaintext without --key. repo delete removes a repository
 and what only it holds; --erase also destroys its key (crypto-erase), if no other repository
 uses it. repo move re-encrypts a repository under another key, or to plaintext.
+
+user add and user passwd read the password from the terminal (asked twice, not echoed) or
+the first line of stdin, never from the command line; it is stored as a PBKDF2-SHA256 hash.
+user list also shows the users of auth.htpasswd.
+
+tls self-signed writes DIR/outpost.crt and DIR/outpost.key (DIR defaults to the current
+directory; N days, default 825) for the given host names or IP addresses, and prints the
+tls config lines and how to make docker, podman and containerd trust the certificate.
 
 key generate writes a new master key file (mode 600). key rotate re-wraps every data key
 under a new master key, without re-encrypting data: without --new-master-key it generates one
@@ -107,6 +123,10 @@ enum Command {
     KeyList(Common),
     KeyGenerate(PathBuf),
     KeyRotate(Common, Option<PathBuf>),
+    UserPut(Common, String, bool),
+    UserDel(Common, String),
+    UserList(Common),
+    TlsSelfSigned(Common, Vec<String>, PathBuf, u64),
     Help,
     Version,
 }
@@ -123,6 +143,9 @@ struct Args {
     plaintext: bool,
     erase: bool,
     new_master_key: Option<PathBuf>,
+    hosts: Vec<String>,
+    out: Option<PathBuf>,
+    days: Option<u64>,
     /// Long options given, to refuse those the command does not take.
     seen: Vec<String>,
 }
@@ -172,6 +195,15 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("plaintext") => a.plaintext = true,
             Long("erase") => a.erase = true,
             Long("new-master-key") => a.new_master_key = Some(PathBuf::from(parser.value()?)),
+            Long("host") => a.hosts.push(parser.value()?.string()?),
+            Long("out") => a.out = Some(PathBuf::from(parser.value()?)),
+            Long("days") => {
+                let d: u64 = parser.value()?.parse()?;
+                if !(1..=36500).contains(&d) {
+                    return Err("--days: give 1 to 36500".into());
+                }
+                a.days = Some(d);
+            }
             Long("blob-mounting") => {
                 a.flags.blob_mounting = toggle(parser.value()?, "--blob-mounting")?
             }
@@ -218,28 +250,35 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         ["key", "list", ..] => ("key list", &[], 0),
         ["key", "generate", ..] => ("key generate", &[], 1),
         ["key", "rotate", ..] => ("key rotate", &["new-master-key"], 0),
-        ["repo" | "key", sub, ..] => {
+        ["user", "add", ..] => ("user add", &[], 1),
+        ["user", "passwd", ..] => ("user passwd", &[], 1),
+        ["user", "del", ..] => ("user del", &[], 1),
+        ["user", "list", ..] => ("user list", &[], 0),
+        ["tls", "self-signed", ..] => ("tls self-signed", &["host", "out", "days"], 0),
+        ["repo" | "key" | "user" | "tls", sub, ..] => {
             return Err(format!(
                 "unknown command {} {sub:?} (repo: create, delete, move; key: list, generate, \
-                 rotate)",
+                 rotate; user: add, passwd, del, list; tls: self-signed)",
                 words[0]
             )
             .into())
         }
-        ["repo" | "key"] => {
+        ["repo" | "key" | "user" | "tls"] => {
             return Err(format!("{} needs a subcommand (see --help)", words[0]).into())
         }
         [other, ..] => {
-            return Err(
-                format!("unknown command {other:?} (commands: serve, settings, repo, key)").into(),
+            return Err(format!(
+                "unknown command {other:?} (commands: serve, settings, repo, key, user, tls)"
             )
+            .into())
         }
     };
     let skip = name.split(' ').count();
     let rest = &words[skip..];
     if name != "serve" {
         let common = match name {
-            "repo create" | "repo delete" | "key list" => ONLINE,
+            "repo create" | "repo delete" | "key list" | "user add" | "user passwd"
+            | "user del" | "user list" => ONLINE,
             "key generate" => &[][..],
             _ => COMMON,
         };
@@ -263,7 +302,15 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     } else if let Some(f) = a.seen.iter().find(|f| {
         matches!(
             f.as_str(),
-            "server" | "key" | "algorithm" | "plaintext" | "erase" | "new-master-key"
+            "server"
+                | "key"
+                | "algorithm"
+                | "plaintext"
+                | "erase"
+                | "new-master-key"
+                | "host"
+                | "out"
+                | "days"
         )
     }) {
         return Err(format!("--{f} is not an option of serve (see --help)").into());
@@ -302,6 +349,36 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         }
         "key list" => Command::KeyList(common),
         "key generate" => Command::KeyGenerate(PathBuf::from(arg())),
+        "user add" | "user passwd" | "user del" => {
+            let user = arg();
+            if !auth::valid_user_name(&user) {
+                return Err(format!(
+                    "{name}: {user:?} is not a user name (1-64 of a-z A-Z 0-9 . _ @ -; not \
+                     anonymous or authenticated)"
+                )
+                .into());
+            }
+            match name {
+                "user del" => Command::UserDel(common, user),
+                _ => Command::UserPut(common, user, name == "user add"),
+            }
+        }
+        "user list" => Command::UserList(common),
+        "tls self-signed" => {
+            if a.hosts.is_empty() {
+                return Err(
+                    "tls self-signed needs --host NAME (a DNS name or IP address \
+                            clients use to reach the registry; repeat for more)"
+                        .into(),
+                );
+            }
+            Command::TlsSelfSigned(
+                common,
+                a.hosts,
+                a.out.unwrap_or_else(|| PathBuf::from(".")),
+                a.days.unwrap_or(825),
+            )
+        }
         _ => Command::KeyRotate(common, a.new_master_key),
     })
 }
@@ -364,6 +441,18 @@ fn main() -> ExitCode {
         Command::KeyRotate(c, new) => c
             .resolve()
             .and_then(|cfg| cli::key_rotate(&cfg, new.as_deref())),
+        Command::UserPut(c, user, create) => c
+            .resolve()
+            .and_then(|cfg| cli::users::put(&cfg, c.server.as_deref(), &user, create)),
+        Command::UserDel(c, user) => c
+            .resolve()
+            .and_then(|cfg| cli::users::delete(&cfg, c.server.as_deref(), &user)),
+        Command::UserList(c) => c
+            .resolve()
+            .and_then(|cfg| cli::users::list(&cfg, c.server.as_deref())),
+        Command::TlsSelfSigned(c, hosts, out, days) => c
+            .resolve()
+            .and_then(|cfg| cli::certs::self_signed(&cfg, &hosts, &out, days)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

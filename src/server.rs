@@ -26,40 +26,67 @@ pub fn run(config: Config) -> Result<(), String> {
     let listen = config.listen;
     let io_timeout = config.io_timeout;
     let workers = config.workers;
-    let app = App::new(store, config, stopping.clone())
-        .map_err(|e| format!("cannot read settings from {}: {e}", db_path.display()))?;
-    let server = tiny_http::Server::new(tiny_http::ServerConfig {
-        addr: tiny_http::ConfigListenAddr::IP(vec![listen]),
-        ssl: None,
-        socket_timeout: Some(io_timeout),
-    })
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
+    warn_if_exposed(&config);
+    let socket_path = config.data_dir.join(ADMIN_SOCKET);
+    let app = App::new(store, config, stopping.clone())?;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let server = match tls {
+        Some(tls) => tiny_http::Server::from_listener_tls(listener, tls, Some(io_timeout)),
+        None => tiny_http::Server::from_listener_with_timeout(listener, None, Some(io_timeout)),
+    }
     .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let server = Arc::new(server);
+    let admin = admin_socket(&socket_path, io_timeout).map(Arc::new);
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     log::info!(
-        "listening on {} (store {}, {} workers)",
+        "listening on {} ({}, store {}, {} workers{})",
         server
             .server_addr()
             .to_ip()
             .map_or_else(|| "?".to_owned(), |a| a.to_string()),
+        if app.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         db_path.display(),
-        workers
+        workers,
+        if app.config.auth.is_some() {
+            ", auth on"
+        } else {
+            ""
+        }
     );
     let app = Arc::new(app);
 
-    let pool: Vec<_> = (0..workers)
+    let mut pool: Vec<_> = (0..workers)
         .map(|i| {
             let (server, app) = (server.clone(), app.clone());
             thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || worker(&server, &app))
+                .spawn(move || worker(&server, &app, http::Origin::Network))
                 .map_err(|e| format!("cannot start worker: {e}"))
         })
         .collect::<Result<_, _>>()?;
+    if let Some(admin) = &admin {
+        let (admin, app) = (admin.clone(), app.clone());
+        pool.push(
+            thread::Builder::new()
+                .name("admin".into())
+                .spawn(move || worker(&admin, &app, http::Origin::AdminSocket))
+                .map_err(|e| format!("cannot start admin worker: {e}"))?,
+        );
+    }
 
     {
-        let (server, stopping) = (server.clone(), stopping.clone());
+        let (server, stopping, admin) = (server.clone(), stopping.clone(), admin.clone());
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -74,6 +101,9 @@ pub fn run(config: Config) -> Result<(), String> {
                     stopping.store(true, Ordering::SeqCst);
                     for _ in 0..workers {
                         server.unblock();
+                    }
+                    if let Some(a) = &admin {
+                        a.unblock();
                     }
                 }
             })
@@ -95,6 +125,9 @@ pub fn run(config: Config) -> Result<(), String> {
     drop(janitor_stop);
     let _ = janitor.join();
     drop(server);
+    if admin.is_some() {
+        let _ = std::fs::remove_file(&socket_path);
+    }
     if let Err(e) = app.store.flush() {
         log::error!("flushing the store at shutdown: {e}");
     }
@@ -186,7 +219,59 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
     }
 }
 
-fn worker(server: &tiny_http::Server, app: &App) {
+/// The admin socket's file name in the data directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// Listens on the admin socket at `path` (mode 600: the registry's user and root), replacing
+/// a stale one; `None` (logged) if that fails, e.g. a path too long for a socket.
+fn admin_socket(path: &std::path::Path, timeout: Duration) -> Option<tiny_http::Server> {
+    use std::os::unix::fs::PermissionsExt;
+    // The store's lock is held: no other outpost serves this data directory, so a socket
+    // file left here is stale.
+    let _ = std::fs::remove_file(path);
+    let bound = std::os::unix::net::UnixListener::bind(path).and_then(|l| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(l)
+    });
+    match bound.map_err(|e| e.to_string()).and_then(|l| {
+        tiny_http::Server::from_listener_with_timeout(l, None, Some(timeout))
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!(
+                "no admin socket at {}: {e}; outpost commands on this host then need the \
+                 registry stopped, or --server",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Warns when the registry is reachable beyond this host without the protection it needs.
+fn warn_if_exposed(config: &Config) {
+    if config.listen.ip().is_loopback() {
+        return;
+    }
+    if config.auth.is_none() {
+        log::warn!(
+            "!!! listening on {} WITHOUT AUTHENTICATION: anyone who can reach this address may \
+             pull, push and delete every image and use the admin API. Add \"access\" rules \
+             (see README: Access control and TLS) or listen on 127.0.0.1 only. !!!",
+            config.listen
+        );
+    } else if config.tls.is_none() {
+        log::warn!(
+            "listening on {} with auth but without TLS: passwords and tokens cross the network \
+             in clear text. Configure tls.certFile/tls.keyFile (outpost tls self-signed writes \
+             a pair).",
+            config.listen
+        );
+    }
+}
+
+fn worker(server: &tiny_http::Server, app: &App, origin: http::Origin) {
     loop {
         if app.stopping.load(Ordering::SeqCst) {
             return;
@@ -194,7 +279,7 @@ fn worker(server: &tiny_http::Server, app: &App) {
         match server.recv() {
             Ok(req) => {
                 // A panic is one failed request (tiny_http answers 500), not a dead worker.
-                if catch_unwind(AssertUnwindSafe(|| http::handle(app, req))).is_err() {
+                if catch_unwind(AssertUnwindSafe(|| http::handle(app, req, origin))).is_err() {
                     log::error!("request handler panicked");
                 }
             }

@@ -366,3 +366,225 @@ fn skopeo_fleet_push_mounts_base_layers_and_stores_unique_bytes_only() {
         (base.len() * (services.len() - 1)) as u64
     );
 }
+
+/// curl over HTTPS trusting `cert`: (exit status success, HTTP status, headers and body).
+fn curl(cert: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--cacert"])
+        .arg(cert)
+        .args(args)
+        .output()
+        .expect("curl is required");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// skopeo that is expected to fail: its error output.
+fn skopeo_fails(args: &[&str]) -> String {
+    let out = Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("skopeo is required for this test: run ./test.sh, which installs it");
+    assert!(!out.status.success(), "skopeo {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn skopeo_pushes_and_pulls_with_credentials_over_https_through_the_token_flow() {
+    let tmp = TempDir::new("skopeo-tls");
+    let t = tmp.path();
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let tls = t.join("tls");
+    let printed = run(
+        &[
+            "tls",
+            "self-signed",
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+            "--out",
+            tls.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(
+        printed.contains("/etc/docker/certs.d/127.0.0.1:5000/ca.crt"),
+        "{printed}"
+    );
+    assert!(printed.contains("/etc/containerd/certs.d/"), "{printed}");
+    let cert = tls.join("outpost.crt");
+    let certs = t.join("certs.d");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&cert, certs.join("ca.crt")).unwrap();
+    let cfg = t.join("outpost.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "dataDir": t.join("data"),
+            "tls": {"certFile": cert, "keyFile": tls.join("outpost.key")},
+            "access": [{"repositories": "team/*", "pull": ["authenticated"], "push": ["alice"]}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let config = ["--config", cfg.to_str().unwrap()];
+    run(
+        &[&["user", "add", "alice"][..], &config].concat(),
+        "alice-password\n",
+    );
+    run(
+        &[&["user", "add", "bob"][..], &config].concat(),
+        "bob-password\n",
+    );
+    let reg = Registry::start_with(&t.join("data"), &config);
+    let host = reg.addr.to_string();
+    let base = format!("https://{host}");
+
+    // OpenSSL (curl) accepts the certificate; the challenge names the HTTPS token endpoint.
+    let (ok, out) = curl(&cert, &[&format!("{base}/v2/")]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(
+        out.contains(&format!(
+            r#"Bearer realm="https://{host}/token",service="outpost""#
+        )),
+        "{out}"
+    );
+    for version in [
+        ["--tlsv1.2", "--tls-max", "1.2"],
+        ["--tlsv1.3", "--tls-max", "1.3"],
+    ] {
+        let (ok, out) = curl(&cert, &[&version[..], &[&format!("{base}/v2/")]].concat());
+        assert!(ok && out.starts_with("HTTP/1.1 401"), "{version:?}: {out}");
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    let (ok, out) = curl(&cert, &[&format!("http://{host}/v2/")]);
+    assert!(!ok, "{out}");
+
+    let src = new_layout(t, "src");
+    let top = image(&src, "arm64", &[bytes(31, 600 << 10), bytes(32, 90 << 10)]);
+    layout(&src, OCI_MANIFEST, &top, "v1");
+    let pushed = verified_blobs(&src);
+    let cert_dir = certs.to_str().unwrap();
+    let remote = |tag: &str| format!("docker://{host}/team/app:{tag}");
+    let oci = |dir: &Path, tag: &str| format!("oci:{}:{tag}", dir.display());
+
+    // A wrong password: refused, and nothing of the image is stored.
+    let err = skopeo_fails(&[
+        "copy",
+        "--dest-creds",
+        "alice:not-the-password",
+        "--dest-cert-dir",
+        cert_dir,
+        &oci(&src, "v1"),
+        &remote("v1"),
+    ]);
+    assert!(
+        err.to_lowercase().contains("unauthorized") || err.contains("401"),
+        "{err}"
+    );
+    let (_, out) = curl(
+        &cert,
+        &["-u", "alice:alice-password", &format!("{base}/v2/_catalog")],
+    );
+    assert!(out.contains(r#"{"repositories":[]}"#), "{out}");
+    // Bob may pull but not push.
+    let err = skopeo_fails(&[
+        "copy",
+        "--dest-creds",
+        "bob:bob-password",
+        "--dest-cert-dir",
+        cert_dir,
+        &oci(&src, "v1"),
+        &remote("v1"),
+    ]);
+    assert!(
+        err.to_lowercase().contains("denied")
+            || err.contains("403")
+            || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    // Without trusting the certificate, skopeo refuses the connection.
+    let err = skopeo_fails(&[
+        "copy",
+        "--dest-creds",
+        "alice:alice-password",
+        &oci(&src, "v1"),
+        &remote("v1"),
+    ]);
+    assert!(err.contains("certificate"), "{err}");
+
+    // Alice pushes, Bob pulls: token flow over HTTPS, every digest intact.
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-creds",
+        "alice:alice-password",
+        "--dest-cert-dir",
+        cert_dir,
+        &oci(&src, "v1"),
+        &remote("v1"),
+    ]);
+    let dst = t.join("dst");
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--src-creds",
+        "bob:bob-password",
+        "--src-cert-dir",
+        cert_dir,
+        &remote("v1"),
+        &oci(&dst, "v1"),
+    ]);
+    assert_eq!(tagged_digest(&dst), top.0);
+    assert_eq!(verified_blobs(&dst), pushed);
+    // A failed push with a wrong password after that leaves the repository as it was.
+    skopeo_fails(&[
+        "copy",
+        "--dest-creds",
+        "alice:wrong-again",
+        "--dest-cert-dir",
+        cert_dir,
+        &oci(&src, "v1"),
+        &remote("v2"),
+    ]);
+    let (_, out) = curl(
+        &cert,
+        &[
+            "-u",
+            "bob:bob-password",
+            &format!("{base}/v2/team/app/tags/list"),
+        ],
+    );
+    assert!(out.contains(r#""tags":["v1"]"#), "{out}");
+    // Token requests went through /token, never with a password in the log.
+    let log = reg.log_text();
+    assert!(log.contains("GET /token?"), "{log}");
+    assert!(!log.contains("alice-password") && !log.contains("bob-password"));
+}

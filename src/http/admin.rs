@@ -167,3 +167,62 @@ pub fn repo_delete(app: &App, name: &str, query: &super::routes::Query) -> Resul
         "erased": d.erased,
     })))
 }
+
+/// Largest user request body read.
+const MAX_USER_BODY: usize = 8 << 10;
+
+/// `GET /admin/users`: users of the store and of the htpasswd file (names only).
+pub fn users(app: &App) -> Result<Reply> {
+    let htpasswd = app.gate.as_ref().and_then(|g| g.htpasswd_users());
+    Ok(json(&serde_json::json!({
+        "auth": app.gate.is_some(),
+        "users": app.store.users()?,
+        "htpasswd": htpasswd,
+    })))
+}
+
+/// `POST /admin/users/NAME` (`create`) or `PUT` (new password), body `{"password": "..."}`;
+/// the password is hashed here and never logged.
+pub fn user_put(app: &App, req: &mut Request, name: &str, create: bool) -> Result<Reply> {
+    let body = read_small_body(req, MAX_USER_BODY, "user", Code::Unsupported)?;
+    let password = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["password"].as_str().map(str::to_owned))
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                Code::Unsupported,
+                "body must be {\"password\": \"...\"}",
+            )
+        })?;
+    crate::auth::passwords::acceptable(&password)
+        .map_err(|m| ApiError::new(400, Code::Unsupported, m))?;
+    let hash = crate::auth::passwords::hash(&password);
+    app.store.user_put(name, &hash, create)?;
+    if let Some(g) = &app.gate {
+        g.users_changed();
+    }
+    log::info!(
+        "{} user {name:?}",
+        if create {
+            "added"
+        } else {
+            "changed the password of"
+        }
+    );
+    let mut reply = json(&serde_json::json!({ "user": name }));
+    if create {
+        reply.status = 201;
+    }
+    Ok(reply)
+}
+
+/// `DELETE /admin/users/NAME`.
+pub fn user_delete(app: &App, name: &str) -> Result<Reply> {
+    app.store.user_delete(name)?;
+    if let Some(g) = &app.gate {
+        g.users_changed();
+    }
+    log::info!("deleted user {name:?}");
+    Ok(json(&serde_json::json!({ "user": name })))
+}

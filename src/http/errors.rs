@@ -24,6 +24,9 @@ pub enum Code {
     PaginationNumberInvalid,
     Unavailable,
     Unknown,
+    Unauthorized,
+    Denied,
+    TooManyRequests,
 }
 
 impl Code {
@@ -44,6 +47,9 @@ impl Code {
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Code::Unavailable => "UNAVAILABLE",
             Code::Unknown => "UNKNOWN",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Denied => "DENIED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
         }
     }
 }
@@ -154,9 +160,10 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Keys(m) => ApiError::new(400, Code::Unsupported, m),
-            e @ (StoreError::DomainChanged(_) | StoreError::RepoExists(_)) => {
-                ApiError::new(409, Code::Unsupported, e.to_string())
-            }
+            StoreError::UserUnknown => ApiError::new(404, Code::Unsupported, "no such user"),
+            e @ (StoreError::DomainChanged(_)
+            | StoreError::RepoExists(_)
+            | StoreError::UserExists) => ApiError::new(409, Code::Unsupported, e.to_string()),
             e @ (StoreError::Corrupt(_) | StoreError::Db(_)) => {
                 log::error!("{e}");
                 ApiError::new(500, Code::Unknown, "internal storage error")

@@ -1,6 +1,7 @@
 //! The HTTP edge: parse a request into a route, call the store, write the response.
 
 mod admin;
+mod auth;
 mod blobs;
 mod errors;
 mod manifests;
@@ -10,6 +11,7 @@ mod tags;
 mod uploads;
 
 pub use admin::key_json;
+pub use auth::Origin;
 
 use crate::config::Config;
 use crate::settings::Settings;
@@ -33,15 +35,24 @@ pub struct App {
     pub stopping: Arc<AtomicBool>,
     /// Switches an operator can flip at runtime.
     settings: Settings,
+    /// Access control; `None` when auth is off.
+    gate: Option<auth::Gate>,
     stats: stats::Stats,
     hashers: uploads::HasherCache,
 }
 
 impl App {
-    /// Wires the store and configuration together (with settings changed at runtime earlier).
-    pub fn new(store: Store, config: Config, stopping: Arc<AtomicBool>) -> Result<App, StoreError> {
+    /// Wires the store and configuration together (with settings changed at runtime
+    /// earlier, and the htpasswd file if auth names one).
+    pub fn new(store: Store, config: Config, stopping: Arc<AtomicBool>) -> Result<App, String> {
+        let gate = match &config.auth {
+            Some(a) => Some(auth::Gate::new(a.clone(), config.tls.is_some())?),
+            None => None,
+        };
         Ok(App {
-            settings: Settings::load(&config, &store)?,
+            settings: Settings::load(&config, &store)
+                .map_err(|e| format!("cannot read settings from the store: {e}"))?,
+            gate,
             store,
             config,
             stopping,
@@ -118,12 +129,12 @@ fn with_buf<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
     CHUNK_BUF.with(|b| f(&mut b.borrow_mut()))
 }
 
-/// Serves one request, start to finish, and logs it.
-pub fn handle(app: &App, mut req: Request) {
+/// Serves one request from `origin`, start to finish, and logs it.
+pub fn handle(app: &App, mut req: Request, origin: Origin) {
     let started = Instant::now();
     let method = req.method().clone();
     let url = req.url().to_owned();
-    let result = dispatch(app, &mut req);
+    let result = dispatch(app, &mut req, origin);
     let status = match result {
         Ok(reply) => send(app, req, reply),
         Err(e) => {
@@ -140,23 +151,30 @@ pub fn handle(app: &App, mut req: Request) {
     );
 }
 
-fn dispatch(app: &App, req: &mut Request) -> Result<Reply> {
+fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
     let url = req.url().to_owned();
     let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
     let route = routes::route(path)?;
     let query = Query::parse(&url)?;
     let method = req.method().clone();
+    let gate = app.gate.as_ref();
+    let decision = auth::check(gate, &app.store, req, &route, &query, origin)?;
+    if let Some(reply) = decision.reply {
+        return Ok(reply);
+    }
     use Method::*;
     match (route, &method) {
         (Route::Base, Get | Head) => Ok(Reply::bytes(200, "application/json", b"{}".to_vec())),
-        (Route::Catalog, Get) => tags::catalog(app, &query),
+        (Route::Catalog, Get) => tags::catalog(app, &query, &|r| decision.may_list(gate, r)),
         (Route::Tags(name), Get) => tags::list(app, &name, &query),
         (Route::Manifest(name, r), Get | Head) => manifests::get(app, &name, &r),
         (Route::Manifest(name, r), Put) => manifests::put(app, req, &name, &r, &query),
         (Route::Manifest(name, r), Delete) => manifests::delete(app, &name, &r),
         (Route::Blob(name, d), Get | Head) => blobs::get(app, req, &name, &d),
         (Route::Blob(name, d), Delete) => blobs::delete(app, &name, &d),
-        (Route::Uploads(name), Post) => uploads::start(app, req, &name, &query),
+        (Route::Uploads(name), Post) => {
+            uploads::start(app, req, &name, &query, &|r| decision.may_pull(gate, r))
+        }
         (Route::Upload(name, id), Get) => uploads::status(app, &name, &id),
         (Route::Upload(name, id), Patch) => uploads::patch(app, req, &name, &id),
         (Route::Upload(name, id), Put) => uploads::put(app, req, &name, &id, &query),
@@ -169,6 +187,10 @@ fn dispatch(app: &App, req: &mut Request) -> Result<Reply> {
         (Route::AdminKeys, Get) => admin::keys(app),
         (Route::AdminRepository(name), Put) => admin::repo_create(app, req, &name),
         (Route::AdminRepository(name), Delete) => admin::repo_delete(app, &name, &query),
+        (Route::AdminUsers, Get) => admin::users(app),
+        (Route::AdminUser(name), Post) => admin::user_put(app, req, &name, true),
+        (Route::AdminUser(name), Put) => admin::user_put(app, req, &name, false),
+        (Route::AdminUser(name), Delete) => admin::user_delete(app, &name),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,

@@ -32,6 +32,12 @@ pub enum Route {
     AdminKeys,
     /// `/admin/repositories/<name>`
     AdminRepository(String),
+    /// `/admin/users`
+    AdminUsers,
+    /// `/admin/users/<name>`
+    AdminUser(String),
+    /// `/token`: Docker's token endpoint
+    Token,
 }
 
 /// Parses the path part of a request URL (no query).
@@ -42,7 +48,20 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/stats" => return Ok(Route::AdminStats),
         "/admin/check" => return Ok(Route::AdminCheck),
         "/admin/keys" => return Ok(Route::AdminKeys),
+        "/admin/users" => return Ok(Route::AdminUsers),
+        "/token" => return Ok(Route::Token),
         _ => {}
+    }
+    if let Some(name) = path.strip_prefix("/admin/users/") {
+        return if crate::auth::valid_user_name(name) {
+            Ok(Route::AdminUser(name.to_owned()))
+        } else {
+            Err(ApiError::new(
+                400,
+                Code::Unsupported,
+                "invalid user name: 1-64 of a-z A-Z 0-9 . _ @ -",
+            ))
+        };
     }
     if let Some(name) = path.strip_prefix("/admin/repositories/") {
         return if valid_name(name) {

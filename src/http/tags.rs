@@ -47,9 +47,10 @@ pub fn list(app: &App, name: &str, query: &Query) -> Result<Reply> {
 }
 
 /// `GET /v2/_catalog`.
-pub fn catalog(app: &App, query: &Query) -> Result<Reply> {
+/// Lists only the repositories `visible` lets through (those the caller may pull).
+pub fn catalog(app: &App, query: &Query, visible: &dyn Fn(&str) -> bool) -> Result<Reply> {
     let n = page_size(query)?;
-    let (repos, more) = app.store.catalog(query.get("last"), n)?;
+    let (repos, more) = app.store.catalog(query.get("last"), n, visible)?;
     let json = serde_json::json!({ "repositories": repos });
     Ok(paged("/v2/_catalog", n, &repos, more, json))
 }

@@ -72,9 +72,16 @@ fn check_id(id: &str) -> Result<()> {
 
 /// `POST /v2/<name>/blobs/uploads/`: mounts with `?mount=` (and `from=`) when it can, else
 /// opens a session, or with `?digest=` takes the whole blob.
-pub fn start(app: &App, req: &mut Request, name: &str, query: &super::Query) -> Result<Reply> {
+/// `may_pull` says whether the caller may pull a mount's source repository.
+pub fn start(
+    app: &App,
+    req: &mut Request,
+    name: &str,
+    query: &super::Query,
+    may_pull: &dyn Fn(&str) -> bool,
+) -> Result<Reply> {
     if let Some(mount) = query.get("mount") {
-        match try_mount(app, name, mount, query.get("from"))? {
+        match try_mount(app, name, mount, query.get("from"), may_pull)? {
             Ok(reply) => return Ok(reply),
             Err(why) => {
                 app.stats.refused(why);
@@ -104,6 +111,7 @@ fn try_mount(
     name: &str,
     mount: &str,
     from: Option<&str>,
+    may_pull: &dyn Fn(&str) -> bool,
 ) -> Result<Result<Reply, Refusal>> {
     if !app.settings.on(Key::BlobMounting) {
         return Ok(Err(Refusal::Disabled));
@@ -119,9 +127,9 @@ fn try_mount(
         }
         None => MountFrom::Any,
     };
-    // Everyone may pull everything until access control exists.
-    let may_pull = |_: &str| true;
-    let mounted = match app.store.mount(name, source, &digest, &may_pull)? {
+    // A source the caller may not pull is treated like one without the blob: a plain
+    // upload, so the answer does not tell whether the blob is there.
+    let mounted = match app.store.mount(name, source, &digest, may_pull)? {
         Ok(m) => m,
         Err(why) => return Ok(Err(Refusal::Store(why))),
     };

@@ -10,6 +10,7 @@ mod repos;
 mod schema;
 mod settings;
 mod uploads;
+mod users;
 
 pub use blobs::{BlobInfo, MountFrom, MountRefused};
 pub use domains::KeyInfo;
@@ -93,6 +94,10 @@ pub enum StoreError {
     DomainChanged(String),
     /// The repository exists already (with key name, if encrypted).
     RepoExists(Option<String>),
+    /// `user add` of a user who exists.
+    UserExists,
+    /// No such user.
+    UserUnknown,
     /// Any other database failure.
     Db(redb::Error),
 }
@@ -118,6 +123,10 @@ impl fmt::Display for StoreError {
             ),
             StoreError::RepoExists(None) => f.write_str("the repository exists (plaintext)"),
             StoreError::RepoExists(Some(k)) => write!(f, "the repository exists (key {k:?})"),
+            StoreError::UserExists => {
+                f.write_str("the user exists (outpost user passwd changes a password)")
+            }
+            StoreError::UserUnknown => f.write_str("no such user"),
             StoreError::Db(e) => write!(f, "database error: {e}"),
         }
     }
@@ -207,6 +216,7 @@ impl Store {
             tx.open_table(PREFIXES)?;
             tx.open_table(SHADOWS)?;
             tx.open_table(DOMAINS)?;
+            tx.open_table(USERS)?;
         }
         tx.commit()?;
         store.load_domains(options.settle_master_key)?;

@@ -57,12 +57,20 @@ pub(super) fn ensure_repo(
 
 impl Store {
     /// Repository names after `last`, sorted, at most `n`; and whether more follow.
-    pub fn catalog(&self, last: Option<&str>, n: usize) -> Result<(Vec<String>, bool), StoreError> {
+    pub fn catalog(
+        &self,
+        last: Option<&str>,
+        n: usize,
+        visible: &dyn Fn(&str) -> bool,
+    ) -> Result<(Vec<String>, bool), StoreError> {
         let tx = self.read()?;
         let repos = tx.open_table(REPOS)?;
         let lower = last.map_or(Bound::Unbounded, Bound::Excluded);
         let range = repos.range::<&str>((lower, Bound::Unbounded))?;
-        page(range.map(|r| Ok(r?.0.value().to_owned())), n)
+        let names = range
+            .map(|r| Ok(r?.0.value().to_owned()))
+            .filter(|r: &Result<String, StoreError>| r.as_ref().map_or(true, |n| visible(n)));
+        page(names, n)
     }
 }
 

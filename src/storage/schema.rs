@@ -40,6 +40,10 @@ pub const SHADOWS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("sh
 /// the config file (like PostgreSQL's `ALTER SYSTEM`); removing one returns to the file's.
 pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 
+/// User name -> password hash (`$pbkdf2-sha256$...`): users who sign in besides those of
+/// an htpasswd file.
+pub const USERS: TableDefinition<&str, &str> = TableDefinition::new("users");
+
 /// The schema this build writes; a store with another is refused, not guessed at.
 /// Version 2 added encryption domains (`domains`, the domain of each repository and upload);
 /// a version 1 store is migrated at open (all of it plaintext).

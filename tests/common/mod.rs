@@ -131,7 +131,10 @@ impl Registry {
     }
 
     pub fn client(&self) -> Client {
-        Client { addr: self.addr }
+        Client {
+            addr: self.addr,
+            auth: None,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -214,9 +217,26 @@ impl Resp {
 #[derive(Clone, Copy)]
 pub struct Client {
     pub addr: SocketAddr,
+    /// An `Authorization` header sent with every request.
+    pub auth: Option<&'static str>,
 }
 
 impl Client {
+    /// This client, sending `authorization` (e.g. `Basic ...`, `Bearer ...`) with each request.
+    pub fn with_auth(self, authorization: &str) -> Client {
+        Client {
+            auth: Some(Box::leak(authorization.to_owned().into_boxed_str())),
+            ..self
+        }
+    }
+
+    /// This client with Basic credentials.
+    pub fn as_user(self, user: &str, password: &str) -> Client {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.with_auth(&format!("Basic {b64}"))
+    }
+
     pub fn get(&self, path: &str) -> Resp {
         self.req("GET", path, &[], Body::None)
     }
@@ -236,6 +256,9 @@ impl Client {
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr
         );
+        if let Some(a) = self.auth {
+            head.push_str(&format!("Authorization: {a}\r\n"));
+        }
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }

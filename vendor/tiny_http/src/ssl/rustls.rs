@@ -1,115 +1,83 @@
-use crate::connection::Connection;
+use crate::connection::{Connection, ConnectionAbort};
 use crate::util::refined_tcp_stream::Stream as RefinedStream;
 use std::error::Error;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex};
-use zeroize::Zeroizing;
 
 /// A wrapper around an owned Rustls connection and corresponding stream.
 ///
-/// Uses an internal Mutex to permit disparate reader & writer threads to access the stream independently.
-pub(crate) struct RustlsStream(
-    Arc<Mutex<rustls::StreamOwned<rustls::ServerConnection, Connection>>>,
-);
+/// Uses an internal Mutex to permit disparate reader & writer threads to access the stream
+/// independently. Outpost patch: rustls 0.23, and a handle on the socket (a `dup`) that can
+/// shut the connection down without taking the lock a blocked read may hold.
+pub(crate) struct RustlsStream {
+    inner: Arc<Mutex<rustls::StreamOwned<rustls::ServerConnection, Connection>>>,
+    abort: Option<ConnectionAbort>,
+}
 
 impl RustlsStream {
+    fn lock(&self) -> std::sync::MutexGuard<'_, rustls::StreamOwned<rustls::ServerConnection, Connection>> {
+        // A poisoned lock only means another thread panicked mid-I/O: the stream is still usable
+        // or will error out on its own.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .sock
-            .peer_addr()
+        self.lock().sock.peer_addr()
     }
 
     pub(crate) fn shutdown(&mut self, how: Shutdown) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .sock
-            .shutdown(how)
+        self.lock().sock.shutdown(how)
+    }
+
+    pub(crate) fn abort_handle(&self) -> Option<ConnectionAbort> {
+        self.abort.clone()
     }
 }
 
 impl Clone for RustlsStream {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self {
+            inner: self.inner.clone(),
+            abort: self.abort.clone(),
+        }
     }
 }
 
 impl Read for RustlsStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .read(buf)
+        self.lock().read(buf)
     }
 }
 
 impl Write for RustlsStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .write(buf)
+        self.lock().write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .flush()
+        self.lock().flush()
     }
 }
 
+/// The server's TLS configuration, shared by every connection.
 pub(crate) struct RustlsContext(Arc<rustls::ServerConfig>);
 
 impl RustlsContext {
-    pub(crate) fn from_pem(
-        certificates: Vec<u8>,
-        private_key: Zeroizing<Vec<u8>>,
-    ) -> Result<Self, Box<dyn Error + Send + Sync>> {
-        let certificate_chain: Vec<rustls::Certificate> =
-            rustls_pemfile::certs(&mut certificates.as_slice())?
-                .into_iter()
-                .map(|bytes| rustls::Certificate(bytes))
-                .collect();
-
-        if certificate_chain.is_empty() {
-            return Err("Couldn't extract certificate chain from config.".into());
-        }
-
-        let private_key = rustls::PrivateKey({
-            let pkcs8_keys = rustls_pemfile::pkcs8_private_keys(
-                &mut private_key.clone().as_slice(),
-            )
-            .expect("file contains invalid pkcs8 private key (encrypted keys are not supported)");
-
-            if let Some(pkcs8_key) = pkcs8_keys.first() {
-                pkcs8_key.clone()
-            } else {
-                let rsa_keys = rustls_pemfile::rsa_private_keys(&mut private_key.as_slice())
-                    .expect("file contains invalid rsa private key");
-                rsa_keys[0].clone()
-            }
-        });
-
-        let tls_conf = rustls::ServerConfig::builder()
-            .with_safe_defaults()
-            .with_no_client_auth()
-            .with_single_cert(certificate_chain, private_key)?;
-
-        Ok(Self(Arc::new(tls_conf)))
+    pub(crate) fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(config)
     }
 
     pub(crate) fn accept(
         &self,
         stream: Connection,
     ) -> Result<RustlsStream, Box<dyn Error + Send + Sync + 'static>> {
+        let abort = ConnectionAbort::new(&stream);
         let connection = rustls::ServerConnection::new(self.0.clone())?;
-        Ok(RustlsStream(Arc::new(Mutex::new(
-            rustls::StreamOwned::new(connection, stream),
-        ))))
+        Ok(RustlsStream {
+            inner: Arc::new(Mutex::new(rustls::StreamOwned::new(connection, stream))),
+            abort,
+        })
     }
 }
 

@@ -1,6 +1,9 @@
 //! Commands besides `serve` that manage a registry: over its HTTP admin API when it runs, or
 //! directly on its store when it does not.
 
+pub mod certs;
+pub mod users;
+
 use crate::config::Config;
 use crate::crypto::{Algorithm, MasterKey};
 use crate::settings::Settings;
@@ -8,27 +11,65 @@ use crate::storage::Store;
 use serde_json::{Map, Value};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where a command's work is done: over HTTP by the running registry, or on the store.
 enum Reach {
-    Online(SocketAddr),
+    Online(Endpoint),
     Offline(Box<Store>, std::path::PathBuf),
 }
 
-/// The running registry at `server` (default: the configured listen address), or, if
-/// nothing listens at the default address, the store in the data directory.
+/// How the running registry is reached.
+enum Endpoint {
+    /// Its admin socket: the operator, whatever the access rules say.
+    Socket(PathBuf),
+    /// Its listener, over plain HTTP, as an anonymous client.
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Socket(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// The running registry: through its admin socket in the data directory if it answers
+/// there, else at `server` (default: the configured listen address); if nothing listens at
+/// the default address, the store in the data directory.
 fn reach(config: &Config, server: Option<&str>) -> Result<Reach, String> {
+    reach_or_create(config, server, false)
+}
+
+/// `reach`, creating the store if there is none and nothing runs (`create`): setting up
+/// users before the first start.
+fn reach_or_create(config: &Config, server: Option<&str>, create: bool) -> Result<Reach, String> {
+    if server.is_none() {
+        let socket = config.data_dir.join(crate::server::ADMIN_SOCKET);
+        if UnixStream::connect(&socket).is_ok() {
+            return Ok(Reach::Online(Endpoint::Socket(socket)));
+        }
+    }
     let addr = match server {
         Some(s) => server_addr(s)?,
         None => local_addr(config.listen),
     };
     match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(_) => Ok(Reach::Online(addr)),
+        Ok(_) => Ok(Reach::Online(Endpoint::Tcp(addr))),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused && server.is_none() => {
             let path = config.data_dir.join("outpost.redb");
-            if !path.exists() {
+            if !path.exists() && create {
+                std::fs::create_dir_all(&config.data_dir)
+                    .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+                eprintln!(
+                    "outpost is not running: creating the store {}",
+                    path.display()
+                );
+            } else if !path.exists() {
                 return Err(format!(
                     "outpost is not running at {addr} and there is no store at {} \
                      (give --config, --data-dir or --server)",
@@ -62,17 +103,30 @@ fn stopped_store(config: &Config, what: &str) -> Result<Store, String> {
 
 /// One request to the running registry; the JSON it answered with `ok` status.
 fn call(
-    addr: &SocketAddr,
+    at: &Endpoint,
     method: &str,
     path: &str,
     body: Option<&str>,
     ok: u16,
 ) -> Result<Value, String> {
-    let conn = TcpStream::connect_timeout(addr, Duration::from_secs(5))
-        .map_err(|e| format!("cannot reach outpost at {addr}: {e}"))?;
-    let reply = request(conn, addr, method, path, body)
-        .map_err(|e| format!("talking to outpost at {addr}: {e}"))?;
-    reply_json(reply, addr, ok)
+    let unreachable = |e: std::io::Error| format!("cannot reach outpost at {at}: {e}");
+    let reply = match at {
+        Endpoint::Socket(p) => {
+            let conn = UnixStream::connect(p).map_err(unreachable)?;
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(unreachable)?;
+            request(conn, "localhost", method, path, body)
+        }
+        Endpoint::Tcp(a) => {
+            let conn =
+                TcpStream::connect_timeout(a, Duration::from_secs(5)).map_err(unreachable)?;
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(unreachable)?;
+            request(conn, &a.to_string(), method, path, body)
+        }
+    }
+    .map_err(|e| format!("talking to outpost at {at}: {e}"))?;
+    reply_json(reply, at, ok)
 }
 
 /// `outpost settings [NAME=VALUE ...]`: shows the runtime switches, changing the given ones
@@ -90,12 +144,12 @@ pub fn settings(config: &Config, server: Option<&str>, changes: &[String]) -> Re
         patch.insert(name.to_owned(), value);
     }
     let shown = match reach(config, server)? {
-        Reach::Online(addr) => {
+        Reach::Online(at) => {
             if patch.is_empty() {
-                call(&addr, "GET", "/admin/settings", None, 200)?
+                call(&at, "GET", "/admin/settings", None, 200)?
             } else {
                 let body = Value::Object(patch).to_string();
-                call(&addr, "PATCH", "/admin/settings", Some(&body), 200)?
+                call(&at, "PATCH", "/admin/settings", Some(&body), 200)?
             }
         }
         Reach::Offline(store, path) => {
@@ -133,7 +187,7 @@ pub fn repo_create(
 ) -> Result<(), String> {
     let words = key_words(key.as_ref().map(|k| k.0.as_str()));
     match reach(config, server)? {
-        Reach::Online(addr) => {
+        Reach::Online(at) => {
             let mut body = Map::new();
             if let Some((k, alg)) = &key {
                 body.insert("key".into(), Value::String(k.clone()));
@@ -143,7 +197,7 @@ pub fn repo_create(
             }
             let path = format!("/admin/repositories/{name}");
             call(
-                &addr,
+                &at,
                 "PUT",
                 &path,
                 Some(&Value::Object(body).to_string()),
@@ -166,9 +220,9 @@ pub fn repo_delete(
     erase: bool,
 ) -> Result<(), String> {
     let (key, freed, erased) = match reach(config, server)? {
-        Reach::Online(addr) => {
+        Reach::Online(at) => {
             let path = format!("/admin/repositories/{name}?erase={erase}");
-            let v = call(&addr, "DELETE", &path, None, 200)?;
+            let v = call(&at, "DELETE", &path, None, 200)?;
             (
                 v["key"].as_str().map(str::to_owned),
                 v["blobsFreed"].as_u64().unwrap_or(0),
@@ -224,7 +278,7 @@ pub fn repo_move(
 /// `outpost key list`: names, algorithms and users of the data keys (never key material).
 pub fn key_list(config: &Config, server: Option<&str>) -> Result<(), String> {
     let keys = match reach(config, server)? {
-        Reach::Online(addr) => call(&addr, "GET", "/admin/keys", None, 200)?["keys"].clone(),
+        Reach::Online(at) => call(&at, "GET", "/admin/keys", None, 200)?["keys"].clone(),
         Reach::Offline(store, _) => {
             let keys = store.keys().map_err(|e| e.to_string())?;
             Value::Array(keys.iter().map(crate::http::key_json).collect())
@@ -405,17 +459,16 @@ fn server_addr(s: &str) -> Result<SocketAddr, String> {
 
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
 fn request(
-    mut conn: TcpStream,
-    addr: &SocketAddr,
+    mut conn: impl Read + Write,
+    host: &str,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
     write!(
         conn,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
@@ -435,12 +488,18 @@ fn request(
 }
 
 /// The JSON of an `ok` answer, or the error message the registry sent.
-fn reply_json((status, body): (u16, Vec<u8>), addr: &SocketAddr, ok: u16) -> Result<Value, String> {
+fn reply_json((status, body): (u16, Vec<u8>), at: &Endpoint, ok: u16) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(&body)
-        .map_err(|_| format!("outpost at {addr} answered {status} without JSON"))?;
+        .map_err(|_| format!("outpost at {at} answered {status} without JSON"))?;
     if status == ok {
         return Ok(v);
     }
     let msg = v["errors"][0]["message"].as_str().unwrap_or("no message");
-    Err(format!("outpost at {addr} refused ({status}): {msg}"))
+    let hint = if matches!(status, 401 | 403) {
+        " (with auth on, run this on the registry's host as its user or root: the command then \
+         uses the admin socket in the data directory)"
+    } else {
+        ""
+    };
+    Err(format!("outpost at {at} refused ({status}): {msg}{hint}"))
 }

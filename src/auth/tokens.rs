@@ -1,0 +1,200 @@
+//! Bearer tokens for Docker's token flow: the grant (subject, expiry, scopes) as JSON, signed
+//! with HMAC-SHA256 under a key that lives only in memory (a restart signs clients out; they
+//! fetch a new token on their next 401, as they do when one expires).
+
+use super::Action;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use ring::hmac;
+use serde_json::{json, Value};
+
+/// Longest token accepted, bytes (a grant carries at most `MAX_SCOPES` scopes).
+const MAX_TOKEN_LEN: usize = 16 << 10;
+/// Most scopes one token request may ask for.
+pub const MAX_SCOPES: usize = 32;
+
+/// What a token grants: who it was issued to, until when, and which scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The user; `None` for an anonymous token.
+    pub sub: Option<String>,
+    /// Unix seconds after which the token is refused.
+    pub exp: u64,
+    /// Repositories and the actions granted in each.
+    pub repositories: Vec<(String, Vec<Action>)>,
+}
+
+impl Grant {
+    /// True if the grant covers `action` in `repo`.
+    pub fn covers(&self, repo: &str, action: Action) -> bool {
+        self.repositories
+            .iter()
+            .any(|(r, acts)| r == repo && acts.contains(&action))
+    }
+
+    /// The scopes as Docker writes them: `repository:NAME:pull,push` separated by spaces.
+    pub fn scope_text(&self) -> String {
+        self.repositories
+            .iter()
+            .map(|(r, a)| scope(r, a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `repository:NAME:ACTIONS`.
+pub fn scope(repo: &str, actions: &[Action]) -> String {
+    let words: Vec<&str> = actions.iter().map(|a| a.word()).collect();
+    format!("repository:{repo}:{}", words.join(","))
+}
+
+/// Parses one `repository:NAME:ACTIONS` scope (`*` meaning every action). Other resource
+/// types (`registry:catalog:*`) and unknown actions are skipped: they grant nothing here.
+pub fn parse_scope(s: &str) -> Option<(String, Vec<Action>)> {
+    let rest = s.strip_prefix("repository:")?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    if !crate::registry::names::valid_name(name) {
+        return None;
+    }
+    let mut acts: Vec<Action> = Vec::new();
+    for word in actions.split(',') {
+        let add = match word {
+            "*" => Action::ALL.to_vec(),
+            w => Action::parse(w).into_iter().collect(),
+        };
+        for a in add {
+            if !acts.contains(&a) {
+                acts.push(a);
+            }
+        }
+    }
+    Some((name.to_owned(), acts))
+}
+
+/// Why a token was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a token of ours, or altered.
+    Invalid,
+    /// Past its expiry.
+    Expired,
+}
+
+/// The signing key, random per process.
+pub struct TokenKey(hmac::Key);
+
+impl TokenKey {
+    /// A fresh random key.
+    pub fn generate() -> TokenKey {
+        let raw: [u8; 32] = crate::crypto::random();
+        TokenKey(hmac::Key::new(hmac::HMAC_SHA256, &raw))
+    }
+
+    /// The signed token for `grant`, issued at `now` (unix seconds).
+    pub fn issue(&self, grant: &Grant, now: u64) -> String {
+        let access: Vec<Value> = grant
+            .repositories
+            .iter()
+            .map(|(name, acts)| {
+                json!({"type": "repository", "name": name,
+                       "actions": acts.iter().map(|a| a.word()).collect::<Vec<_>>()})
+            })
+            .collect();
+        let claims = json!({"sub": grant.sub, "iat": now, "exp": grant.exp, "access": access});
+        let body = B64URL.encode(claims.to_string());
+        let tag = hmac::sign(&self.0, body.as_bytes());
+        format!("{body}.{}", B64URL.encode(tag.as_ref()))
+    }
+
+    /// The grant in `token` if it is ours, unaltered (constant-time check) and not expired.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Invalid);
+        }
+        let (body, tag) = token.split_once('.').ok_or(TokenError::Invalid)?;
+        let tag = B64URL.decode(tag).map_err(|_| TokenError::Invalid)?;
+        hmac::verify(&self.0, body.as_bytes(), &tag).map_err(|_| TokenError::Invalid)?;
+        let claims: Value = B64URL
+            .decode(body)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(TokenError::Invalid)?;
+        let exp = claims["exp"].as_u64().ok_or(TokenError::Invalid)?;
+        if now > exp {
+            return Err(TokenError::Expired);
+        }
+        let repositories = claims["access"]
+            .as_array()
+            .ok_or(TokenError::Invalid)?
+            .iter()
+            .filter_map(|a| {
+                let acts = a["actions"].as_array()?;
+                Some((
+                    a["name"].as_str()?.to_owned(),
+                    acts.iter()
+                        .filter_map(|w| w.as_str().and_then(Action::parse))
+                        .collect(),
+                ))
+            })
+            .collect();
+        Ok(Grant {
+            sub: claims["sub"].as_str().map(str::to_owned),
+            exp,
+            repositories,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_verify_expire_tamper() {
+        let key = TokenKey::generate();
+        let grant = Grant {
+            sub: Some("alice".into()),
+            exp: 1000,
+            repositories: vec![("team/app".into(), vec![Action::Pull, Action::Push])],
+        };
+        let t = key.issue(&grant, 900);
+        assert_eq!(key.verify(&t, 1000), Ok(grant.clone()));
+        assert_eq!(key.verify(&t, 1001), Err(TokenError::Expired));
+        assert_eq!(
+            TokenKey::generate().verify(&t, 900),
+            Err(TokenError::Invalid)
+        );
+        let (body, tag) = t.split_once('.').unwrap();
+        let forged = B64URL.encode(
+            String::from_utf8(B64URL.decode(body).unwrap())
+                .unwrap()
+                .replace("alice", "admin"),
+        );
+        assert_eq!(
+            key.verify(&format!("{forged}.{tag}"), 900),
+            Err(TokenError::Invalid)
+        );
+        assert!(
+            grant.covers("team/app", Action::Push) && !grant.covers("team/app", Action::Delete)
+        );
+        assert_eq!(grant.scope_text(), "repository:team/app:pull,push");
+    }
+
+    #[test]
+    fn scopes() {
+        assert_eq!(
+            parse_scope("repository:a/b:pull,push"),
+            Some(("a/b".into(), vec![Action::Pull, Action::Push]))
+        );
+        assert_eq!(
+            parse_scope("repository:a:*").unwrap().1,
+            Action::ALL.to_vec()
+        );
+        assert_eq!(
+            parse_scope("repository:a:pull,bogus").unwrap().1,
+            vec![Action::Pull]
+        );
+        assert_eq!(parse_scope("registry:catalog:*"), None);
+        assert_eq!(parse_scope("repository:A B:pull"), None);
+    }
+}
