@@ -81,18 +81,10 @@ impl Site {
 /// `outpost ARGS --config DIR/outpost.json` with `stdin`.
 fn cli_stdin(dir: &Path, args: &[&str], stdin: &str) -> Output {
     let cfg = dir.join("outpost.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(args)
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A command that fails before reading its stdin closes the pipe: not an error here.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    outpost_stdin(
+        &[args, &["--config", cfg.to_str().unwrap()]].concat(),
+        stdin,
+    )
 }
 
 fn text(o: &Output) -> String {

@@ -491,3 +491,17 @@ pub fn encryption_config(dir: &Path, rules: serde_json::Value) -> PathBuf {
     std::fs::write(&cfg, config.to_string()).unwrap();
     cfg
 }
+
+/// Runs `outpost ARGS` with `stdin` written to it (a command that fails before reading its
+/// stdin closes the pipe: not an error here).
+pub fn outpost_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run outpost");
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().expect("outpost output")
+}
