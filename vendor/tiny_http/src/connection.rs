@@ -104,6 +104,15 @@ impl Connection {
         };
     }
 
+    /// Outpost patch: TCP_NODELAY, so a response written in pieces (headers, then a body)
+    /// is not held back by Nagle's algorithm waiting for the client's delayed ACK (40 ms a
+    /// round trip on Linux: small keep-alive GETs ran at 25 per second per connection).
+    pub(crate) fn set_nodelay(&self) {
+        if let Self::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

@@ -296,6 +296,7 @@ impl Server {
                         if let Some(t) = socket_timeout {
                             sock.set_timeouts(t);
                         }
+                        sock.set_nodelay();
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(feature = "ssl-rustls")]
