@@ -77,6 +77,9 @@ pub struct SelfSigned {
 /// A new ECDSA P-256 key and a certificate for `hosts` (DNS names or IP addresses, the first
 /// also the common name), valid from an hour ago for `days` days.
 pub fn self_signed(hosts: &[String], days: u64, now: u64) -> Result<SelfSigned, String> {
+    let Some(first) = hosts.first() else {
+        return Err("a certificate needs at least one host name".into());
+    };
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
         .map_err(|_| "cannot generate a key".to_owned())?;
@@ -85,7 +88,7 @@ pub fn self_signed(hosts: &[String], days: u64, now: u64) -> Result<SelfSigned, 
     let ecdsa_sha256 = seq(&[oid(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02])]);
     let name = seq(&[set(&[seq(&[
         oid(&[0x55, 0x04, 0x03]),
-        tlv(0x0c, format!("outpost {}", hosts[0]).as_bytes()),
+        tlv(0x0c, format!("outpost {first}").as_bytes()),
     ])])]);
     let mut serial: [u8; 16] = crate::crypto::random();
     serial[0] = (serial[0] & 0x7f) | 0x01; // positive, and no leading zero byte

@@ -16,13 +16,14 @@ pub use blobs::{BlobInfo, MountFrom, MountRefused};
 pub use domains::KeyInfo;
 pub use manifests::NewManifest;
 
+use crate::clock::unix_now as now;
 use handle::{Handle, Tx};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use schema::*;
 use std::fmt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The registry's persistent state: one redb file.
 pub struct Store {
@@ -157,13 +158,6 @@ from_redb!(
     redb::DatabaseError,
     redb::SetDurabilityError
 );
-
-/// Unix seconds now (0 if the clock is before 1970).
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl Store {
     /// Opens (creating if absent) the store at `path` with `cache_size` bytes of page cache,
