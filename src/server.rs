@@ -251,24 +251,32 @@ fn admin_socket(path: &std::path::Path, timeout: Duration) -> Option<tiny_http::
 
 /// Warns when the registry is reachable beyond this host without the protection it needs.
 fn warn_if_exposed(config: &Config) {
+    if let Some(w) = exposure(config) {
+        log::warn!("{w}");
+    }
+}
+
+/// What is unprotected when the registry listens beyond loopback, if anything.
+fn exposure(config: &Config) -> Option<String> {
     if config.listen.ip().is_loopback() {
-        return;
+        return None;
     }
     if config.auth.is_none() {
-        log::warn!(
+        return Some(format!(
             "!!! listening on {} WITHOUT AUTHENTICATION: anyone who can reach this address may \
              pull, push and delete every image and use the admin API. Add \"access\" rules \
              (see README: Access control and TLS) or listen on 127.0.0.1 only. !!!",
             config.listen
-        );
-    } else if config.tls.is_none() {
-        log::warn!(
+        ));
+    }
+    config.tls.is_none().then(|| {
+        format!(
             "listening on {} with auth but without TLS: passwords and tokens cross the network \
              in clear text. Configure tls.certFile/tls.keyFile (outpost tls self-signed writes \
              a pair).",
             config.listen
-        );
-    }
+        )
+    })
 }
 
 fn worker(server: &tiny_http::Server, app: &App, origin: http::Origin) {
@@ -286,5 +294,30 @@ fn worker(server: &tiny_http::Server, app: &App, origin: http::Origin) {
             Err(e) if !app.stopping.load(Ordering::SeqCst) => log::warn!("accept: {e}"),
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    #[test]
+    fn listening_beyond_loopback_without_auth_or_tls_is_called_out() {
+        let config = |json: &str| {
+            serde_json::from_str::<Overrides>(json)
+                .unwrap()
+                .resolve()
+                .unwrap()
+        };
+        assert_eq!(exposure(&config("{}")), None);
+        assert_eq!(exposure(&config(r#"{"listen": "[::1]:5000"}"#)), None);
+        let open = exposure(&config(r#"{"listen": "0.0.0.0:5000"}"#)).unwrap();
+        assert!(open.contains("WITHOUT AUTHENTICATION"), "{open}");
+        let clear = exposure(&config(r#"{"listen": "10.0.0.5:5000", "access": []}"#)).unwrap();
+        assert!(clear.contains("without TLS"), "{clear}");
+        let tls = r#"{"listen": "10.0.0.5:5000", "access": [],
+                      "tls": {"certFile": "c", "keyFile": "k"}}"#;
+        assert_eq!(exposure(&config(tls)), None);
     }
 }
