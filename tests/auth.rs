@@ -87,14 +87,6 @@ fn cli_stdin(dir: &Path, args: &[&str], stdin: &str) -> Output {
     )
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Pushes a small image as `c` into `repo:v1`; returns (config digest, manifest digest).
 fn seed(c: &Client, repo: &str, n: u64) -> (String, String) {
     let manifest = push_image(c, repo, n, 1);

@@ -99,14 +99,6 @@ fn outpost(args: &[&str]) -> Output {
         .expect("run outpost")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// `outpost serve ARGS` must exit non-zero within 20 s; returns its stderr.
 fn refuses(args: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))

@@ -46,13 +46,13 @@ pub enum Caller {
 }
 
 /// What a route needs of its caller.
-enum Need {
+enum Need<'r> {
     /// Nothing (the token endpoint authenticates for itself).
     Nothing,
     /// Any credentials, even an anonymous token: `GET /v2/`, as `docker login` checks.
     SignedIn,
     /// An action in a repository.
-    Repo(String, Action),
+    Repo(&'r str, Action),
     /// The catalog, filtered to what the caller may pull.
     Catalog,
     /// The admin API.
@@ -111,7 +111,7 @@ impl Gate {
 
     /// Who sent `req`: 401 for credentials that do not verify, 429 for an address that
     /// failed too often.
-    fn identify(&self, store: &Store, req: &Request, need: &Need) -> Result<Caller> {
+    fn identify(&self, store: &Store, req: &Request, need: &Need<'_>) -> Result<Caller> {
         let Some(value) = header(req, "Authorization") else {
             return Ok(Caller::Anonymous);
         };
@@ -268,7 +268,7 @@ impl Gate {
 
     /// Ok if `caller` may make a request that needs `need`; else 401 with a challenge (no or
     /// too narrow credentials: sign in, or fetch a token with this scope) or 403 `DENIED`.
-    fn authorize(&self, req: &Request, caller: &Caller, need: &Need) -> Result<()> {
+    fn authorize(&self, req: &Request, caller: &Caller, need: &Need<'_>) -> Result<()> {
         let sub = match caller {
             Caller::Open | Caller::Operator => return Ok(()),
             Caller::Anonymous => None,
@@ -283,7 +283,7 @@ impl Gate {
                 Err(self.challenge(req, need, None, "authentication required"))
             }
             Need::Admin if self.config.access.is_admin(sub) => Ok(()),
-            Need::Admin if signed_in && sub.is_some() => Err(denied("the admin API is for admins")),
+            Need::Admin if sub.is_some() => Err(denied("the admin API is for admins")),
             Need::Admin => Err(self.challenge(req, need, None, "authentication required")),
             Need::Repo(repo, action) if self.may(caller, repo, *action) => Ok(()),
             Need::Repo(repo, action) => {
@@ -310,7 +310,13 @@ impl Gate {
     }
 
     /// 401 `UNAUTHORIZED` with Docker's challenge: where to get a token, and for which scope.
-    fn challenge(&self, req: &Request, need: &Need, error: Option<&str>, why: &str) -> ApiError {
+    fn challenge(
+        &self,
+        req: &Request,
+        need: &Need<'_>,
+        error: Option<&str>,
+        why: &str,
+    ) -> ApiError {
         let mut value = format!(
             "Bearer realm=\"{}\",service=\"{}\"",
             self.realm(req),
@@ -384,12 +390,7 @@ impl Gate {
                 }
                 Err(Refused::Limited(wait)) => return Err(limited(wait)),
             }
-            let scopes = form
-                .all("scope")
-                .flat_map(|s| s.split(' '))
-                .map(str::to_owned)
-                .collect();
-            (Some(user.to_owned()), scopes)
+            (Some(user.to_owned()), scopes(form.all("scope")))
         } else {
             let user = match self.identify(store, req, &Need::Nothing)? {
                 Caller::User(u) => Some(u),
@@ -402,12 +403,7 @@ impl Gate {
                     ))
                 }
             };
-            let scopes = query
-                .all("scope")
-                .flat_map(|s| s.split(' '))
-                .map(str::to_owned)
-                .collect();
-            (user, scopes)
+            (user, scopes(query.all("scope")))
         };
         if scopes.len() > tokens::MAX_SCOPES {
             return Err(ApiError::new(
@@ -453,72 +449,70 @@ enum Refused {
     Limited(Duration),
 }
 
-/// What the gate decided for one request, for the handlers that need it.
-pub struct Decision {
-    /// Who is asking.
-    pub caller: Caller,
-    /// A reply the gate gives itself (the token endpoint).
-    pub reply: Option<Reply>,
-}
-
-/// Identifies and authorises `req` for `route`: the caller, or the answer to send instead.
+/// Identifies and authorises `req` for `route`: who is asking, or the error to answer.
+/// Routes that need nothing (the token endpoint) authenticate for themselves.
 pub fn check(
     gate: Option<&Gate>,
     store: &Store,
-    req: &mut Request,
+    req: &Request,
     route: &Route,
-    query: &Query,
     origin: Origin,
-) -> Result<Decision> {
-    if origin == Origin::AdminSocket {
-        return Ok(Decision {
-            caller: Caller::Operator,
-            reply: None,
-        });
-    }
-    let Some(gate) = gate else {
-        if *route == Route::Token {
-            return Err(ApiError::new(
-                404,
-                Code::Unsupported,
-                "auth is off: this registry issues no tokens",
-            ));
-        }
-        return Ok(Decision {
-            caller: Caller::Open,
-            reply: None,
-        });
+) -> Result<Caller> {
+    let gate = match (origin, gate) {
+        (Origin::AdminSocket, _) => return Ok(Caller::Operator),
+        (_, None) => return Ok(Caller::Open),
+        (_, Some(g)) => g,
     };
-    if *route == Route::Token {
-        return Ok(Decision {
-            caller: Caller::Anonymous,
-            reply: Some(gate.token(store, req, query)?),
-        });
-    }
     let need = need(route, req.method());
+    if let Need::Nothing = need {
+        return Ok(Caller::Anonymous);
+    }
     let caller = gate.identify(store, req, &need)?;
     gate.authorize(req, &caller, &need)?;
-    Ok(Decision {
-        caller,
-        reply: None,
-    })
+    Ok(caller)
 }
 
-impl Decision {
-    /// True if the caller may pull `repo` (for mounts: pull on `from`).
+/// `GET`/`POST /token`: 404 when auth is off (no challenge ever points here then).
+pub fn token(
+    gate: Option<&Gate>,
+    store: &Store,
+    req: &mut Request,
+    query: &Query,
+) -> Result<Reply> {
+    match gate {
+        Some(g) => g.token(store, req, query),
+        None => Err(ApiError::new(
+            404,
+            Code::Unsupported,
+            "auth is off: this registry issues no tokens",
+        )),
+    }
+}
+
+impl Caller {
+    /// True if the caller may pull `repo` (for mounts: pull on `from`). Without a gate the
+    /// caller is open or the operator: yes.
     pub fn may_pull(&self, gate: Option<&Gate>, repo: &str) -> bool {
-        gate.is_none_or(|g| g.may(&self.caller, repo, Action::Pull))
+        gate.is_none_or(|g| g.may(self, repo, Action::Pull))
     }
 
     /// True if the caller may see `repo` in the catalog.
     pub fn may_list(&self, gate: Option<&Gate>, repo: &str) -> bool {
-        gate.is_none_or(|g| g.may_list(&self.caller, repo))
+        gate.is_none_or(|g| g.may_list(self, repo))
     }
 }
 
+/// Every scope asked for: repeated parameters, each possibly several separated by spaces.
+fn scopes<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    values
+        .flat_map(|s| s.split(' '))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// What `route` needs: pull to read, push to write, delete to delete.
-fn need(route: &Route, method: &Method) -> Need {
-    let repo = |name: &String, action| Need::Repo(name.clone(), action);
+fn need<'r>(route: &'r Route, method: &Method) -> Need<'r> {
+    let repo = |name: &'r String, action| Need::Repo(name.as_str(), action);
     match route {
         Route::Base => Need::SignedIn,
         Route::Token => Need::Nothing,

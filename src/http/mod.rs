@@ -158,14 +158,12 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
     let query = Query::parse(&url)?;
     let method = req.method().clone();
     let gate = app.gate.as_ref();
-    let decision = auth::check(gate, &app.store, req, &route, &query, origin)?;
-    if let Some(reply) = decision.reply {
-        return Ok(reply);
-    }
+    let caller = auth::check(gate, &app.store, req, &route, origin)?;
     use Method::*;
     match (route, &method) {
+        (Route::Token, Get | Post) => auth::token(gate, &app.store, req, &query),
         (Route::Base, Get | Head) => Ok(Reply::bytes(200, "application/json", b"{}".to_vec())),
-        (Route::Catalog, Get) => tags::catalog(app, &query, &|r| decision.may_list(gate, r)),
+        (Route::Catalog, Get) => tags::catalog(app, &query, &|r| caller.may_list(gate, r)),
         (Route::Tags(name), Get) => tags::list(app, &name, &query),
         (Route::Manifest(name, r), Get | Head) => manifests::get(app, &name, &r),
         (Route::Manifest(name, r), Put) => manifests::put(app, req, &name, &r, &query),
@@ -173,7 +171,7 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
         (Route::Blob(name, d), Get | Head) => blobs::get(app, req, &name, &d),
         (Route::Blob(name, d), Delete) => blobs::delete(app, &name, &d),
         (Route::Uploads(name), Post) => {
-            uploads::start(app, req, &name, &query, &|r| decision.may_pull(gate, r))
+            uploads::start(app, req, &name, &query, &|r| caller.may_pull(gate, r))
         }
         (Route::Upload(name, id), Get) => uploads::status(app, &name, &id),
         (Route::Upload(name, id), Patch) => uploads::patch(app, req, &name, &id),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 /// Uses an internal Mutex to permit disparate reader & writer threads to access the stream
 /// independently. Outpost patch: rustls 0.23, and a handle on the socket (a `dup`) that can
 /// shut the connection down without taking the lock a blocked read may hold.
+#[derive(Clone)]
 pub(crate) struct RustlsStream {
     inner: Arc<Mutex<rustls::StreamOwned<rustls::ServerConnection, Connection>>>,
     abort: Option<ConnectionAbort>,
@@ -32,15 +33,6 @@ impl RustlsStream {
 
     pub(crate) fn abort_handle(&self) -> Option<ConnectionAbort> {
         self.abort.clone()
-    }
-}
-
-impl Clone for RustlsStream {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            abort: self.abort.clone(),
-        }
     }
 }
 
