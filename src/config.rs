@@ -561,7 +561,7 @@ impl Overrides {
         within(
             c.cache_size,
             64 << 10,
-            1 << 40,
+            usize::MAX,
             "cacheSize",
             "at least 64KiB",
         )?;

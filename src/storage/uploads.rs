@@ -241,7 +241,9 @@ impl Store {
         let mut buf = Vec::with_capacity(step + crate::crypto::SEAL_OVERHEAD);
         let mut at = 0;
         while at < len {
-            self.read_blob(src, at, step.min((len - at) as usize), &mut buf)?;
+            // (not `as usize`: on 32-bit ARM the rest of a >4 GiB blob would wrap)
+            let want = usize::try_from(len - at).map_or(step, |rest| step.min(rest));
+            self.read_blob(src, at, want, &mut buf)?;
             if buf.is_empty() {
                 return Err(StoreError::BlobUnknown);
             }
