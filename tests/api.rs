@@ -760,14 +760,13 @@ fn hostile_requests_do_not_hurt_the_server() {
 
 #[test]
 fn cli_reports_bad_flags_and_config() {
-    let bin = env!("CARGO_BIN_EXE_outpost");
-    let out = std::process::Command::new(bin)
+    let out = common::outpost()
         .args(["serve", "--wrokers", "3"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--wrokers"));
-    let out = std::process::Command::new(bin)
+    let out = common::outpost()
         .args(["serve", "--chunk-size", "12 parsecs"])
         .output()
         .unwrap();
@@ -776,7 +775,7 @@ fn cli_reports_bad_flags_and_config() {
     let dir = TempDir::new("cfg");
     let cfg = dir.path().join("c.json");
     std::fs::write(&cfg, r#"{"listen": "127.0.0.1:0", "wrokers": 2}"#).unwrap();
-    let out = std::process::Command::new(bin)
+    let out = common::outpost()
         .args(["serve", "--config"])
         .arg(&cfg)
         .output()
@@ -800,10 +799,7 @@ fn cli_reports_bad_flags_and_config() {
     let (_, r) = reg.client().push_blob("cfg", &bytes(1, 200_000));
     assert_eq!(r.status, 201);
     assert!(data.join("outpost.redb").exists());
-    let out = std::process::Command::new(bin)
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = common::outpost().arg("--help").output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--data-dir"));
 }
 

@@ -8,7 +8,7 @@ use common::*;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 const PASSWORDS: [(&str, &str); 4] = [
@@ -539,12 +539,22 @@ fn failed_logins_are_limited_per_address_and_cached_logins_go_on() {
     let alice = site.user("alice");
     assert_eq!(alice.get("/v2/").status, 200); // verified now, cached
     let wrong = site.reg.client().as_user("bob", "guess-number-x");
+    // 10 failures at once, then one more per 6 s: where hashing is slow (a Pi, or qemu in
+    // cross/test.sh) the limit also forgives during the burst itself.
+    let started = std::time::Instant::now();
     let mut statuses = Vec::new();
-    for _ in 0..12 {
+    while statuses.last() != Some(&429) && statuses.len() < 60 {
         statuses.push(wrong.get("/v2/").status);
     }
-    assert_eq!(&statuses[..10], &[401; 10], "{statuses:?}");
-    assert_eq!(&statuses[10..], &[429, 429], "{statuses:?}");
+    let forgiven = started.elapsed().as_secs() / 6;
+    let refused = statuses.len() as u64 - 1;
+    assert!(
+        (10..=11 + forgiven).contains(&refused),
+        "{statuses:?} in {:?}",
+        started.elapsed()
+    );
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 401));
+    assert_eq!(wrong.get("/v2/").status, 429, "{statuses:?}");
     let r = wrong.get("/v2/");
     assert_eq!(r.code(), "TOOMANYREQUESTS");
     let wait: u64 = r.header("Retry-After").unwrap().parse().unwrap();
@@ -642,7 +652,7 @@ fn configuration_mistakes_are_refused_at_start_with_what_to_fix() {
     let start = |config: serde_json::Value| -> String {
         let cfg = dir.path().join("bad.json");
         std::fs::write(&cfg, config.to_string()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        let mut child = common::outpost()
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&cfg)
             .arg("--data-dir")
@@ -662,10 +672,7 @@ fn configuration_mistakes_are_refused_at_start_with_what_to_fix() {
         for h in hosts {
             args.extend(["--host", h]);
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = common::outpost().args(&args).output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
         (out_dir.join("outpost.crt"), out_dir.join("outpost.key"))
     };
@@ -697,7 +704,7 @@ fn configuration_mistakes_are_refused_at_start_with_what_to_fix() {
     let e = start(json!({"auth": {"tokenTtl": "5s"}}));
     assert!(e.contains("auth.tokenTtl"), "{e}");
     // The self-signed command refuses to overwrite, and to name nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    let out = common::outpost()
         .args(["tls", "self-signed", "--host", "x", "--out"])
         .arg(dir.path().join("a"))
         .output()
@@ -707,7 +714,7 @@ fn configuration_mistakes_are_refused_at_start_with_what_to_fix() {
         "{}",
         text(&out)
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    let out = common::outpost()
         .args(["tls", "self-signed"])
         .output()
         .unwrap();

@@ -8,7 +8,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 const CHUNKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("chunks");
@@ -92,7 +92,7 @@ impl Site {
 }
 
 fn outpost(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outpost"))
+    common::outpost()
         .args(args)
         .env("RUST_LOG", "info")
         .output()
@@ -101,7 +101,7 @@ fn outpost(args: &[&str]) -> Output {
 
 /// `outpost serve ARGS` must exit non-zero within 20 s; returns its stderr.
 fn refuses(args: &[&str]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    let mut child = common::outpost()
         .arg("serve")
         .args(args)
         .stderr(std::process::Stdio::piped())
@@ -543,7 +543,7 @@ fn master_key_problems_refuse_to_start() {
         std::fs::Permissions::from_mode(0o400),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    let mut child = common::outpost()
         .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
         .env("CREDENTIALS_DIRECTORY", &creds)
         .stderr(std::process::Stdio::piped())
@@ -871,7 +871,7 @@ fn a_move_killed_midway_leaves_the_repository_whole() {
     let config = site.config();
     let mut done = false;
     for delay_ms in [30, 120, 400] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        let mut child = common::outpost()
             .args(["repo", "move", "plain/app", "--key", "plant-a", "--config"])
             .arg(&config)
             .stdout(std::process::Stdio::null())

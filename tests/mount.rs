@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 
 fn mount(c: &Client, target: &str, digest: &str, from: Option<&str>) -> Resp {
     let q = match from {
@@ -307,10 +306,7 @@ fn idle_port() -> u16 {
 }
 
 fn outpost(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = common::outpost().args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -49,6 +49,26 @@ impl Drop for TempDir {
     }
 }
 
+/// A command running the `outpost` binary under test: `$OUTPOST_BIN` if set (e.g. a cross
+/// build), else the one cargo built, started through `$OUTPOST_RUNNER` if set (e.g.
+/// `qemu-arm -L /usr/arm-linux-gnueabihf`: an emulated process cannot exec a foreign binary
+/// itself, there is no binfmt_misc).
+pub fn outpost() -> Command {
+    let bin = std::env::var_os("OUTPOST_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_outpost").into());
+    let runner = std::env::var("OUTPOST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
 /// A running registry process.
 pub struct Registry {
     pub child: Child,
@@ -65,7 +85,7 @@ impl Registry {
     }
 
     pub fn start_with(data: &Path, extra: &[&str]) -> Registry {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        let mut child = outpost()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)
@@ -480,7 +500,7 @@ pub fn push_image(c: &Client, repo: &str, seed: u64, n: usize) -> Vec<u8> {
 /// returns the config's path (for `--config`).
 pub fn encryption_config(dir: &Path, rules: serde_json::Value) -> PathBuf {
     let key = dir.join("master.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    let out = outpost()
         .args(["key", "generate"])
         .arg(&key)
         .output()
@@ -495,7 +515,7 @@ pub fn encryption_config(dir: &Path, rules: serde_json::Value) -> PathBuf {
 /// Runs `outpost ARGS` with `stdin` written to it (a command that fails before reading its
 /// stdin closes the pipe: not an error here).
 pub fn outpost_stdin(args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    let mut child = outpost()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

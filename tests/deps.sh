@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what the integration tests run beside outpost, from Debian, if missing:
+# skopeo (pushes and pulls), curl (checks the TLS certificate with OpenSSL).
+set -euo pipefail
+missing=()
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+if ((${#missing[@]})); then
+  echo "tests/deps.sh: installing ${missing[*]}" >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
