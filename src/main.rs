@@ -11,6 +11,7 @@ mod registry;
 mod server;
 mod settings;
 mod storage;
+mod systemd;
 mod tls;
 
 use config::{parse_size, Overrides, Size, Toggle};
@@ -400,7 +401,18 @@ fn limit_malloc_arenas() {}
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let journal = systemd::stderr_is_journal();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if journal {
+        // The journal adds its own timestamps; "<N>" gives each line its priority.
+        logger.format(|f, r| {
+            use std::io::Write;
+            let priority = systemd::journal_priority(r.level());
+            writeln!(f, "<{priority}>{}: {}", r.target(), r.args())
+        });
+    }
+    logger.init();
     let command = match parse_args() {
         Ok(c) => c,
         Err(e) => {
@@ -457,7 +469,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("outpost: {e}");
+            let priority = if journal { "<3>" } else { "" };
+            eprintln!("{priority}outpost: {e}");
             ExitCode::from(1)
         }
     }

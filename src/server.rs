@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::http::{self, App};
 use crate::storage::{Store, StoreError, StoreOptions};
+use crate::systemd;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 /// Runs the registry until SIGTERM/SIGINT; returns once the database is closed.
 pub fn run(config: Config) -> Result<(), String> {
+    // First, while this is the only thread: the socket systemd may have passed.
+    let activated = systemd::activated_listener()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         format!(
             "cannot create data directory {}: {e}",
@@ -31,11 +34,20 @@ pub fn run(config: Config) -> Result<(), String> {
         .as_ref()
         .map(crate::tls::server_config)
         .transpose()?;
-    warn_if_exposed(&config);
     let socket_path = config.data_dir.join(ADMIN_SOCKET);
-    let app = App::new(store, config, stopping.clone())?;
-    let listener = std::net::TcpListener::bind(listen)
+    let listener = match activated {
+        Some(l) => {
+            log::info!("using the listening socket passed by systemd (listen setting ignored)");
+            l
+        }
+        None => std::net::TcpListener::bind(listen)
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?,
+    };
+    let local = listener
+        .local_addr()
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    warn_if_exposed(&config, local);
+    let app = App::new(store, config, stopping.clone())?;
     let server = match tls {
         Some(tls) => tiny_http::Server::from_listener_tls(listener, tls, Some(io_timeout)),
         None => tiny_http::Server::from_listener_with_timeout(listener, None, Some(io_timeout)),
@@ -45,17 +57,13 @@ pub fn run(config: Config) -> Result<(), String> {
     let admin = admin_socket(&socket_path, io_timeout).map(Arc::new);
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let scheme = if app.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     log::info!(
-        "listening on {} ({}, store {}, {} workers{})",
-        server
-            .server_addr()
-            .to_ip()
-            .map_or_else(|| "?".to_owned(), |a| a.to_string()),
-        if app.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
+        "listening on {local} ({scheme}, store {}, {} workers{})",
         db_path.display(),
         workers,
         if app.config.auth.is_some() {
@@ -98,6 +106,7 @@ pub fn run(config: Config) -> Result<(), String> {
                         std::process::exit(1);
                     }
                     log::info!("signal {sig}: finishing in-flight requests, then stopping");
+                    systemd::notify("STOPPING=1\nSTATUS=stopping");
                     stopping.store(true, Ordering::SeqCst);
                     for _ in 0..workers {
                         server.unblock();
@@ -109,6 +118,12 @@ pub fn run(config: Config) -> Result<(), String> {
             })
             .map_err(|e| format!("cannot start signal thread: {e}"))?;
     }
+
+    // The socket accepts (it was bound and listens before the workers started): tell systemd.
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=serving {scheme} on {local}\nMAINPID={}",
+        std::process::id()
+    ));
 
     let (janitor_stop, janitor_wait) = mpsc::channel::<()>();
     let janitor = {
@@ -250,15 +265,15 @@ fn admin_socket(path: &std::path::Path, timeout: Duration) -> Option<tiny_http::
 }
 
 /// Warns when the registry is reachable beyond this host without the protection it needs.
-fn warn_if_exposed(config: &Config) {
-    if let Some(w) = exposure(config) {
+fn warn_if_exposed(config: &Config, listening: std::net::SocketAddr) {
+    if let Some(w) = exposure(config, listening) {
         log::warn!("{w}");
     }
 }
 
-/// What is unprotected when the registry listens beyond loopback, if anything.
-fn exposure(config: &Config) -> Option<String> {
-    if config.listen.ip().is_loopback() {
+/// What is unprotected when the registry listens on `listening` beyond loopback, if anything.
+fn exposure(config: &Config, listening: std::net::SocketAddr) -> Option<String> {
+    if listening.ip().is_loopback() {
         return None;
     }
     if config.auth.is_none() {
@@ -266,7 +281,7 @@ fn exposure(config: &Config) -> Option<String> {
             "!!! listening on {} WITHOUT AUTHENTICATION: anyone who can reach this address may \
              pull, push and delete every image and use the admin API. Add \"access\" rules \
              (see README: Access control and TLS) or listen on 127.0.0.1 only. !!!",
-            config.listen
+            listening
         ));
     }
     config.tls.is_none().then(|| {
@@ -274,7 +289,7 @@ fn exposure(config: &Config) -> Option<String> {
             "listening on {} with auth but without TLS: passwords and tokens cross the network \
              in clear text. Configure tls.certFile/tls.keyFile (outpost tls self-signed writes \
              a pair).",
-            config.listen
+            listening
         )
     })
 }
@@ -304,20 +319,28 @@ mod tests {
 
     #[test]
     fn listening_beyond_loopback_without_auth_or_tls_is_called_out() {
-        let config = |json: &str| {
-            serde_json::from_str::<Overrides>(json)
+        let check = |json: &str| {
+            let c = serde_json::from_str::<Overrides>(json)
                 .unwrap()
                 .resolve()
-                .unwrap()
+                .unwrap();
+            exposure(&c, c.listen)
         };
-        assert_eq!(exposure(&config("{}")), None);
-        assert_eq!(exposure(&config(r#"{"listen": "[::1]:5000"}"#)), None);
-        let open = exposure(&config(r#"{"listen": "0.0.0.0:5000"}"#)).unwrap();
+        assert_eq!(check("{}"), None);
+        assert_eq!(check(r#"{"listen": "[::1]:5000"}"#), None);
+        let open = check(r#"{"listen": "0.0.0.0:5000"}"#).unwrap();
         assert!(open.contains("WITHOUT AUTHENTICATION"), "{open}");
-        let clear = exposure(&config(r#"{"listen": "10.0.0.5:5000", "access": []}"#)).unwrap();
+        let clear = check(r#"{"listen": "10.0.0.5:5000", "access": []}"#).unwrap();
         assert!(clear.contains("without TLS"), "{clear}");
         let tls = r#"{"listen": "10.0.0.5:5000", "access": [],
                       "tls": {"certFile": "c", "keyFile": "k"}}"#;
-        assert_eq!(exposure(&config(tls)), None);
+        assert_eq!(check(tls), None);
+        // A socket passed by systemd counts, whatever the listen setting says.
+        let quiet = serde_json::from_str::<Overrides>("{}")
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let passed = exposure(&quiet, "0.0.0.0:5000".parse().unwrap()).unwrap();
+        assert!(passed.contains("WITHOUT AUTHENTICATION"), "{passed}");
     }
 }

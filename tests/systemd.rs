@@ -1,0 +1,339 @@
+//! systemd integration through the real binary: `Type=notify` readiness and stop messages on
+//! `$NOTIFY_SOCKET`, socket activation (`LISTEN_FDS`), journal priorities.
+
+mod common;
+
+use common::{outpost, wait_timeout, Client, TempDir};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A notification socket like systemd's: a datagram socket the service writes to.
+struct Manager {
+    sock: UnixDatagram,
+    path: String,
+}
+
+impl Manager {
+    fn bind(dir: &TempDir) -> Manager {
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        Manager {
+            sock,
+            path: path.to_str().unwrap().to_owned(),
+        }
+    }
+
+    fn abstract_namespace() -> Manager {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("outpost-test-notify-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        Manager {
+            sock: UnixDatagram::bind_addr(&addr).unwrap(),
+            path: format!("@{name}"),
+        }
+    }
+
+    /// The next message, or None after `limit`.
+    fn recv(&self, limit: Duration) -> Option<String> {
+        self.sock.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 4096];
+        match self.sock.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8(buf[..n].to_vec()).unwrap()),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A started process, killed if a failing test leaves it running.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn spawn(c: &mut Command) -> Proc {
+        Proc(Some(c.spawn().unwrap()))
+    }
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+    fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+    /// Waits for the exit; its status and stderr.
+    fn exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = wait_timeout(self.child(), Duration::from_secs(60)).expect("did not exit");
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        (status, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn serve(data: &TempDir, listen: &str) -> Command {
+    let mut c = outpost();
+    c.args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn field<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Reads READY=1 and checks that the port it names accepts at that very moment; returns the
+/// address.
+fn expect_ready(manager: &Manager, child: &Proc) -> SocketAddr {
+    let ready = manager
+        .recv(Duration::from_secs(60))
+        .expect("no READY=1 within 60 s");
+    // Connect before anything else: READY=1 must mean the port accepts now.
+    let status = field(&ready, "STATUS").unwrap_or_else(|| panic!("no STATUS in {ready:?}"));
+    let addr: SocketAddr = status.rsplit(' ').next().unwrap().parse().unwrap();
+    let accepted = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    assert!(accepted.is_ok(), "READY=1 came before {addr} accepted");
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready:?}");
+    assert_eq!(
+        field(&ready, "MAINPID"),
+        Some(child.id().to_string().as_str()),
+        "{ready:?}"
+    );
+    assert!(status.starts_with("serving http on "), "{ready:?}");
+    addr
+}
+
+fn expect_stopping(manager: &Manager, child: Proc) -> String {
+    common::signal(child.id(), "TERM");
+    let stopping = manager
+        .recv(Duration::from_secs(30))
+        .expect("no message after SIGTERM");
+    assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping:?}");
+    let (status, log) = child.exit();
+    assert!(status.success(), "{status:?}");
+    log
+}
+
+#[test]
+fn ready_only_once_the_port_accepts_and_stopping_on_sigterm() {
+    let data = TempDir::new("notify");
+    let manager = Manager::bind(&data);
+    // A fixed port chosen now, so that a prober can knock before the registry is up.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child =
+        Proc::spawn(serve(&data, &format!("127.0.0.1:{port}")).env("NOTIFY_SOCKET", &manager.path));
+    let addr = expect_ready(&manager, &child);
+    assert_eq!(addr.port(), port);
+    let c = Client { addr, auth: None };
+    assert_eq!(c.get("/v2/").status, 200);
+    // Nothing else is sent while serving.
+    assert_eq!(manager.recv(Duration::from_millis(300)), None);
+    let log = expect_stopping(&manager, child);
+    assert!(log.contains("stopped"), "{log}");
+
+    // The abstract namespace ("@name"), as systemd also hands out.
+    let manager = Manager::abstract_namespace();
+    let child = Proc::spawn(serve(&data, "127.0.0.1:0").env("NOTIFY_SOCKET", &manager.path));
+    let addr = expect_ready(&manager, &child);
+    assert_eq!(Client { addr, auth: None }.get("/v2/").status, 200);
+    expect_stopping(&manager, child);
+}
+
+#[test]
+fn no_ready_when_the_registry_cannot_start() {
+    let data = TempDir::new("notify-fail");
+    let manager = Manager::bind(&data);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let child = Proc::spawn(serve(&data, &addr).env("NOTIFY_SOCKET", &manager.path));
+    let (status, log) = child.exit();
+    assert_eq!(status.code(), Some(1));
+    assert!(log.contains(&format!("cannot listen on {addr}")), "{log}");
+    assert_eq!(manager.recv(Duration::from_millis(200)), None);
+}
+
+/// Starts `outpost serve` with `listener` as fd 3 and LISTEN_FDS=`fds`, LISTEN_PID its own pid
+/// (set by a shell that then execs it, as systemd sets it in the forked service).
+fn activated(data: &TempDir, listener: &TcpListener, fds: &str, pid: Option<&str>) -> Command {
+    let fd = listener.as_raw_fd();
+    let inner = serve(data, "127.0.0.1:0");
+    let program = inner.get_program().to_owned();
+    let args: Vec<_> = inner.get_args().map(|a| a.to_owned()).collect();
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("LISTEN_PID={} exec \"$@\"", pid.unwrap_or("$$")))
+        .arg("sh")
+        .arg(program)
+        .args(args)
+        .env("LISTEN_FDS", fds)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 and fcntl are async-signal-safe; nothing else runs in the forked child.
+    unsafe {
+        c.pre_exec(move || {
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+#[test]
+fn socket_activation_serves_on_the_passed_socket() {
+    let data = TempDir::new("activation");
+    let manager = Manager::bind(&data);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let child =
+        Proc::spawn(activated(&data, &listener, "1", None).env("NOTIFY_SOCKET", &manager.path));
+    // Connections made before the registry runs wait in the socket's backlog.
+    let early = std::thread::spawn(move || Client { addr, auth: None }.get("/v2/").status);
+    assert_eq!(expect_ready(&manager, &child), addr);
+    assert_eq!(early.join().unwrap(), 200);
+    let (digest, put) = Client { addr, auth: None }.push_blob("fleet/app", b"passed socket");
+    assert_eq!(put.status, 201);
+    let got = Client { addr, auth: None }.get(&format!("/v2/fleet/app/blobs/{digest}"));
+    assert_eq!(got.body, b"passed socket");
+    let log = expect_stopping(&manager, child);
+    assert!(log.contains("socket passed by systemd"), "{log}");
+    assert!(log.contains(&format!("listening on {addr}")), "{log}");
+
+    // Meant for another process (LISTEN_PID differs): ignored, --listen applies.
+    let child = Proc::spawn(
+        activated(&data, &listener, "1", Some("1")).env("NOTIFY_SOCKET", &manager.path),
+    );
+    let own = expect_ready(&manager, &child);
+    assert_ne!(own, addr);
+    let log = expect_stopping(&manager, child);
+    assert!(!log.contains("socket passed by systemd"), "{log}");
+
+    // Two sockets, or one that is not a listening TCP socket: refused with what to fix.
+    let child = Proc::spawn(&mut activated(&data, &listener, "2", None));
+    let (status, log) = child.exit();
+    assert!(
+        !status.success() && log.contains("exactly one socket"),
+        "{log}"
+    );
+    let connected = std::net::TcpStream::connect(addr).unwrap();
+    // A connected stream is a TCP socket that does not listen.
+    let as_listener = unsafe {
+        use std::os::fd::FromRawFd;
+        std::mem::ManuallyDrop::new(TcpListener::from_raw_fd(connected.as_raw_fd()))
+    };
+    let child = Proc::spawn(&mut activated(&data, &as_listener, "1", None));
+    let (status, log) = child.exit();
+    assert!(
+        !status.success() && log.contains("not a listening TCP socket"),
+        "{log}"
+    );
+}
+
+#[test]
+fn log_lines_carry_journal_priorities_when_stderr_is_the_journal() {
+    let data = TempDir::new("journal");
+    let manager = Manager::bind(&data);
+    let journal = |listen: &str| {
+        let bin = serve(&data, listen);
+        // JOURNAL_STREAM names stderr's device and inode, as systemd sets it.
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$@\"")
+            .arg("sh")
+            .arg(bin.get_program())
+            .args(bin.get_args())
+            .env("NOTIFY_SOCKET", &manager.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let child = Proc::spawn(&mut journal("127.0.0.1:0"));
+    expect_ready(&manager, &child);
+    let log = expect_stopping(&manager, child);
+    assert!(log.lines().any(|l| l.starts_with("<6>")), "{log}");
+    assert!(!log.contains(" INFO "), "{log}");
+    // A fatal error at start too.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = journal(&taken.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("<3>outpost: cannot listen"), "{log}");
+
+    // Elsewhere (JOURNAL_STREAM for another file): level names as usual.
+    let out = serve(&data, &taken.local_addr().unwrap().to_string())
+        .env("JOURNAL_STREAM", "1:1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("outpost: cannot listen"), "{log}");
+    assert!(!log.contains("<3>"), "{log}");
+}
+
+#[test]
+fn the_install_steps_config_serves_as_documented() {
+    // The config that systemd/README.md tells operators to write, started the way the unit
+    // starts it (serve --config FILE --data-dir DIR), on a test port.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/README.md")).unwrap();
+    let json = readme
+        .split("<<'JSON'\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nJSON\n").next())
+        .expect("README has the config heredoc");
+    let dir = TempDir::new("install-config");
+    let config = dir.path().join("outpost.json");
+    std::fs::write(&config, json).unwrap();
+    let data = dir.path().join("data");
+    let reg = common::Registry::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let out = common::outpost_stdin(
+        &["user", "add", "admin", "--data-dir", data.to_str().unwrap()],
+        "admin-password-1\n",
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let anonymous = reg.client();
+    let admin = reg.client().as_user("admin", "admin-password-1");
+    assert_eq!(admin.get("/v2/").status, 200);
+    assert_eq!(anonymous.get("/v2/site/app/tags/list").status, 404); // may pull
+    assert_eq!(
+        anonymous
+            .req(
+                "POST",
+                "/v2/site/app/blobs/uploads/",
+                &[],
+                common::Body::None
+            )
+            .status,
+        401
+    );
+    let (digest, put) = admin.push_blob("site/app", b"documented");
+    assert_eq!(put.status, 201);
+    assert_eq!(
+        anonymous.get(&format!("/v2/site/app/blobs/{digest}")).body,
+        b"documented"
+    );
+    assert_eq!(admin.get("/admin/settings").status, 200);
+}
