@@ -60,7 +60,8 @@ debian_packages() {
   case "$1" in
     aarch64-unknown-linux-gnu) echo "libc6-dev-arm64-cross"; echo "libstd-rust-web-dev:arm64" ;;
     armv7-unknown-linux-gnueabihf) echo "libc6-dev-armhf-cross"; echo rust-web-src ;;
-    *-musl*) echo rust-web-src; echo "musl-dev:$DEB_ARCH"; echo "libc6-dev-$( [ "$DEB_ARCH" = arm64 ] && echo arm64 || echo armhf)-cross" ;;
+    # musl-dev:ARCH also brings the musl gcc wrapper (aarch64-linux-musl-gcc, ...)
+    *-musl*) echo rust-web-src; echo "musl-dev:$DEB_ARCH"; echo "libc6-dev-$DEB_ARCH-cross" ;;
   esac
 }
 

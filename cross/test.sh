@@ -19,8 +19,9 @@ cd "$ROOT"
 runner_var="CARGO_TARGET_${UPPER}_RUNNER"
 export OUTPOST_RUNNER="${!runner_var:-}"
 if [ -n "$release" ]; then
-  export OUTPOST_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$T/release/outpost"
-  [ "$MODE" = native ] && OUTPOST_BIN="$ROOT/target/release/outpost"
+  if [ "$MODE" = native ]; then OUTPOST_BIN="$ROOT/target/release/outpost"
+  else OUTPOST_BIN="$CARGO_TARGET_DIR/$T/release/outpost"; fi
+  export OUTPOST_BIN
   [ -x "$OUTPOST_BIN" ] || die "no $OUTPOST_BIN: run cross/build.sh $T first"
   say "native tests against $OUTPOST_BIN${OUTPOST_RUNNER:+ under ${OUTPOST_RUNNER%% *}}"
   cargo test --locked "$@"

@@ -169,24 +169,30 @@ fn no_ready_when_the_registry_cannot_start() {
     assert_eq!(manager.recv(Duration::from_millis(200)), None);
 }
 
-/// Starts `outpost serve` with `listener` as fd 3 and LISTEN_FDS=`fds`, LISTEN_PID its own pid
-/// (set by a shell that then execs it, as systemd sets it in the forked service).
-fn activated(data: &TempDir, listener: &TcpListener, fds: &str, pid: Option<&str>) -> Command {
-    let fd = listener.as_raw_fd();
-    let inner = serve(data, "127.0.0.1:0");
-    let program = inner.get_program().to_owned();
-    let args: Vec<_> = inner.get_args().map(|a| a.to_owned()).collect();
+/// `outpost serve` on `listen`, started by a shell that first runs `setup` (variables that
+/// need the final process's pid or descriptors, as systemd sets them), then execs it.
+fn through_shell(data: &TempDir, listen: &str, setup: &str) -> Command {
+    let inner = serve(data, listen);
     let mut c = Command::new("sh");
     c.arg("-c")
-        .arg(format!("LISTEN_PID={} exec \"$@\"", pid.unwrap_or("$$")))
+        .arg(format!("{setup} exec \"$@\""))
         .arg("sh")
-        .arg(program)
-        .args(args)
-        .env("LISTEN_FDS", fds)
+        .arg(inner.get_program())
+        .args(inner.get_args())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    c
+}
+
+/// Starts `outpost serve` with `listener` as fd 3 and LISTEN_FDS=`fds`, LISTEN_PID its own pid
+/// (or `pid`).
+fn activated(data: &TempDir, listener: &TcpListener, fds: &str, pid: Option<&str>) -> Command {
+    let fd = listener.as_raw_fd();
+    let setup = format!("LISTEN_PID={}", pid.unwrap_or("$$"));
+    let mut c = through_shell(data, "127.0.0.1:0", &setup);
+    c.env("LISTEN_FDS", fds);
     // SAFETY: dup2 and fcntl are async-signal-safe; nothing else runs in the forked child.
     unsafe {
         c.pre_exec(move || {
@@ -255,19 +261,14 @@ fn socket_activation_serves_on_the_passed_socket() {
 fn log_lines_carry_journal_priorities_when_stderr_is_the_journal() {
     let data = TempDir::new("journal");
     let manager = Manager::bind(&data);
+    // JOURNAL_STREAM names stderr's device and inode, as systemd sets it.
     let journal = |listen: &str| {
-        let bin = serve(&data, listen);
-        // JOURNAL_STREAM names stderr's device and inode, as systemd sets it.
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg("JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$@\"")
-            .arg("sh")
-            .arg(bin.get_program())
-            .args(bin.get_args())
-            .env("NOTIFY_SOCKET", &manager.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut c = through_shell(
+            &data,
+            listen,
+            "JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2)",
+        );
+        c.env("NOTIFY_SOCKET", &manager.path);
         c
     };
     let child = Proc::spawn(&mut journal("127.0.0.1:0"));
