@@ -38,7 +38,8 @@ fn pusher(c: Client, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledge
         } else {
             worker * 1_000_000 + n
         };
-        let size = 50_000 + (seed as usize * 7919) % 3_000_000;
+        // (in u64: on 32-bit ARM, seed × 7919 overflows usize)
+        let size = 50_000 + (seed * 7919 % 3_000_000) as usize;
         let data = bytes(seed, size);
         let digest = sha256(&data);
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -169,6 +170,12 @@ fn sigkill_during_concurrent_pushes_leaves_a_consistent_store() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(1200 + 400 * round));
+        // Where pushes are slow (qemu in cross/test.sh), wait for the first acknowledgement.
+        let waited = std::time::Instant::now();
+        while ledger.lock().unwrap().blobs.is_empty() && waited.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         reg.kill();
         stop.store(true, Ordering::SeqCst);
         for w in workers {
