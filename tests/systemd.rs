@@ -311,7 +311,15 @@ fn the_install_steps_config_serves_as_documented() {
     let data = dir.path().join("data");
     let reg = common::Registry::start_with(&data, &["--config", config.to_str().unwrap()]);
     let out = common::outpost_stdin(
-        &["user", "add", "admin", "--data-dir", data.to_str().unwrap()],
+        &[
+            "user",
+            "add",
+            "admin",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
         "admin-password-1\n",
     );
     assert!(out.status.success(), "{}", common::text(&out));
