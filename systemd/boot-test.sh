@@ -3,7 +3,8 @@
 # systemd-nspawn; it shares this host's network, so everything listens on 127.0.0.1 only),
 # installs Outpost as systemd/README.md says, and checks: Type=notify start (status text),
 # the master key from LoadCredential, the admin socket under DynamicUser, a push and pull,
-# a clean stop, and socket activation through outpost.socket.
+# a clean stop, socket activation through outpost.socket, and HTTPS with the key handed over
+# as a credential.
 # Needs root; installs debootstrap and systemd-container (Debian) if missing; the root file
 # system is kept in target/boot-test/root (~200 MB) for the next run.
 # Usage: systemd/boot-test.sh [OUTPOST_BINARY]   (default: target/release/outpost, built if missing)
@@ -32,7 +33,7 @@ fail() { echo "boot-test.sh: FAILED: $*" >&2; exit 1; }
 install -m 755 "$bin" "$root/usr/local/bin/outpost"
 install -m 644 systemd/outpost.service "$root/etc/systemd/system/"
 sed "s|^ListenStream=.*|ListenStream=127.0.0.1:$port|" systemd/outpost.socket >"$root/etc/systemd/system/outpost.socket"
-rm -rf "$root/etc/outpost" "$root/var/lib/private/outpost" "$root/var/lib/outpost"
+rm -rf "$root/etc/outpost" "$root/var/lib/private/outpost" "$root/var/lib/outpost" "$root/var/log/journal"/*
 install -d -m 755 "$root/etc/outpost"
 sed -n "/<<'JSON'/,/^JSON$/p" systemd/README.md | sed '1d;$d' |
   sed "s|\"listen\": \"[^\"]*\"|\"listen\": \"127.0.0.1:$port\"|" >"$root/etc/outpost/outpost.json"
@@ -54,11 +55,13 @@ for _ in $(seq 150); do
   [ "$state" = active ] || [ "$state" = failed ] && break; sleep 0.4
 done
 [ "$state" = active ] || fail "outpost.service is '$state': $(inside journalctl -u outpost --no-pager -o cat | tail -5)"
-journal() { inside journalctl -u outpost --no-pager -o cat; }
+journal() { inside journalctl -b -u outpost --no-pager -o cat; }
+# journald takes the service's stderr asynchronously: look again for a few seconds.
+journal_has() { for _ in $(seq 25); do journal | grep "$1" >/dev/null && return 0; sleep 0.2; done; return 1; }
 
 status=$(inside systemctl show outpost -p StatusText --value)
 [ "$status" = "serving http on 127.0.0.1:$port" ] || fail "status text '$status'"
-journal | grep -q "master key id .* from /run/credentials/outpost.service/outpost-master-key" ||
+journal_has "master key id .* from /run/credentials/outpost.service/outpost-master-key" ||
   fail "the master key did not come from the credential"
 owner=$(inside stat -c %U "/var/lib/private/outpost/outpost.redb")
 [ "$owner" != root ] || fail "the store belongs to root, not the dynamic user"
@@ -74,11 +77,30 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -u admin:boot-test-password -X POS
 
 inside systemctl stop outpost
 [ "$(inside systemctl show outpost -p Result --value)" = success ] || fail "stop: not a clean exit"
-journal | tail -3 | grep -q "stopped" || fail "no clean shutdown in the journal"
+journal_has "outpost::server: stopped" || fail "no clean shutdown in the journal"
 
 inside systemctl start outpost.socket
 [ "$(inside systemctl is-active outpost.service)" = inactive ] || fail "the service ran before any connection"
 [ "$(curl -s "$url/v2/site/app/blobs/$digest")" = "$blob" ] || fail "pull through the activated socket"
 [ "$(inside systemctl is-active outpost.service)" = active ] || fail "the socket did not start the service"
-journal | grep -q "listening socket passed by systemd" || fail "the service did not take the passed socket"
-echo "boot-test.sh: outpost.service and outpost.socket work under systemd $(inside systemctl --version | head -1 | cut -d' ' -f2) (Type=notify, DynamicUser, LoadCredential, admin socket, push/pull, clean stop, socket activation)"
+journal_has "listening socket passed by systemd" || fail "the service did not take the passed socket"
+
+# TLS as systemd/README.md says: the key handed over as a credential (root's file otherwise).
+inside systemctl stop outpost.socket outpost.service
+chroot "$root" /usr/local/bin/outpost tls self-signed --host 127.0.0.1 --out /etc/outpost >/dev/null
+[ "$(stat -c %a "$root/etc/outpost/outpost.key")" = 600 ] || fail "the TLS key is not root-only"
+sed -i 's|^#LoadCredential=outpost-tls-key|LoadCredential=outpost-tls-key|' "$root/etc/systemd/system/outpost.service"
+python3 - "$root/etc/outpost/outpost.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["tls"] = {"certFile": "/etc/outpost/outpost.crt",
+            "keyFile": "/run/credentials/outpost.service/outpost-tls-key"}
+json.dump(c, open(sys.argv[1], "w"))
+PY
+inside systemctl daemon-reload
+inside systemctl start outpost.service || fail "TLS start: $(journal | tail -3)"
+status=$(inside systemctl show outpost -p StatusText --value)
+[ "$status" = "serving https on 127.0.0.1:$port" ] || fail "TLS status text '$status'"
+got=$(curl -s --cacert "$root/etc/outpost/outpost.crt" "https://127.0.0.1:$port/v2/site/app/blobs/$digest")
+[ "$got" = "$blob" ] || fail "pull over TLS"
+echo "boot-test.sh: outpost.service and outpost.socket work under systemd $(inside systemctl --version | head -1 | cut -d' ' -f2) (Type=notify, DynamicUser, LoadCredential, admin socket, push/pull, clean stop, socket activation, TLS key as a credential)"
