@@ -319,11 +319,14 @@ mod tests {
 
     #[test]
     fn listening_beyond_loopback_without_auth_or_tls_is_called_out() {
-        let check = |json: &str| {
-            let c = serde_json::from_str::<Overrides>(json)
+        let config = |json: &str| {
+            serde_json::from_str::<Overrides>(json)
                 .unwrap()
                 .resolve()
-                .unwrap();
+                .unwrap()
+        };
+        let check = |json: &str| {
+            let c = config(json);
             exposure(&c, c.listen)
         };
         assert_eq!(check("{}"), None);
@@ -336,11 +339,7 @@ mod tests {
                       "tls": {"certFile": "c", "keyFile": "k"}}"#;
         assert_eq!(check(tls), None);
         // A socket passed by systemd counts, whatever the listen setting says.
-        let quiet = serde_json::from_str::<Overrides>("{}")
-            .unwrap()
-            .resolve()
-            .unwrap();
-        let passed = exposure(&quiet, "0.0.0.0:5000".parse().unwrap()).unwrap();
+        let passed = exposure(&config("{}"), "0.0.0.0:5000".parse().unwrap()).unwrap();
         assert!(passed.contains("WITHOUT AUTHENTICATION"), "{passed}");
     }
 }

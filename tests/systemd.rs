@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{outpost, wait_timeout, Client, TempDir};
+use common::{wait_timeout, Client, TempDir};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
@@ -79,14 +79,7 @@ impl Drop for Proc {
 }
 
 fn serve(data: &TempDir, listen: &str) -> Command {
-    let mut c = outpost();
-    c.args(["serve", "--listen", listen, "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    c
+    common::serve(data.path(), listen)
 }
 
 fn field<'a>(message: &'a str, name: &str) -> Option<&'a str> {

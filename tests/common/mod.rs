@@ -69,6 +69,18 @@ pub fn outpost() -> Command {
     }
 }
 
+/// `outpost serve --listen LISTEN --data-dir DATA` logging at info to a piped stderr.
+pub fn serve(data: &Path, listen: &str) -> Command {
+    let mut c = outpost();
+    c.args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
 /// A running registry process.
 pub struct Registry {
     pub child: Child,
@@ -85,14 +97,8 @@ impl Registry {
     }
 
     pub fn start_with(data: &Path, extra: &[&str]) -> Registry {
-        let mut child = outpost()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
+        let mut child = serve(data, "127.0.0.1:0")
             .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("start outpost");
         let stderr = child.stderr.take().unwrap();
