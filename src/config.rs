@@ -42,6 +42,169 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// `tls`: serve HTTPS with this certificate and key.
     pub tls: Option<TlsConfig>,
+    /// `mirrors`: upstream registries to sync from or cache.
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// A `mirrors` entry, validated.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// `name`: how status and `outpost mirror run NAME` call it.
+    pub name: String,
+    /// `upstream`: `http(s)://host[:port]`.
+    pub upstream: String,
+    /// `username`.
+    pub username: Option<String>,
+    /// `passwordFile`: the password (or token) on its first line; read at each pass.
+    pub password_file: Option<PathBuf>,
+    /// `caFile`: PEM CA certificates to trust instead of the built-in roots.
+    pub ca_file: Option<PathBuf>,
+    /// `repositories`: upstream repositories to sync (stored under the same names).
+    pub repositories: Vec<String>,
+    /// `tags`: tags to sync; empty: all (or those matching `tag_regex`).
+    pub tags: Vec<String>,
+    /// `tagRegex`: tags to sync.
+    pub tag_regex: Option<regex_lite::Regex>,
+    /// `platforms`: platforms kept of multi-platform images; None: all.
+    pub platforms: Option<Vec<crate::mirror::Platform>>,
+    /// `interval`: a pass runs this often while the registry serves; None: on demand only.
+    pub interval: Option<Duration>,
+    /// `pullThrough`: a local repository prefix; `PREFIX/x` pulls `x` from the upstream on a
+    /// miss and caches it.
+    pub pull_through: Option<String>,
+}
+
+impl MirrorConfig {
+    /// The basic credentials, if configured (the password file is read now).
+    pub fn credentials(&self) -> Result<Option<(String, String)>, String> {
+        let Some(user) = &self.username else {
+            return Ok(None);
+        };
+        let Some(file) = &self.password_file else {
+            return Ok(Some((user.clone(), String::new())));
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            format!(
+                "mirror {}: cannot read passwordFile {}: {e}",
+                self.name,
+                file.display()
+            )
+        })?;
+        Ok(Some((
+            user.clone(),
+            text.lines().next().unwrap_or("").to_owned(),
+        )))
+    }
+
+    /// True if `tag` is one to sync.
+    pub fn wants_tag(&self, tag: &str) -> bool {
+        (self.tags.is_empty() || self.tags.iter().any(|t| t == tag))
+            && self.tag_regex.as_ref().is_none_or(|r| r.is_match(tag))
+    }
+}
+
+/// A `mirrors` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MirrorSpec {
+    name: String,
+    upstream: String,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    repositories: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+    tag_regex: Option<String>,
+    platforms: Option<Vec<String>>,
+    interval: Option<String>,
+    pull_through: Option<String>,
+}
+
+impl MirrorSpec {
+    fn resolve(self) -> Result<MirrorConfig, String> {
+        let what = format!("mirror {:?}", self.name);
+        let ok_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !ok_name {
+            return Err(format!("{what}: name must be 1-64 of a-z 0-9 . _ -"));
+        }
+        let upstream = self.upstream.trim_end_matches('/').to_owned();
+        let host = upstream
+            .strip_prefix("https://")
+            .or_else(|| upstream.strip_prefix("http://"));
+        if host.is_none_or(|h| h.is_empty() || h.contains('/')) {
+            return Err(format!(
+                "{what}: upstream {:?} must be http(s)://HOST[:PORT], e.g. https://registry.example.com",
+                self.upstream
+            ));
+        }
+        let repositories = self.repositories.unwrap_or_default();
+        for r in &repositories {
+            if !crate::registry::names::valid_name(r) {
+                return Err(format!("{what}: {r:?} is not a repository name"));
+            }
+        }
+        let tags = self.tags.unwrap_or_default();
+        for t in &tags {
+            if !crate::registry::names::valid_tag(t) {
+                return Err(format!("{what}: {t:?} is not a tag"));
+            }
+        }
+        let tag_regex = self
+            .tag_regex
+            .map(|r| regex_lite::Regex::new(&r).map_err(|e| format!("{what}: tagRegex {r:?}: {e}")))
+            .transpose()?;
+        let platforms = self
+            .platforms
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| crate::mirror::Platform::parse(p).map_err(|e| format!("{what}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let interval = self
+            .interval
+            .map(|i| parse_duration(&i).map_err(|e| format!("{what}: interval: {e}")))
+            .transpose()?;
+        if interval.is_some_and(|i| i.is_zero()) {
+            return Err(format!("{what}: interval must be longer than 0s"));
+        }
+        let pull_through = self
+            .pull_through
+            .map(|p| p.trim_end_matches('/').to_owned());
+        if let Some(p) = &pull_through {
+            if !crate::registry::names::valid_name(p) {
+                return Err(format!(
+                    "{what}: pullThrough {p:?} must be a repository name prefix, e.g. hub"
+                ));
+            }
+        }
+        if repositories.is_empty() && pull_through.is_none() {
+            return Err(format!(
+                "{what}: give repositories to sync, pullThrough for a cache, or both"
+            ));
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            return Err(format!("{what}: passwordFile needs a username"));
+        }
+        Ok(MirrorConfig {
+            name: self.name,
+            upstream,
+            username: self.username,
+            password_file: self.password_file,
+            ca_file: self.ca_file,
+            repositories,
+            tags,
+            tag_regex,
+            platforms,
+            interval,
+            pull_through,
+        })
+    }
 }
 
 /// Users, tokens and access rules, when auth is on.
@@ -312,6 +475,7 @@ impl Default for Config {
             encryption: Vec::new(),
             auth: None,
             tls: None,
+            mirrors: Vec::new(),
         }
     }
 }
@@ -353,6 +517,8 @@ pub struct Overrides {
     pub access: Option<Vec<AccessSpec>>,
     /// `tls`: certificate and key files
     pub tls: Option<TlsSpec>,
+    /// `mirrors`: upstream registries
+    pub mirrors: Option<Vec<MirrorSpec>>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -488,6 +654,7 @@ impl Overrides {
             auth: other.auth.or(self.auth),
             access: other.access.or(self.access),
             tls: other.tls.or(self.tls),
+            mirrors: other.mirrors.or(self.mirrors),
         }
     }
 
@@ -537,7 +704,26 @@ impl Overrides {
                 cert_file: t.cert_file,
                 key_file: t.key_file,
             }),
+            mirrors: self
+                .mirrors
+                .unwrap_or_default()
+                .into_iter()
+                .map(MirrorSpec::resolve)
+                .collect::<Result<_, _>>()?,
         };
+        for (i, m) in c.mirrors.iter().enumerate() {
+            if c.mirrors[..i].iter().any(|o| o.name == m.name) {
+                return Err(format!("mirrors: two are named {:?}", m.name));
+            }
+            if let Some(p) = &m.pull_through {
+                if c.mirrors[..i]
+                    .iter()
+                    .any(|o| o.pull_through.as_ref() == Some(p))
+                {
+                    return Err(format!("mirrors: two use pullThrough {p:?}"));
+                }
+            }
+        }
         let mut algorithms = std::collections::HashMap::new();
         for (name, alg) in c.encryption.iter().filter_map(|r| r.key.as_ref()) {
             if let Some(other) = algorithms.insert(name, alg) {

@@ -7,6 +7,7 @@ mod config;
 mod crypto;
 mod digest;
 mod http;
+mod mirror;
 mod registry;
 mod server;
 mod settings;
@@ -33,13 +34,17 @@ Usage: outpost serve [OPTIONS]
        outpost user add|passwd|del NAME [COMMON]
        outpost user list [COMMON]
        outpost tls self-signed --host NAME [--host NAME ...] [--out DIR] [--days N] [COMMON]
+       outpost export IMAGE... -o FILE.tar|DIR [--platform P,...|--all-platforms] [--user U] [COMMON]
+       outpost import FILE.tar|DIR [--repo NAME[:TAG]] [--platform P,...] [--user U] [COMMON]
+       outpost mirror run [NAME] [COMMON]
+       outpost mirror status [COMMON]
        outpost --version
 
 Options for serve (flags override the config file, which overrides the defaults):
   --config FILE             JSON config file (keys: listen, dataDir, workers, cacheSize,
                             chunkSize, maxManifestSize, uploadTtl, minFreeSpace,
                             ioTimeout, blobMounting, automaticMount, masterKeyFile,
-                            encryption, auth, access, tls)
+                            encryption, auth, access, tls, mirrors)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --master-key-file FILE    master key for encrypted repositories [default: the systemd
@@ -86,6 +91,20 @@ under a new master key, without re-encrypting data: without --new-master-key it 
 and replaces masterKeyFile (a crash at any point leaves a store one of the two keys opens);
 with --new-master-key FILE both keys open the store until outpost first starts with FILE.
 
+export writes the images (REPO:TAG, REPO@DIGEST, or REPO for all its tags) as an OCI image
+layout: a tar file if the name ends in .tar, else a directory. --platform keeps only those
+platforms of multi-platform images (e.g. linux/arm64,linux/arm/v7; the index is rewritten);
+by default, or with --all-platforms, images are exported whole. import reads an OCI image
+layout (tar or directory; what skopeo copy oci-archive:/oci: and docker save write) or an
+older docker save archive, naming repositories from the archive's annotations or --repo.
+Every blob is verified before it is stored; blobs already stored are not written again, so
+an interrupted import can simply be run again. Both work on the store when outpost is
+stopped, else through the running registry's HTTP API (--user U for auth; the password comes
+from $OUTPOST_PASSWORD, the terminal, or stdin). Progress shows on a terminal.
+
+mirror run runs one sync pass of the config's mirrors (or NAME) now; mirror status shows each
+mirror's last pass, totals and pull-through cache activity.
+
 SIZE is bytes or a number with KiB, MiB or GiB; DURATION is seconds or a number with s, m, h, d. Logs go to stderr; set RUST_LOG (e.g. debug).";
 
 /// Options of the commands that manage a registry (all but serve).
@@ -128,6 +147,22 @@ enum Command {
     UserDel(Common, String),
     UserList(Common),
     TlsSelfSigned(Common, Vec<String>, PathBuf, u64),
+    Export(
+        Common,
+        Option<String>,
+        Vec<String>,
+        PathBuf,
+        Option<Vec<mirror::Platform>>,
+    ),
+    Import(
+        Common,
+        Option<String>,
+        PathBuf,
+        Option<String>,
+        Option<Vec<mirror::Platform>>,
+    ),
+    MirrorRun(Common, Option<String>),
+    MirrorStatus(Common),
     Help,
     Version,
 }
@@ -147,6 +182,11 @@ struct Args {
     hosts: Vec<String>,
     out: Option<PathBuf>,
     days: Option<u64>,
+    output: Option<PathBuf>,
+    platforms: Option<Vec<mirror::Platform>>,
+    all_platforms: bool,
+    repo: Option<String>,
+    user: Option<String>,
     /// Long options given, to refuse those the command does not take.
     seen: Vec<String>,
 }
@@ -198,6 +238,19 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("new-master-key") => a.new_master_key = Some(PathBuf::from(parser.value()?)),
             Long("host") => a.hosts.push(parser.value()?.string()?),
             Long("out") => a.out = Some(PathBuf::from(parser.value()?)),
+            Short('o') | Long("output") => {
+                a.seen.push("output".into());
+                a.output = Some(PathBuf::from(parser.value()?))
+            }
+            Long("platform") => {
+                let v = parser.value()?.string()?;
+                let list =
+                    mirror::Platform::parse_list(&v).map_err(|e| format!("--platform: {e}"))?;
+                a.platforms.get_or_insert_with(Vec::new).extend(list);
+            }
+            Long("all-platforms") => a.all_platforms = true,
+            Long("repo") => a.repo = Some(parser.value()?.string()?),
+            Long("user") => a.user = Some(parser.value()?.string()?),
             Long("days") => {
                 let d: u64 = parser.value()?.parse()?;
                 if !(1..=36500).contains(&d) {
@@ -256,20 +309,29 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         ["user", "del", ..] => ("user del", &[], 1),
         ["user", "list", ..] => ("user list", &[], 0),
         ["tls", "self-signed", ..] => ("tls self-signed", &["host", "out", "days"], 0),
-        ["repo" | "key" | "user" | "tls", sub, ..] => {
+        ["export", ..] => (
+            "export",
+            &["output", "platform", "all-platforms", "user", "server"],
+            usize::MAX,
+        ),
+        ["import", ..] => ("import", &["repo", "platform", "user", "server"], 1),
+        ["mirror", "run", ..] => ("mirror run", &["server"], usize::MAX),
+        ["mirror", "status", ..] => ("mirror status", &["server"], 0),
+        ["repo" | "key" | "user" | "tls" | "mirror", sub, ..] => {
             return Err(format!(
                 "unknown command {} {sub:?} (repo: create, delete, move; key: list, generate, \
-                 rotate; user: add, passwd, del, list; tls: self-signed)",
+                 rotate; user: add, passwd, del, list; tls: self-signed; mirror: run, status)",
                 words[0]
             )
             .into())
         }
-        ["repo" | "key" | "user" | "tls"] => {
+        ["repo" | "key" | "user" | "tls" | "mirror"] => {
             return Err(format!("{} needs a subcommand (see --help)", words[0]).into())
         }
         [other, ..] => {
             return Err(format!(
-                "unknown command {other:?} (commands: serve, settings, repo, key, user, tls)"
+                "unknown command {other:?} (commands: serve, settings, repo, key, user, tls, \
+                 export, import, mirror)"
             )
             .into())
         }
@@ -312,6 +374,11 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
                 | "host"
                 | "out"
                 | "days"
+                | "output"
+                | "platform"
+                | "all-platforms"
+                | "repo"
+                | "user"
         )
     }) {
         return Err(format!("--{f} is not an option of serve (see --help)").into());
@@ -380,6 +447,34 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
                 a.days.unwrap_or(825),
             )
         }
+        "export" => {
+            if rest.is_empty() {
+                return Err(
+                    "export needs at least one IMAGE (REPO, REPO:TAG or REPO@DIGEST)".into(),
+                );
+            }
+            let Some(out) = a.output else {
+                return Err("export needs -o FILE.tar or -o DIRECTORY".into());
+            };
+            if a.all_platforms && a.platforms.is_some() {
+                return Err("give --platform or --all-platforms, not both".into());
+            }
+            Command::Export(
+                common,
+                a.user,
+                rest.iter().map(|s| s.to_string()).collect(),
+                out,
+                a.platforms,
+            )
+        }
+        "import" => Command::Import(common, a.user, PathBuf::from(arg()), a.repo, a.platforms),
+        "mirror run" => {
+            if rest.len() > 1 {
+                return Err("mirror run takes at most one NAME".into());
+            }
+            Command::MirrorRun(common, rest.first().map(|s| s.to_string()))
+        }
+        "mirror status" => Command::MirrorStatus(common),
         _ => Command::KeyRotate(common, a.new_master_key),
     })
 }
@@ -462,6 +557,26 @@ fn main() -> ExitCode {
         Command::UserList(c) => c
             .resolve()
             .and_then(|cfg| cli::users::list(&cfg, c.server.as_deref())),
+        Command::Export(c, user, images, out, platforms) => c.resolve().and_then(|cfg| {
+            let login = cli::mirror::Login {
+                server: c.server.clone(),
+                user,
+            };
+            cli::mirror::export(&cfg, &login, &images, &out, platforms)
+        }),
+        Command::Import(c, user, input, repo, platforms) => c.resolve().and_then(|cfg| {
+            let login = cli::mirror::Login {
+                server: c.server.clone(),
+                user,
+            };
+            cli::mirror::import(&cfg, &login, &input, repo.as_deref(), platforms)
+        }),
+        Command::MirrorRun(c, name) => c
+            .resolve()
+            .and_then(|cfg| cli::mirror::run(&cfg, c.server.as_deref(), name.as_deref())),
+        Command::MirrorStatus(c) => c
+            .resolve()
+            .and_then(|cfg| cli::mirror::status(&cfg, c.server.as_deref())),
         Command::TlsSelfSigned(c, hosts, out, days) => c
             .resolve()
             .and_then(|cfg| cli::certs::self_signed(&cfg, &hosts, &out, days)),

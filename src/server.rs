@@ -134,11 +134,22 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start janitor: {e}"))?
     };
 
+    let (mirrors_stop, mirrors_wait) = mpsc::channel::<()>();
+    let mirrors = {
+        let app = app.clone();
+        thread::Builder::new()
+            .name("mirrors".into())
+            .spawn(move || scheduled_mirrors(&app, &mirrors_wait))
+            .map_err(|e| format!("cannot start the mirror scheduler: {e}"))?
+    };
+
     for w in pool {
         let _ = w.join();
     }
     drop(janitor_stop);
+    drop(mirrors_stop);
     let _ = janitor.join();
+    let _ = mirrors.join();
     drop(server);
     if admin.is_some() {
         let _ = std::fs::remove_file(&socket_path);
@@ -229,6 +240,44 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
             next_purge = std::time::Instant::now() + every;
         }
         if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(FLUSH_EVERY) {
+            return;
+        }
+    }
+}
+
+/// Runs each mirror with an `interval` once soon after start, then every interval.
+fn scheduled_mirrors(app: &App, stop: &mpsc::Receiver<()>) {
+    let start = std::time::Instant::now() + Duration::from_secs(5);
+    let mut due: Vec<_> = app
+        .config
+        .mirrors
+        .iter()
+        .filter(|m| m.interval.is_some() && !m.repositories.is_empty())
+        .map(|m| (m, start))
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    loop {
+        for (m, next) in &mut due {
+            if std::time::Instant::now() < *next || app.stopping.load(Ordering::Relaxed) {
+                continue;
+            }
+            let progress = crate::mirror::progress::Progress::new(false);
+            match crate::mirror::sync::run_pass(&app.store, m, &app.stopping, progress) {
+                Ok(r) => log::info!(
+                    "mirror {}: pass {} ({} image(s) fetched, {} bytes)",
+                    m.name,
+                    r["result"].as_str().unwrap_or("?"),
+                    r["imagesFetched"],
+                    r["bytesFetched"]
+                ),
+                Err(e) => log::warn!("mirror {}: {e}", m.name),
+            }
+            *next = std::time::Instant::now() + m.interval.unwrap_or(Duration::from_secs(3600));
+        }
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(Duration::from_secs(1))
+        {
             return;
         }
     }

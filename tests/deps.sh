@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the integration tests run beside outpost, from Debian, if missing:
-# skopeo (pushes and pulls), curl (checks the TLS certificate with OpenSSL).
+# skopeo (pushes and pulls), curl (checks the TLS certificate with OpenSSL), tar (docker save
+# archives), docker-registry (distribution 2.8: an upstream for the mirror tests).
 set -euo pipefail
 missing=()
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+command -v tar >/dev/null 2>&1 || missing+=(tar)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 if ((${#missing[@]})); then
   echo "tests/deps.sh: installing ${missing[*]}" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo

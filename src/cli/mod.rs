@@ -2,6 +2,7 @@
 //! directly on its store when it does not.
 
 pub mod certs;
+pub mod mirror;
 pub mod users;
 
 use crate::config::Config;
@@ -109,19 +110,29 @@ fn call(
     body: Option<&str>,
     ok: u16,
 ) -> Result<Value, String> {
+    call_for(at, method, path, body, ok, Duration::from_secs(30))
+}
+
+/// `call`, waiting up to `wait` for the answer.
+fn call_for(
+    at: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    ok: u16,
+    wait: Duration,
+) -> Result<Value, String> {
     let unreachable = |e: std::io::Error| format!("cannot reach outpost at {at}: {e}");
     let reply = match at {
         Endpoint::Socket(p) => {
             let conn = UnixStream::connect(p).map_err(unreachable)?;
-            conn.set_read_timeout(Some(Duration::from_secs(30)))
-                .map_err(unreachable)?;
+            conn.set_read_timeout(Some(wait)).map_err(unreachable)?;
             request(conn, "localhost", method, path, body)
         }
         Endpoint::Tcp(a) => {
             let conn =
                 TcpStream::connect_timeout(a, Duration::from_secs(5)).map_err(unreachable)?;
-            conn.set_read_timeout(Some(Duration::from_secs(30)))
-                .map_err(unreachable)?;
+            conn.set_read_timeout(Some(wait)).map_err(unreachable)?;
             request(conn, &a.to_string(), method, path, body)
         }
     }

@@ -115,7 +115,7 @@ fn read_password(user: &str) -> Result<String, String> {
 }
 
 /// Reads a line from the terminal with echo off.
-fn prompt_hidden(prompt: &str) -> Result<String, String> {
+pub fn prompt_hidden(prompt: &str) -> Result<String, String> {
     eprint!("{prompt}");
     // SAFETY: termios is plain data; tcgetattr fills it for fd 0, a terminal (checked).
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };

@@ -226,3 +226,24 @@ pub fn user_delete(app: &App, name: &str) -> Result<Reply> {
     log::info!("deleted user {name:?}");
     Ok(json(&serde_json::json!({ "user": name })))
 }
+
+/// `GET /admin/mirrors`: each configured mirror's last pass, totals and cache activity.
+pub fn mirrors(app: &App) -> Result<Reply> {
+    let v = crate::mirror::sync::status(&app.store, &app.config.mirrors)
+        .map_err(|e| ApiError::new(500, Code::Unknown, e.message))?;
+    Ok(json(&v))
+}
+
+/// `POST /admin/mirrors/<name>/run`: runs one sync pass now and answers its report.
+pub fn mirror_run(app: &App, name: &str) -> Result<Reply> {
+    let m = app
+        .config
+        .mirrors
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| ApiError::new(404, Code::NameUnknown, format!("no mirror named {name}")))?;
+    let progress = crate::mirror::progress::Progress::new(false);
+    let report = crate::mirror::sync::run_pass(&app.store, m, &app.stopping, progress)
+        .map_err(|e| ApiError::new(409, Code::Unsupported, e.message))?;
+    Ok(json(&report))
+}

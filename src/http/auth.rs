@@ -530,7 +530,9 @@ fn need<'r>(route: &'r Route, method: &Method) -> Need<'r> {
         | Route::AdminKeys
         | Route::AdminRepository(_)
         | Route::AdminUsers
-        | Route::AdminUser(_) => Need::Admin,
+        | Route::AdminUser(_)
+        | Route::AdminMirrors
+        | Route::AdminMirrorRun(_) => Need::Admin,
     }
 }
 

@@ -3,6 +3,7 @@
 use super::errors::{ApiError, Code};
 use super::{header, App, Body, Reply, Result};
 use crate::digest::Digest;
+use crate::storage::StoreError;
 use tiny_http::Request;
 
 /// What a `Range` header asks of a blob of a given size.
@@ -112,6 +113,46 @@ pub fn delete(app: &App, name: &str, digest: &str) -> Result<Reply> {
     let digest = Digest::parse(digest)?;
     app.store.unlink_blob(name, &digest)?;
     Ok(Reply::empty(202).header("Docker-Content-Digest", digest.as_str()))
+}
+
+/// `GET`/`HEAD` a blob of a pull-through cache's repository: from the store if it is
+/// there, else from the upstream (stored and sent as it arrives).
+pub fn get_cached(
+    app: &App,
+    req: &Request,
+    route: &crate::mirror::cache::Route<'_>,
+    name: &str,
+    digest: &str,
+) -> Result<Reply> {
+    let d = Digest::parse(digest)?;
+    match app.store.linked_blob(name, &d) {
+        Ok(_) => return get(app, req, name, digest),
+        Err(StoreError::BlobUnknown | StoreError::RepoUnknown) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match app
+        .cache
+        .blob(&app.store, route, name, &d, app.config.io_timeout)
+    {
+        Ok(None) => get(app, req, name, digest),
+        Ok(Some(relay)) => Ok(Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Relay(relay),
+        }
+        .header("Content-Type", "application/octet-stream")
+        .header("Docker-Content-Digest", d.as_str())),
+        Err(e) if e.message.contains(" answered 404") => Err(ApiError::new(
+            404,
+            Code::BlobUnknown,
+            format!("not cached, and the upstream does not have it: {e}"),
+        )),
+        Err(e) => Err(ApiError::new(
+            503,
+            Code::Unavailable,
+            format!("not cached, and the upstream failed: {e}"),
+        )),
+    }
 }
 
 #[cfg(test)]

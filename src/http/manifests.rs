@@ -86,6 +86,7 @@ pub fn put(
                 .collect(),
             tags: &tags,
             referrer,
+            lazy: false,
         },
     )?;
     let mut reply = Reply::empty(201)

@@ -12,6 +12,7 @@ mod uploads;
 
 pub use admin::key_json;
 pub use auth::Origin;
+pub use routes::percent_encode;
 
 use crate::config::Config;
 use crate::settings::Settings;
@@ -39,6 +40,8 @@ pub struct App {
     gate: Option<auth::Gate>,
     stats: stats::Stats,
     hashers: uploads::HasherCache,
+    /// Pull-through caches of `mirrors`.
+    cache: crate::mirror::cache::PullThrough,
 }
 
 impl App {
@@ -53,6 +56,7 @@ impl App {
             settings: Settings::load(&config, &store)
                 .map_err(|e| format!("cannot read settings from the store: {e}"))?,
             gate,
+            cache: crate::mirror::cache::PullThrough::new(&config.mirrors),
             store,
             config,
             stopping,
@@ -82,6 +86,8 @@ enum Body {
         start: u64,
         len: u64,
     },
+    /// A blob coming from a pull-through cache's upstream: stored and sent as it arrives.
+    Relay(crate::mirror::cache::Relay),
 }
 
 impl From<ApiError> for Reply {
@@ -165,10 +171,18 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
         (Route::Base, Get | Head) => Ok(Reply::bytes(200, "application/json", b"{}".to_vec())),
         (Route::Catalog, Get) => tags::catalog(app, &query, &|r| caller.may_list(gate, r)),
         (Route::Tags(name), Get) => tags::list(app, &name, &query),
-        (Route::Manifest(name, r), Get | Head) => manifests::get(app, &name, &r),
+        (Route::Manifest(name, r), Get | Head) => {
+            if let Some(route) = app.cache.route(&name) {
+                app.cache.manifest(&app.store, &route, &name, &r);
+            }
+            manifests::get(app, &name, &r)
+        }
         (Route::Manifest(name, r), Put) => manifests::put(app, req, &name, &r, &query),
         (Route::Manifest(name, r), Delete) => manifests::delete(app, &name, &r),
-        (Route::Blob(name, d), Get | Head) => blobs::get(app, req, &name, &d),
+        (Route::Blob(name, d), Get | Head) => match app.cache.route(&name) {
+            Some(route) => blobs::get_cached(app, req, &route, &name, &d),
+            None => blobs::get(app, req, &name, &d),
+        },
         (Route::Blob(name, d), Delete) => blobs::delete(app, &name, &d),
         (Route::Uploads(name), Post) => {
             uploads::start(app, req, &name, &query, &|r| caller.may_pull(gate, r))
@@ -189,6 +203,8 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
         (Route::AdminUser(name), Post) => admin::user_put(app, req, &name, true),
         (Route::AdminUser(name), Put) => admin::user_put(app, req, &name, false),
         (Route::AdminUser(name), Delete) => admin::user_delete(app, &name),
+        (Route::AdminMirrors, Get) => admin::mirrors(app),
+        (Route::AdminMirrorRun(name), Post) => admin::mirror_run(app, &name),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,
@@ -254,6 +270,7 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
                 }
             }
         }
+        Body::Relay(relay) => relay_blob(app, req, status, &headers, relay),
         Body::Empty => send_bytes(req, status, headers, Vec::new()),
         Body::Bytes(data) => send_bytes(req, status, headers, data),
     }
@@ -445,4 +462,69 @@ fn stream_blob(
         }
         Ok(())
     })
+}
+
+/// Sends a blob as it arrives from a pull-through cache's upstream, storing each piece
+/// before passing it on. If the client goes, the fetch still completes into the store
+/// (other clients may be waiting for it); the blob is committed only if its digest verifies.
+fn relay_blob(
+    app: &App,
+    req: Request,
+    status: u16,
+    headers: &[(&'static str, String)],
+    mut relay: crate::mirror::cache::Relay,
+) -> u16 {
+    let head_only = *req.method() == Method::Head;
+    let size = relay.size;
+    let mut head = format!("HTTP/1.1 {status} OK\r\nServer: outpost\r\nContent-Length: {size}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let abort = req.abort_handle();
+    let mut w = Some(req.into_writer());
+    let mut client = |bytes: &[u8]| {
+        if let Some(out) = &mut w {
+            if out.write_all(bytes).is_err() {
+                w = None;
+            }
+        }
+    };
+    client(head.as_bytes());
+    let mut hasher = crate::digest::Hasher::new(relay.digest.algorithm());
+    let mut at = 0u64;
+    let result = with_buf(|buf| {
+        buf.resize(app.store.chunk_payload(), 0);
+        loop {
+            if app.stopping() {
+                return Err("shutting down".to_owned());
+            }
+            match relay.next(&app.store, at, &mut hasher, buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    if !head_only {
+                        client(&buf[..n]);
+                    }
+                    at += n as u64;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    });
+    let digest = relay.digest.clone();
+    let outcome = result.and_then(|()| relay.finish(&app.store, at, hasher));
+    match outcome {
+        Ok(()) => {
+            if let Some(out) = &mut w {
+                let _ = out.flush();
+            }
+        }
+        Err(e) => {
+            log::warn!("pull-through of blob {digest}: {e}");
+            if let Some(a) = abort {
+                a.abort();
+            }
+        }
+    }
+    status
 }

@@ -36,6 +36,10 @@ pub enum Route {
     AdminUsers,
     /// `/admin/users/<name>`
     AdminUser(String),
+    /// `/admin/mirrors`
+    AdminMirrors,
+    /// `/admin/mirrors/<name>/run`
+    AdminMirrorRun(String),
     /// `/token`: Docker's token endpoint
     Token,
 }
@@ -49,6 +53,7 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/check" => return Ok(Route::AdminCheck),
         "/admin/keys" => return Ok(Route::AdminKeys),
         "/admin/users" => return Ok(Route::AdminUsers),
+        "/admin/mirrors" => return Ok(Route::AdminMirrors),
         "/token" => return Ok(Route::Token),
         _ => {}
     }
@@ -61,6 +66,20 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
                 Code::Unsupported,
                 "invalid user name: 1-64 of a-z A-Z 0-9 . _ @ -",
             ))
+        };
+    }
+    if let Some(name) = path
+        .strip_prefix("/admin/mirrors/")
+        .and_then(|r| r.strip_suffix("/run"))
+    {
+        return if name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        {
+            Ok(Route::AdminMirrorRun(name.to_owned()))
+        } else {
+            Err(not_found())
         };
     }
     if let Some(name) = path.strip_prefix("/admin/repositories/") {

@@ -87,6 +87,8 @@ pub struct NewManifest<'a> {
     pub tags: &'a [String],
     /// Its subject and its descriptor for the referrers API, if it has a subject.
     pub referrer: Option<(&'a Digest, Vec<u8>)>,
+    /// Store without checking references (a pull-through cache fetches them on demand).
+    pub lazy: bool,
 }
 
 // Value layout: version 1, u16 media type length, media type, u8 subject length, subject, body.
@@ -130,7 +132,9 @@ impl Store {
         let tx = self.write(true)?;
         {
             let repo = ensure_repo(&tx, repo, domain)?;
-            check_references(&tx, repo, key, m)?;
+            if !m.lazy {
+                check_references(&tx, repo, key, m)?;
+            }
             let subject = m.referrer.as_ref().map(|(s, _)| *s);
             let digest = m.digest.as_str();
             let value = encode(m.media_type, subject, m.body);

@@ -5,6 +5,7 @@ mod check;
 mod domains;
 mod handle;
 mod manifests;
+mod mirrors;
 mod rekey;
 mod repos;
 mod schema;
@@ -211,6 +212,7 @@ impl Store {
             tx.open_table(SHADOWS)?;
             tx.open_table(DOMAINS)?;
             tx.open_table(USERS)?;
+            tx.open_table(MIRRORS)?;
         }
         tx.commit()?;
         store.load_domains(options.settle_master_key)?;

@@ -44,6 +44,10 @@ pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings
 /// an htpasswd file.
 pub const USERS: TableDefinition<&str, &str> = TableDefinition::new("users");
 
+/// Mirror name -> its state as JSON: last pass, totals, upstream digests of synced tags,
+/// and upload sessions of interrupted blob transfers (resumed by the next pass).
+pub const MIRRORS: TableDefinition<&str, &[u8]> = TableDefinition::new("mirrors");
+
 /// The schema this build writes; a store with another is refused, not guessed at.
 /// Version 2 added encryption domains (`domains`, the domain of each repository and upload);
 /// a version 1 store is migrated at open (all of it plaintext).

@@ -3,6 +3,8 @@
 //! truncated requests, hostile headers).
 #![allow(dead_code)]
 
+pub mod oci;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,274 @@
+//! Just enough tar for image archives: an index of a tar file's regular files (ustar, PAX and
+//! GNU long names), and a streaming ustar writer.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+
+const BLOCK: u64 = 512;
+
+/// Where each regular file's data lies in a tar file: name -> (offset, size).
+pub fn index(file: &mut File) -> Result<HashMap<String, (u64, u64)>, String> {
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut out = HashMap::new();
+    let mut at = 0u64;
+    let mut long_name: Option<String> = None;
+    let mut pax_size: Option<u64> = None;
+    let mut header = [0u8; 512];
+    loop {
+        file.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        match file.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.to_string()),
+        }
+        if header.iter().all(|&b| b == 0) {
+            break;
+        }
+        if !checksum_ok(&header) {
+            return Err(format!(
+                "not a tar archive (bad header checksum at byte {at})"
+            ));
+        }
+        let mut size = number(&header[124..136]).ok_or("bad size field in a tar header")?;
+        if let Some(s) = pax_size.take() {
+            size = s;
+        }
+        let data = at + BLOCK;
+        if data + size > len {
+            return Err(format!(
+                "truncated archive: an entry needs {size} bytes at {data}, the file has {len}"
+            ));
+        }
+        let kind = header[156];
+        match kind {
+            b'x' | b'L' => {
+                if size > 1 << 20 {
+                    return Err("oversized tar extended header".into());
+                }
+                let mut ext = vec![0u8; size as usize];
+                file.read_exact(&mut ext).map_err(|e| e.to_string())?;
+                if kind == b'L' {
+                    let end = ext.iter().position(|&b| b == 0).unwrap_or(ext.len());
+                    long_name = Some(String::from_utf8_lossy(&ext[..end]).into_owned());
+                } else {
+                    for (k, v) in pax_records(&ext) {
+                        match k.as_str() {
+                            "path" => long_name = Some(v),
+                            "size" => pax_size = v.parse().ok(),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            b'0' | 0 | b'7' => {
+                let name = long_name.take().unwrap_or_else(|| ustar_name(&header));
+                let name = name.trim_start_matches("./").to_owned();
+                out.insert(name, (data, size));
+            }
+            _ => {
+                long_name = None;
+            }
+        }
+        at = data + size.div_ceil(BLOCK) * BLOCK;
+    }
+    Ok(out)
+}
+
+fn checksum_ok(h: &[u8; 512]) -> bool {
+    let stored = number(&h[148..156]);
+    let sum: u64 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(b)
+            }
+        })
+        .sum();
+    stored == Some(sum)
+}
+
+/// An octal field, or GNU base-256 for large values.
+fn number(f: &[u8]) -> Option<u64> {
+    if f[0] & 0x80 != 0 {
+        let mut v = u64::from(f[0] & 0x7f);
+        for &b in &f[1..] {
+            v = v.checked_mul(256)? | u64::from(b);
+        }
+        return Some(v);
+    }
+    let s = std::str::from_utf8(f).ok()?;
+    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(s, 8).ok()
+}
+
+fn ustar_name(h: &[u8; 512]) -> String {
+    let field = |f: &[u8]| {
+        let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
+        String::from_utf8_lossy(&f[..end]).into_owned()
+    };
+    let name = field(&h[0..100]);
+    let prefix = if &h[257..262] == b"ustar" {
+        field(&h[345..500])
+    } else {
+        String::new()
+    };
+    if prefix.is_empty() {
+        name
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// `LEN key=value\n` records.
+fn pax_records(mut b: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(sp) = b.iter().position(|&c| c == b' ') {
+        let Some(len) = std::str::from_utf8(&b[..sp])
+            .ok()
+            .and_then(|l| l.parse::<usize>().ok())
+        else {
+            break;
+        };
+        if len <= sp + 1 || len > b.len() {
+            break;
+        }
+        let rec = String::from_utf8_lossy(&b[sp + 1..len - 1]).into_owned();
+        if let Some((k, v)) = rec.split_once('=') {
+            out.push((k.to_owned(), v.to_owned()));
+        }
+        b = &b[len..];
+    }
+    out
+}
+
+/// Writes a ustar archive entry by entry.
+pub struct Writer<W: Write> {
+    out: W,
+}
+
+impl<W: Write> Writer<W> {
+    /// A writer onto `out`.
+    pub fn new(out: W) -> Writer<W> {
+        Writer { out }
+    }
+
+    /// A directory entry.
+    pub fn dir(&mut self, name: &str) -> std::io::Result<()> {
+        self.header(name, 0, b'5', 0o755)
+    }
+
+    /// The header of a regular file of `size` bytes; its data follows through `data` and
+    /// `pad`.
+    pub fn file_header(&mut self, name: &str, size: u64) -> std::io::Result<()> {
+        self.header(name, size, b'0', 0o644)
+    }
+
+    /// File data.
+    pub fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)
+    }
+
+    /// Pads a file of `size` bytes to the block size.
+    pub fn pad(&mut self, size: u64) -> std::io::Result<()> {
+        let rem = (size % BLOCK) as usize;
+        if rem != 0 {
+            self.out.write_all(&[0u8; 512][..512 - rem])?;
+        }
+        Ok(())
+    }
+
+    /// A whole small file.
+    pub fn file(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.file_header(name, bytes.len() as u64)?;
+        self.data(bytes)?;
+        self.pad(bytes.len() as u64)
+    }
+
+    /// The end-of-archive blocks; returns the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.out.write_all(&[0u8; 1024])?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    fn header(&mut self, name: &str, size: u64, kind: u8, mode: u32) -> std::io::Result<()> {
+        // Our names (blobs/sha256/<64 hex>, index.json) fit the 100-byte field.
+        if name.len() >= 100 {
+            return Err(std::io::Error::other(format!("tar name too long: {name}")));
+        }
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        octal(&mut h[100..108], u64::from(mode));
+        octal(&mut h[108..116], 0);
+        octal(&mut h[116..124], 0);
+        if size < 0o77777777777 {
+            octal(&mut h[124..136], size);
+        } else {
+            h[124] = 0x80;
+            h[128..136].copy_from_slice(&size.to_be_bytes());
+        }
+        octal(&mut h[136..148], 0);
+        h[156] = kind;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].fill(b' ');
+        let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+        octal(&mut h[148..155], sum);
+        self.out.write_all(&h)
+    }
+}
+
+/// Zero-padded octal, NUL-terminated, filling `f`.
+fn octal(f: &mut [u8], v: u64) {
+    let s = format!("{:0width$o}\0", v, width = f.len() - 1);
+    f.copy_from_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_pax_names() {
+        let dir = std::env::temp_dir().join(format!("outpost-tar-{}", std::process::id()));
+        let path = dir.with_extension("tar");
+        let mut w = Writer::new(File::create(&path).unwrap());
+        w.dir("blobs/").unwrap();
+        w.file("a.txt", b"hello").unwrap();
+        let long = "d/".repeat(80) + "f";
+        let rec = format!("path={long}\n");
+        let pax = format!("{} {rec}", rec.len() + 4);
+        assert_eq!(pax.len(), rec.len() + 4);
+        w.header("PaxHeaders/x", pax.len() as u64, b'x', 0o644)
+            .unwrap();
+        w.data(pax.as_bytes()).unwrap();
+        w.pad(pax.len() as u64).unwrap();
+        w.file("ignored-name", b"long one").unwrap();
+        w.finish().unwrap();
+        let mut f = File::open(&path).unwrap();
+        let idx = index(&mut f).unwrap();
+        let (off, len) = idx["a.txt"];
+        let mut buf = vec![0; len as usize];
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, b"hello");
+        assert_eq!(idx[&long].1, 8);
+        assert!(!idx.contains_key("ignored-name"));
+        std::fs::write(
+            &path,
+            b"not a tar at all, just text that is long enough to fill".repeat(20),
+        )
+        .unwrap();
+        assert!(index(&mut File::open(&path).unwrap())
+            .unwrap_err()
+            .contains("not a tar"));
+        let _ = std::fs::remove_file(&path);
+    }
+}

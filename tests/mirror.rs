@@ -1,0 +1,631 @@
+//! Mirroring through the real binary: export/import bundles (air gap), archives made by
+//! skopeo and in docker save format, sync from Outpost and from distribution, and the
+//! pull-through cache, with skopeo as the client.
+
+mod common;
+use common::oci::*;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Runs `outpost ARGS`, asserting success; returns stdout + stderr.
+fn ok(args: &[&str]) -> String {
+    let o = outpost().args(args).output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "outpost {args:?} failed:\n{t}");
+    t
+}
+
+fn fails(args: &[&str]) -> String {
+    let o: Output = outpost().args(args).output().unwrap();
+    let t = text(&o);
+    assert!(
+        !o.status.success(),
+        "outpost {args:?} should have failed:\n{t}"
+    );
+    t
+}
+
+/// A two-platform index (amd64, arm64) in a fresh layout under `root/name`, with layers
+/// from `seed`; returns (layout dir, index digest, amd64 manifest digest, arm64 manifest
+/// digest, amd64 layer digests).
+struct MultiArch {
+    dir: PathBuf,
+    amd: String,
+    arm: String,
+    amd_layers: Vec<String>,
+}
+
+fn multi_arch(root: &Path, name: &str, seed: u64, tag: &str) -> MultiArch {
+    let dir = new_layout(root, name);
+    let amd_layers = vec![bytes(seed, 300_000), bytes(seed + 1, 50_000)];
+    let arm_layers = vec![bytes(seed + 2, 280_000), bytes(seed + 3, 40_000)];
+    let amd = image(&dir, "amd64", &amd_layers);
+    let arm = image(&dir, "arm64", &arm_layers);
+    index(&dir, &amd, &arm, tag);
+    MultiArch {
+        dir,
+        amd: amd.0,
+        arm: arm.0,
+        amd_layers: amd_layers.iter().map(|l| sha256(l)).collect(),
+    }
+}
+
+fn push(layout: &Path, tag: &str, to: &str) {
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{to}"),
+    ]);
+}
+
+fn pull(from: &str, dir: &Path, tag: &str) {
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        &format!("docker://{from}"),
+        &format!("oci:{}:{tag}", dir.display()),
+    ]);
+}
+
+/// The manifests listed by the index a pulled layout's tag points at.
+fn index_entries(dir: &Path) -> Vec<serde_json::Value> {
+    let top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let d = top["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(&d[7..])).unwrap())
+            .unwrap();
+    idx["manifests"].as_array().unwrap().clone()
+}
+
+#[test]
+fn air_gap_export_of_one_platform_imports_into_a_fresh_registry() {
+    let tmp = TempDir::new("airgap");
+    let a = Registry::start(&tmp.path().join("a"));
+    let img = multi_arch(tmp.path(), "src", 700, "v1");
+    push(&img.dir, "v1", &format!("{}/plant/app:v1", a.addr));
+
+    // Export through the running A (HTTP), arm64 only.
+    let bundle = tmp.path().join("bundle.tar");
+    let server = format!("http://{}", a.addr);
+    let out = ok(&[
+        "export",
+        "plant/app:v1",
+        "--platform",
+        "linux/arm64",
+        "-o",
+        bundle.to_str().unwrap(),
+        "--server",
+        &server,
+    ]);
+    assert!(out.contains("exported plant/app:v1"), "{out}");
+    let unknown = fails(&[
+        "export",
+        "plant/app:v1",
+        "--platform",
+        "linux/s390x",
+        "-o",
+        tmp.path().join("none.tar").to_str().unwrap(),
+        "--server",
+        &server,
+    ]);
+    assert!(
+        unknown.contains("no manifest matches platform linux/s390x"),
+        "{unknown}"
+    );
+    assert!(!tmp.path().join("none.tar").exists());
+
+    // Import into a fresh, stopped B (its store is created), then again: nothing rewritten.
+    let b_data = tmp.path().join("b");
+    let b_dir = b_data.to_str().unwrap();
+    let bundle_s = bundle.to_str().unwrap();
+    let first = ok(&["import", bundle_s, "--data-dir", b_dir]);
+    assert!(first.contains("imported plant/app:v1"), "{first}");
+    let again = ok(&["import", bundle_s, "--data-dir", b_dir]);
+    assert!(
+        again.contains("0 blob(s) stored, 3 already present"),
+        "{again}"
+    );
+
+    let b = Registry::start(&b_data);
+    let c = b.client();
+    let pulled = tmp.path().join("pulled");
+    pull(&format!("{}/plant/app:v1", b.addr), &pulled, "v1");
+    let entries = index_entries(&pulled);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["digest"], img.arm.as_str());
+    assert_eq!(entries[0]["platform"]["architecture"], "arm64");
+    // Every pulled blob hashes to its name (skopeo checked them too); arm64 bytes identical.
+    let arm = c.get(&format!("/v2/plant/app/manifests/{}", img.arm));
+    assert_eq!(arm.status, 200);
+    assert_eq!(arm.header("Docker-Content-Digest"), Some(img.arm.as_str()));
+    for l in &img.amd_layers {
+        assert_eq!(c.head(&format!("/v2/plant/app/blobs/{l}")).status, 404);
+    }
+    assert_eq!(
+        c.head(&format!("/v2/plant/app/manifests/{}", img.amd))
+            .status,
+        404
+    );
+    let (blobs, _) = c.stored_blobs();
+    assert_eq!(blobs, 3, "B holds the arm64 config and two layers only");
+}
+
+/// A `docker save` archive (pre-OCI format) of one generated image, as a tar built by `tar`.
+fn docker_save(root: &Path, name: &str, seed: u64, repo_tag: &str, tamper: bool) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let layers = [bytes(seed, 200_000), bytes(seed + 1, 30_000)];
+    let mut names = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let id = format!("{i:064x}");
+        std::fs::create_dir_all(dir.join(&id)).unwrap();
+        let mut data = l.clone();
+        if tamper && i == 1 {
+            data[100] ^= 1;
+        }
+        std::fs::write(dir.join(&id).join("layer.tar"), &data).unwrap();
+        names.push(format!("\"{id}/layer.tar\""));
+        diff_ids.push(format!("\"{}\"", sha256(l)));
+    }
+    let config = format!(
+        r#"{{"architecture":"arm64","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids.join(",")
+    );
+    let config_name = format!("{}.json", &sha256(config.as_bytes())[7..]);
+    std::fs::write(dir.join(&config_name), &config).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        format!(
+            r#"[{{"Config":"{config_name}","RepoTags":["{repo_tag}"],"Layers":[{}]}}]"#,
+            names.join(",")
+        ),
+    )
+    .unwrap();
+    let tar = root.join(format!("{name}.tar"));
+    let st = Command::new("tar")
+        .args([
+            "-cf",
+            tar.to_str().unwrap(),
+            "-C",
+            dir.to_str().unwrap(),
+            ".",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
+#[test]
+fn imports_skopeo_oci_archives_and_docker_save_archives_and_refuses_tampering() {
+    let tmp = TempDir::new("import");
+    let b = Registry::start(&tmp.path().join("b"));
+    let c = b.client();
+    let server = format!("http://{}", b.addr);
+
+    // skopeo's oci-archive, imported through the running registry.
+    let src = new_layout(tmp.path(), "src");
+    let top = image(&src, "arm64", &[bytes(800, 120_000)]);
+    layout(&src, OCI_MANIFEST, &top, "v2");
+    let archive = tmp.path().join("skopeo.tar");
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        &format!("oci:{}:v2", src.display()),
+        &format!("oci-archive:{}:plant/tool:v2", archive.display()),
+    ]);
+    let out = ok(&["import", archive.to_str().unwrap(), "--server", &server]);
+    assert!(out.contains("imported plant/tool:v2"), "{out}");
+    let m = c.get("/v2/plant/tool/manifests/v2");
+    assert_eq!(m.status, 200);
+    assert_eq!(m.header("Docker-Content-Digest"), Some(top.0.as_str()));
+    // --repo renames.
+    let out = ok(&[
+        "import",
+        archive.to_str().unwrap(),
+        "--server",
+        &server,
+        "--repo",
+        "site/tool:stable",
+    ]);
+    assert!(out.contains("imported site/tool:stable"), "{out}");
+    assert_eq!(c.get("/v2/site/tool/manifests/stable").status, 200);
+
+    // docker save format.
+    let saved = docker_save(tmp.path(), "saved", 810, "factory/legacy:v3", false);
+    let out = ok(&["import", saved.to_str().unwrap(), "--server", &server]);
+    assert!(out.contains("imported factory/legacy:v3"), "{out}");
+    assert_eq!(c.get("/v2/factory/legacy/manifests/v3").status, 200);
+    let pulled = tmp.path().join("legacy");
+    pull(&format!("{}/factory/legacy:v3", b.addr), &pulled, "v3");
+
+    // A tampered layer: refused, named, and nothing of the image shows.
+    let bad = docker_save(tmp.path(), "bad", 820, "factory/bad:v1", true);
+    let config_digest = {
+        let mut f = std::fs::File::open(tmp.path().join("bad/manifest.json")).unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        format!(
+            "sha256:{}",
+            v[0]["Config"].as_str().unwrap().trim_end_matches(".json")
+        )
+    };
+    let tampered = sha256(&bytes(821, 30_000));
+    let err = fails(&["import", bad.to_str().unwrap(), "--server", &server]);
+    assert!(err.contains(&tampered), "the message names the blob: {err}");
+    assert!(err.contains("factory/bad:v1"), "{err}");
+    assert_eq!(c.get("/v2/factory/bad/manifests/v1").status, 404);
+    assert_eq!(
+        c.head(&format!("/v2/factory/bad/blobs/{config_digest}"))
+            .status,
+        404
+    );
+    let good_layer = sha256(&bytes(820, 200_000));
+    assert_eq!(
+        c.head(&format!("/v2/factory/bad/blobs/{good_layer}"))
+            .status,
+        404
+    );
+    drop(b);
+
+    // The same refusal against the stopped registry's store.
+    let err = fails(&[
+        "import",
+        bad.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("b").to_str().unwrap(),
+    ]);
+    assert!(err.contains(&tampered), "{err}");
+    let b = Registry::start(&tmp.path().join("b"));
+    let c = b.client();
+    assert_eq!(c.get("/v2/factory/bad/manifests/v1").status, 404);
+    assert_eq!(
+        c.head(&format!("/v2/factory/bad/blobs/{config_digest}"))
+            .status,
+        404
+    );
+    assert_eq!(c.get("/v2/factory/legacy/manifests/v3").status, 200);
+}
+
+/// A TCP proxy to `target` that counts response bytes; once `cut_after` bytes have gone
+/// through (if set), it calls `on_cut` and drops every connection.
+struct Proxy {
+    addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    sent: Arc<AtomicU64>,
+    cut_after: Arc<AtomicU64>,
+}
+
+/// What the proxy does when it cuts (once).
+type OnCut = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
+fn proxy(target: SocketAddr, on_cut: OnCut) -> Proxy {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = Proxy {
+        addr: l.local_addr().unwrap(),
+        target: Arc::new(Mutex::new(target)),
+        sent: Arc::default(),
+        cut_after: Arc::new(AtomicU64::new(u64::MAX)),
+    };
+    let (t, sent, cut) = (p.target.clone(), p.sent.clone(), p.cut_after.clone());
+    std::thread::spawn(move || {
+        for client in l.incoming().map_while(Result::ok) {
+            let to = *t.lock().unwrap();
+            let Ok(upstream) = TcpStream::connect(to) else {
+                continue;
+            };
+            let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut u2);
+            });
+            let (sent, cut, on_cut) = (sent.clone(), cut.clone(), on_cut.clone());
+            std::thread::spawn(move || {
+                let (mut up, mut down) = (upstream, client);
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = up.read(&mut buf) {
+                    if n == 0 || down.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64
+                        > cut.load(Ordering::SeqCst)
+                    {
+                        if let Some(f) = on_cut.lock().unwrap().take() {
+                            f();
+                        }
+                        break;
+                    }
+                }
+                let _ = down.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    p
+}
+
+fn mirror_config(dir: &Path, mirrors: serde_json::Value) -> PathBuf {
+    let path = dir.join("outpost.json");
+    let cfg = serde_json::json!({ "dataDir": dir.join("data"), "mirrors": mirrors });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    path
+}
+
+/// distribution 2.8 (Debian's docker-registry) on an ephemeral port.
+struct Distribution(Child, SocketAddr);
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn distribution(dir: &Path) -> Distribution {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = dir.join("distribution.yml");
+    std::fs::create_dir_all(dir.join("dist")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {port}\n",
+            dir.join("dist").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .args(["serve", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry is required: run ./test.sh, which installs it");
+    let d = Distribution(child, port);
+    for _ in 0..100 {
+        if TcpStream::connect(port).is_ok() {
+            return d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("distribution did not start");
+}
+
+fn run_value(out: &str, key: &str) -> u64 {
+    // "mirror NAME: ok (N image(s) checked, M fetched, K blob(s), X B in ...)"
+    let line = out.lines().find(|l| l.starts_with("mirror ")).unwrap_or("");
+    let after = line.split_once(" (").map_or("", |(_, r)| r);
+    let pick = |i: usize| -> u64 {
+        after
+            .split(", ")
+            .nth(i)
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    match key {
+        "checked" => pick(0),
+        "fetched" => pick(1),
+        "blobs" => pick(2),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn sync_from_outpost_and_distribution_with_filters_resumes_after_the_upstream_dies() {
+    let tmp = TempDir::new("sync");
+    let a_data = tmp.path().join("a");
+    let mut a = Registry::start(&a_data);
+    let v10 = multi_arch(tmp.path(), "v10", 900, "v1.0");
+    let v11 = multi_arch(tmp.path(), "v11", 910, "v1.1");
+    let v20 = multi_arch(tmp.path(), "v20", 920, "v2.0");
+    for (img, tag) in [(&v10, "v1.0"), (&v11, "v1.1"), (&v20, "v2.0")] {
+        push(&img.dir, tag, &format!("{}/plant/app:{tag}", a.addr));
+    }
+    let big = new_layout(tmp.path(), "big");
+    let big_layer = bytes(930, 24 << 20);
+    let big_top = image(&big, "arm64", std::slice::from_ref(&big_layer));
+    layout(&big, OCI_MANIFEST, &big_top, "v1");
+    push(&big, "v1", &format!("{}/plant/big:v1", a.addr));
+
+    // A proxy in front of A that can kill it mid-blob.
+    let kill: OnCut = Arc::default();
+    let px = proxy(a.addr, kill.clone());
+    let dist = distribution(tmp.path());
+    push(&v11.dir, "v1.1", &format!("{}/edge/app:v1.1", dist.1));
+    push(&v20.dir, "v2.0", &format!("{}/edge/app:v2.0", dist.1));
+
+    let b_dir = tmp.path().join("bcfg");
+    let cfg = mirror_config(
+        &b_dir,
+        serde_json::json!([
+            {"name": "hq", "upstream": format!("http://{}", px.addr),
+             "repositories": ["plant/app"], "tagRegex": "^v1\\.", "platforms": ["linux/arm64"]},
+            {"name": "dist", "upstream": format!("http://{}", dist.1),
+             "repositories": ["edge/app"], "tags": ["v1.1", "v2.0"], "platforms": ["linux/arm64"]},
+            {"name": "big", "upstream": format!("http://{}", px.addr), "repositories": ["plant/big"]}
+        ]),
+    );
+    let cfg_s = cfg.to_str().unwrap();
+    // B is stopped: the pass works on its store (created by the first run).
+    std::fs::create_dir_all(b_dir.join("data")).unwrap();
+    let b0 = Registry::start(&b_dir.join("data"));
+    drop(b0);
+    let out = ok(&["mirror", "run", "hq", "--config", cfg_s]);
+    assert_eq!(run_value(&out, "checked"), 2, "{out}");
+    assert_eq!(run_value(&out, "fetched"), 2, "{out}");
+    assert_eq!(
+        run_value(&out, "blobs"),
+        6,
+        "arm64 config + 2 layers, twice: {out}"
+    );
+    let again = ok(&["mirror", "run", "hq", "--config", cfg_s]);
+    assert_eq!(run_value(&again, "fetched"), 0, "{again}");
+    assert!(
+        again.contains(" 0 B in"),
+        "second pass fetches nothing: {again}"
+    );
+
+    // B running: the pass goes through its admin socket.
+    let b = Registry::start_with(&b_dir.join("data"), &["--config", cfg_s]);
+    let c = b.client();
+    let out = ok(&["mirror", "run", "dist", "--config", cfg_s]);
+    assert_eq!(run_value(&out, "fetched"), 2, "{out}");
+    let again = ok(&["mirror", "run", "dist", "--config", cfg_s]);
+    assert!(again.contains(" 0 B in"), "{again}");
+    for (repo, tag, img) in [
+        ("plant/app", "v1.0", &v10),
+        ("plant/app", "v1.1", &v11),
+        ("edge/app", "v1.1", &v11),
+    ] {
+        let idx = c.get(&format!("/v2/{repo}/manifests/{tag}"));
+        assert_eq!(idx.status, 200, "{repo}:{tag}");
+        let v = idx.json();
+        assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(v["manifests"][0]["digest"], img.arm.as_str());
+        for l in &img.amd_layers {
+            assert_eq!(
+                c.head(&format!("/v2/{repo}/blobs/{l}")).status,
+                404,
+                "no amd64 layer"
+            );
+        }
+    }
+    assert_eq!(
+        c.get("/v2/plant/app/manifests/v2.0").status,
+        404,
+        "tag regex"
+    );
+    assert_eq!(c.get("/v2/edge/app/manifests/v2.0").status, 200, "tag list");
+
+    // Kill A when 8 MiB of the 24 MiB layer have gone through.
+    let pid = a.child.id();
+    *kill.lock().unwrap() = Some(Box::new(move || signal(pid, "KILL")));
+    px.cut_after
+        .store(px.sent.load(Ordering::SeqCst) + (8 << 20), Ordering::SeqCst);
+    let broken = outpost()
+        .args(["mirror", "run", "big", "--config", cfg_s])
+        .output()
+        .unwrap();
+    let t = text(&broken);
+    assert!(!broken.status.success(), "{t}");
+    assert!(t.contains("failed plant/big:v1"), "{t}");
+    let status = ok(&["mirror", "status", "--config", cfg_s]);
+    assert!(status.contains("failed plant/big:v1"), "{status}");
+    let admin = c.get("/admin/mirrors");
+    assert_eq!(admin.status, 200);
+    let big_status = admin.json()["mirrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "big")
+        .cloned()
+        .unwrap();
+    assert_eq!(big_status["lastRun"]["result"], "failed");
+    assert!(!big_status["lastRun"]["failures"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+
+    // A comes back (another port; the proxy follows): the next pass resumes the layer.
+    a.kill();
+    let a2 = Registry::start(&a_data);
+    *px.target.lock().unwrap() = a2.addr;
+    px.cut_after.store(u64::MAX, Ordering::SeqCst);
+    let before = px.sent.load(Ordering::SeqCst);
+    let out = ok(&["mirror", "run", "big", "--config", cfg_s]);
+    assert_eq!(run_value(&out, "fetched"), 1, "{out}");
+    let moved = px.sent.load(Ordering::SeqCst) - before;
+    assert!(
+        moved < (20 << 20),
+        "resumed with a Range request: {moved} bytes went through, the layer has 24 MiB"
+    );
+    let got = c.get(&format!("/v2/plant/big/blobs/{}", sha256(&big_layer)));
+    assert_eq!(got.status, 200);
+    assert_eq!(sha256(&got.body), sha256(&big_layer));
+}
+
+#[test]
+fn pull_through_cache_fetches_once_streams_and_serves_with_the_upstream_down() {
+    let tmp = TempDir::new("cache");
+    let mut a = Registry::start(&tmp.path().join("a"));
+    let one = new_layout(tmp.path(), "one");
+    let t1 = image(&one, "arm64", &[bytes(950, 3 << 20), bytes(951, 10_000)]);
+    layout(&one, OCI_MANIFEST, &t1, "v1");
+    push(&one, "v1", &format!("{}/plant/one:v1", a.addr));
+    let many = new_layout(tmp.path(), "many");
+    let many_layers = [bytes(960, 6 << 20), bytes(961, 2 << 20), bytes(962, 5_000)];
+    let t2 = image(&many, "arm64", &many_layers);
+    layout(&many, OCI_MANIFEST, &t2, "v1");
+    push(&many, "v1", &format!("{}/plant/many:v1", a.addr));
+
+    let cfg = mirror_config(
+        &tmp.path().join("b"),
+        serde_json::json!([{"name": "a", "upstream": format!("http://{}", a.addr), "pullThrough": "cache"}]),
+    );
+    let b = Registry::start_with(
+        &tmp.path().join("b/data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+
+    // 8 parallel pulls of an image B does not have yet.
+    let dirs: Vec<PathBuf> = (0..8).map(|i| tmp.path().join(format!("p{i}"))).collect();
+    let handles: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let (d, from) = (d.clone(), format!("{}/cache/plant/many:v1", b.addr));
+            std::thread::spawn(move || pull(&from, &d, "v1"))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    for d in &dirs {
+        let top: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("index.json")).unwrap()).unwrap();
+        assert_eq!(top["manifests"][0]["digest"], t2.0.as_str());
+    }
+    let log = a.log_text();
+    for l in &many_layers {
+        let get = format!("GET /v2/plant/many/blobs/{} 200", sha256(l));
+        assert_eq!(
+            log.matches(&get).count(),
+            1,
+            "each blob fetched from A once: {get}"
+        );
+    }
+
+    // One pull through B, then A goes away: B still serves it.
+    let first = tmp.path().join("first");
+    pull(&format!("{}/cache/plant/one:v1", b.addr), &first, "v1");
+    a.kill();
+    let second = tmp.path().join("second");
+    pull(&format!("{}/cache/plant/one:v1", b.addr), &second, "v1");
+    let top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(second.join("index.json")).unwrap()).unwrap();
+    assert_eq!(top["manifests"][0]["digest"], t1.0.as_str());
+    // Something never cached fails cleanly.
+    let c = b.client();
+    let miss = c.get("/v2/cache/plant/never/manifests/v1");
+    assert_eq!(miss.status, 404);
+    let status = ok(&["mirror", "status", "--config", cfg.to_str().unwrap()]);
+    assert!(status.contains("pull-through cache at cache/"), "{status}");
+    assert!(
+        status.contains("served while the upstream failed"),
+        "{status}"
+    );
+}
