@@ -899,3 +899,22 @@ fn a_stalled_client_cannot_hold_a_worker_forever() {
     assert_eq!(c.get(&loc).header("Range"), Some("0-9"));
     drop(s);
 }
+
+#[test]
+fn a_bodiless_chunked_post_leaves_the_connection_usable() {
+    // ureq sends a POST without a body as an empty chunked body; the next request on the
+    // keep-alive connection must not be parsed from its leftovers.
+    let tmp = TempDir::new("chunked-post");
+    let r = Registry::start(tmp.path());
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(r.addr).unwrap();
+    s.write_all(
+        b"POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+          GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 202"), "{all}");
+    assert!(all.contains("HTTP/1.1 200"), "second request: {all}");
+}

@@ -629,3 +629,75 @@ fn pull_through_cache_fetches_once_streams_and_serves_with_the_upstream_down() {
         "{status}"
     );
 }
+
+#[test]
+fn mirroring_signs_in_to_registries_with_auth_on() {
+    let tmp = TempDir::new("mirror-auth");
+    let a_dir = tmp.path().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let a_cfg = a_dir.join("outpost.json");
+    std::fs::write(
+        &a_cfg,
+        serde_json::json!({
+            "dataDir": a_dir.join("data"),
+            "access": [{"repositories": "plant/*", "pull": ["hq"], "push": ["hq"]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let a_cfg_s = a_cfg.to_str().unwrap();
+    let added = outpost_stdin(
+        &["user", "add", "hq", "--config", a_cfg_s],
+        "hq-secret-55\n",
+    );
+    assert!(added.status.success(), "{}", text(&added));
+    let a = Registry::start_with(&a_dir.join("data"), &["--config", a_cfg_s]);
+    let server = format!("http://{}", a.addr);
+
+    // Import through the HTTP API needs the user's credentials.
+    let src = new_layout(tmp.path(), "src");
+    let top = image(&src, "arm64", &[bytes(990, 70_000)]);
+    layout(&src, OCI_MANIFEST, &top, "plant/app:v1");
+    let src_s = src.to_str().unwrap();
+    let refused = fails(&["import", src_s, "--server", &server]);
+    assert!(refused.contains("401"), "{refused}");
+    let o = outpost()
+        .args(["import", src_s, "--server", &server, "--user", "hq"])
+        .env("OUTPOST_PASSWORD", "hq-secret-55")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("imported plant/app:v1"), "{}", text(&o));
+    let o = outpost()
+        .args(["export", "plant/app", "-o"])
+        .arg(tmp.path().join("out"))
+        .args(["--server", &server, "--user", "hq"])
+        .env("OUTPOST_PASSWORD", "hq-secret-55")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(tmp.path().join("out/index.json").exists());
+
+    // A mirror with the right password syncs (Outpost answers with a bearer challenge); with
+    // a wrong one the pass fails and says why.
+    std::fs::write(tmp.path().join("good"), "hq-secret-55\n").unwrap();
+    std::fs::write(tmp.path().join("bad"), "nope\n").unwrap();
+    let mirror = |name: &str, file: &str| {
+        serde_json::json!({"name": name, "upstream": server, "username": "hq",
+            "passwordFile": tmp.path().join(file), "repositories": ["plant/app"]})
+    };
+    let cfg = mirror_config(
+        &tmp.path().join("b"),
+        serde_json::json!([mirror("good", "good"), mirror("bad", "bad")]),
+    );
+    std::fs::create_dir_all(tmp.path().join("b/data")).unwrap();
+    let b_cfg = cfg.to_str().unwrap();
+    drop(Registry::start(&tmp.path().join("b/data")));
+    let out = ok(&["mirror", "run", "good", "--config", b_cfg]);
+    assert_eq!(run_value(&out, "fetched"), 1, "{out}");
+    let bad = fails(&["mirror", "run", "bad", "--config", b_cfg]);
+    assert!(
+        bad.contains("failed plant/app") && bad.contains("401"),
+        "{bad}"
+    );
+}

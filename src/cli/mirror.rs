@@ -116,6 +116,9 @@ pub fn export(
                 Some(r) => vec![r.clone()],
                 None => list_tags(&n.repo).map_err(|e| format!("tags of {}: {e}", n.repo))?,
             };
+            if refs.is_empty() {
+                return Err(format!("{} has no tags: name an image by digest", n.repo));
+            }
             for r in refs {
                 let c = copy_image(
                     src,

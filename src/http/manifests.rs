@@ -68,26 +68,9 @@ pub fn put(
         }
         tags.push(t.to_owned());
     }
-    let referrer = manifest
-        .subject
-        .as_ref()
-        .map(|s| (s, manifest.referrer_descriptor(&digest, body.len())));
     app.store.manifest_put(
         name,
-        &NewManifest {
-            digest: &digest,
-            media_type: &manifest.media_type,
-            body: &body,
-            blobs: manifest.blobs.iter().map(|d| (&d.digest, d.size)).collect(),
-            children: manifest
-                .children
-                .iter()
-                .map(|d| (&d.digest, d.size))
-                .collect(),
-            tags: &tags,
-            referrer,
-            lazy: false,
-        },
+        &NewManifest::of(&manifest, &digest, &body, &tags, false),
     )?;
     let mut reply = Reply::empty(201)
         .header("Location", format!("/v2/{name}/manifests/{digest}"))

@@ -238,26 +238,9 @@ impl Sink for LocalSink<'_> {
         let parsed = Manifest::parse(Some(&m.media_type), &m.body)
             .map_err(|e| MirrorError::integrity(format!("manifest {}: {e:?}", m.digest)))?;
         let tags: Vec<String> = tag.into_iter().map(str::to_owned).collect();
-        let referrer = parsed
-            .subject
-            .as_ref()
-            .map(|s| (s, parsed.referrer_descriptor(&m.digest, m.body.len())));
         self.store.manifest_put(
             repo,
-            &NewManifest {
-                digest: &m.digest,
-                media_type: &parsed.media_type,
-                body: &m.body,
-                blobs: parsed.blobs.iter().map(|d| (&d.digest, d.size)).collect(),
-                children: parsed
-                    .children
-                    .iter()
-                    .map(|d| (&d.digest, d.size))
-                    .collect(),
-                tags: &tags,
-                referrer,
-                lazy: self.lazy,
-            },
+            &NewManifest::of(&parsed, &m.digest, &m.body, &tags, self.lazy),
         )?;
         Ok(())
     }

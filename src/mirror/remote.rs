@@ -137,12 +137,7 @@ impl Remote {
         if resp.status() != 401 {
             return Ok(resp);
         }
-        let challenge = resp
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let challenge = header(&resp, "www-authenticate").unwrap_or("").to_owned();
         let Some(auth) = self.answer(&challenge, scope)? else {
             return Ok(resp);
         };
@@ -237,26 +232,26 @@ impl Remote {
         }
     }
 
+    /// A `method` (GET or HEAD) request for manifest `reference` of `repo`.
+    fn manifest_request(
+        &self,
+        method: &str,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Response<Body>> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let scope = Self::scope(repo, false);
+        self.send(method, &path, &scope, &[("Accept", ACCEPT.into())], || ())
+            .map_err(|e| net(&path, e))
+    }
+
     /// The digest `reference` of `repo` resolves to (HEAD), if the registry has it.
     pub fn head_manifest(&self, repo: &str, reference: &str) -> Result<Option<Digest>> {
-        let path = format!("/v2/{repo}/manifests/{reference}");
-        let resp = self
-            .send(
-                "HEAD",
-                &path,
-                &Self::scope(repo, false),
-                &[("Accept", ACCEPT.into())],
-                || (),
-            )
-            .map_err(|e| net(&path, e))?;
+        let resp = self.manifest_request("HEAD", repo, reference)?;
         match resp.status().as_u16() {
-            200 => Ok(resp
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|d| Digest::parse(d).ok())),
+            200 => Ok(header(&resp, "docker-content-digest").and_then(|d| Digest::parse(d).ok())),
             404 => Ok(None),
-            _ => Err(self.refused(&path, resp)),
+            _ => Err(self.refused(&format!("manifest {repo}:{reference}"), resp)),
         }
     }
 
@@ -271,19 +266,11 @@ impl Remote {
             if resp.status() != 200 {
                 return Err(self.refused(&format!("tags of {repo}"), resp));
             }
-            let next = resp
-                .headers()
-                .get("link")
-                .and_then(|v| v.to_str().ok())
+            let next = header(&resp, "link")
                 .and_then(|l| l.split_once('<'))
                 .and_then(|(_, r)| r.split_once('>'))
                 .map(|(u, _)| u.to_owned());
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(SMALL_LIMIT)
-                .read_to_vec()
-                .map_err(|e| net(&path, e))?;
+            let body = small_body(&mut resp, &path)?;
             let v: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| MirrorError::new(format!("tags of {repo}: {e}")))?;
             out.extend(
@@ -319,10 +306,7 @@ impl Remote {
         match resp.status().as_u16() {
             200 => Ok((resp, 0)),
             206 => {
-                let start = resp
-                    .headers()
-                    .get("content-range")
-                    .and_then(|v| v.to_str().ok())
+                let start = header(&resp, "content-range")
                     .and_then(|v| v.strip_prefix("bytes "))
                     .and_then(|v| v.split('-').next())
                     .and_then(|v| v.parse::<u64>().ok());
@@ -396,6 +380,20 @@ impl Remote {
         }
         Ok(())
     }
+}
+
+/// Header `name` of `resp`, if present and text.
+fn header<'r>(resp: &'r Response<Body>, name: &str) -> Option<&'r str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A whole small response body (manifests, tag lists, tokens).
+fn small_body(resp: &mut Response<Body>, what: &str) -> Result<Vec<u8>> {
+    resp.body_mut()
+        .with_config()
+        .limit(SMALL_LIMIT)
+        .read_to_vec()
+        .map_err(|e| net(what, e))
 }
 
 /// `key="value", key=value` pairs of a challenge.
@@ -499,29 +497,13 @@ impl Download<'_> {
 impl Source for Remote {
     fn manifest(&self, repo: &str, reference: &str, _hint: Option<&str>) -> Result<Fetched> {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let mut resp = self
-            .send(
-                "GET",
-                &path,
-                &Self::scope(repo, false),
-                &[("Accept", ACCEPT.into())],
-                || (),
-            )
-            .map_err(|e| net(&path, e))?;
+        let mut resp = self.manifest_request("GET", repo, reference)?;
         if resp.status() != 200 {
             return Err(self.refused(&format!("manifest {repo}:{reference}"), resp));
         }
-        let media_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
+        let media_type = header(&resp, "content-type")
             .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(SMALL_LIMIT)
-            .read_to_vec()
-            .map_err(|e| net(&path, e))?;
+        let body = small_body(&mut resp, &path)?;
         let declared = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["mediaType"].as_str().map(str::to_owned));
@@ -575,7 +557,7 @@ impl Sink for Remote {
         match resp.status().as_u16() {
             201 => Ok(true),
             202 => {
-                if let Some(loc) = resp.headers().get("location").and_then(|v| v.to_str().ok()) {
+                if let Some(loc) = header(&resp, "location") {
                     self.pending
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -609,9 +591,7 @@ impl Sink for Remote {
                 if resp.status() != 202 {
                     return Err(self.refused(&format!("blob {digest}"), resp));
                 }
-                resp.headers()
-                    .get("location")
-                    .and_then(|v| v.to_str().ok())
+                header(&resp, "location")
                     .map(str::to_owned)
                     .ok_or_else(|| MirrorError::new("upload started without a Location"))?
             }

@@ -91,6 +91,32 @@ pub struct NewManifest<'a> {
     pub lazy: bool,
 }
 
+impl<'a> NewManifest<'a> {
+    /// What storing validated manifest `m` (bytes `body`, digest `digest`) under `tags`
+    /// requires; `lazy` skips the reference checks.
+    pub fn of(
+        m: &'a crate::registry::manifest::Manifest,
+        digest: &'a Digest,
+        body: &'a [u8],
+        tags: &'a [String],
+        lazy: bool,
+    ) -> NewManifest<'a> {
+        NewManifest {
+            digest,
+            media_type: &m.media_type,
+            body,
+            blobs: m.blobs.iter().map(|d| (&d.digest, d.size)).collect(),
+            children: m.children.iter().map(|d| (&d.digest, d.size)).collect(),
+            tags,
+            referrer: m
+                .subject
+                .as_ref()
+                .map(|s| (s, m.referrer_descriptor(digest, body.len()))),
+            lazy,
+        }
+    }
+}
+
 // Value layout: version 1, u16 media type length, media type, u8 subject length, subject, body.
 fn encode(media_type: &str, subject: Option<&Digest>, body: &[u8]) -> Vec<u8> {
     let subject = subject.map_or("", |d| d.as_str());

@@ -222,7 +222,11 @@ where
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        Box::new(FusedReader::new(DrainOnDrop {
+            inner: Decoder::new(source_data),
+            ended: false,
+        }))
+            as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -493,6 +497,37 @@ impl fmt::Debug for Request {
             "Request({} {} from {:?})",
             self.method, self.path, self.remote_addr
         )
+    }
+}
+
+/// Outpost patch: a chunked body the handler did not read is drained when the request goes,
+/// as `EqualReader` does for a `Content-Length` body. Left in the stream, its bytes were
+/// parsed as the next request on the connection, which got a 400.
+/// Reading on past the end would take bytes of the next request.
+struct DrainOnDrop<R: Read> {
+    inner: R,
+    ended: bool,
+}
+
+impl<R: Read> Read for DrainOnDrop<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ended {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        self.ended = n == 0 && !buf.is_empty();
+        Ok(n)
+    }
+}
+
+impl<R: Read> Drop for DrainOnDrop<R> {
+    fn drop(&mut self) {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = self.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
     }
 }
 
