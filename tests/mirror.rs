@@ -301,8 +301,8 @@ fn imports_skopeo_oci_archives_and_docker_save_archives_and_refuses_tampering() 
     assert_eq!(c.get("/v2/factory/legacy/manifests/v3").status, 200);
 }
 
-/// A TCP proxy to `target` that counts response bytes; once `cut_after` bytes have gone
-/// through (if set), it calls `on_cut` and drops every connection.
+/// A TCP proxy to `target` that counts the bytes it passes (both ways); when the count
+/// first exceeds `cut_after`, it calls `on_cut`, and drops the connection if that says so.
 struct Proxy {
     addr: SocketAddr,
     target: Arc<Mutex<SocketAddr>>,
@@ -310,8 +310,26 @@ struct Proxy {
     cut_after: Arc<AtomicU64>,
 }
 
-/// What the proxy does when it cuts (once).
-type OnCut = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+/// What the proxy does when the count passes `cut_after` (once): true drops the connection.
+type OnCut = Arc<Mutex<Option<Box<dyn FnOnce() -> bool + Send>>>>;
+
+/// Copies `from` to `to`, counting into `sent`; see `Proxy`.
+fn pump(mut from: TcpStream, mut to: TcpStream, sent: &AtomicU64, cut: &AtomicU64, on_cut: &OnCut) {
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > cut.load(Ordering::SeqCst) {
+            let f = on_cut.lock().unwrap().take();
+            if f.is_some_and(|f| f()) {
+                break;
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
 
 fn proxy(target: SocketAddr, on_cut: OnCut) -> Proxy {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -328,29 +346,13 @@ fn proxy(target: SocketAddr, on_cut: OnCut) -> Proxy {
             let Ok(upstream) = TcpStream::connect(to) else {
                 continue;
             };
-            let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c2, &mut u2);
-            });
-            let (sent, cut, on_cut) = (sent.clone(), cut.clone(), on_cut.clone());
-            std::thread::spawn(move || {
-                let (mut up, mut down) = (upstream, client);
-                let mut buf = [0u8; 16384];
-                while let Ok(n) = up.read(&mut buf) {
-                    if n == 0 || down.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64
-                        > cut.load(Ordering::SeqCst)
-                    {
-                        if let Some(f) = on_cut.lock().unwrap().take() {
-                            f();
-                        }
-                        break;
-                    }
-                }
-                let _ = down.shutdown(std::net::Shutdown::Both);
-            });
+            for (from, into) in [
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                (upstream, client),
+            ] {
+                let (sent, cut, on_cut) = (sent.clone(), cut.clone(), on_cut.clone());
+                std::thread::spawn(move || pump(from, into, &sent, &cut, &on_cut));
+            }
         }
     });
     p
@@ -514,7 +516,10 @@ fn sync_from_outpost_and_distribution_with_filters_resumes_after_the_upstream_di
 
     // Kill A when 8 MiB of the 24 MiB layer have gone through.
     let pid = a.child.id();
-    *kill.lock().unwrap() = Some(Box::new(move || signal(pid, "KILL")));
+    *kill.lock().unwrap() = Some(Box::new(move || {
+        signal(pid, "KILL");
+        true
+    }));
     px.cut_after
         .store(px.sent.load(Ordering::SeqCst) + (8 << 20), Ordering::SeqCst);
     let broken = outpost()
@@ -700,4 +705,102 @@ fn mirroring_signs_in_to_registries_with_auth_on() {
         bad.contains("failed plant/app") && bad.contains("401"),
         "{bad}"
     );
+}
+
+#[test]
+fn pull_through_passes_a_blob_on_as_it_arrives() {
+    let tmp = TempDir::new("cache-stream");
+    let a = Registry::start(&tmp.path().join("a"));
+    let layer = bytes(1000, 4 << 20);
+    let (digest, resp) = a.client().push_blob("plant/big", &layer);
+    assert_eq!(resp.status, 201);
+    // The upstream stalls for 3 s once 1 MiB has gone through.
+    let stall: OnCut = Arc::new(Mutex::new(Some(Box::new(|| {
+        std::thread::sleep(Duration::from_secs(3));
+        false
+    }))));
+    let px = proxy(a.addr, stall);
+    px.cut_after.store(1 << 20, Ordering::SeqCst);
+    let cfg = mirror_config(
+        &tmp.path().join("b"),
+        serde_json::json!([{"name": "a", "upstream": format!("http://{}", px.addr), "pullThrough": "cache"}]),
+    );
+    let b = Registry::start_with(
+        &tmp.path().join("b/data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let t = std::time::Instant::now();
+    let mut s = TcpStream::connect(b.addr).unwrap();
+    write!(
+        s,
+        "GET /v2/cache/plant/big/blobs/{digest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut first_body = None;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if first_body.is_none()
+            && got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .is_some_and(|h| got.len() > h + 4 + 65536)
+        {
+            first_body = Some(t.elapsed());
+        }
+    }
+    let total = t.elapsed();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got[..head_end])
+    );
+    assert_eq!(sha256(&got[head_end..]), digest);
+    let first_body = first_body.unwrap();
+    assert!(
+        total >= Duration::from_secs(3),
+        "the upstream stalled 3 s: {total:?}"
+    );
+    assert!(
+        first_body < Duration::from_secs(2),
+        "the first bytes came {first_body:?} after the request, the whole blob after {total:?}"
+    );
+    // Stored: served again with the upstream gone.
+    drop(a);
+    let again = b
+        .client()
+        .get(&format!("/v2/cache/plant/big/blobs/{digest}"));
+    assert_eq!(again.status, 200);
+    assert_eq!(sha256(&again.body), digest);
+}
+
+#[test]
+fn an_interrupted_import_runs_again_and_skips_what_it_stored() {
+    let tmp = TempDir::new("import-again");
+    let b = Registry::start(&tmp.path().join("b"));
+    let src = new_layout(tmp.path(), "src");
+    let top = image(&src, "arm64", &[bytes(1010, 60_000), bytes(1011, 6 << 20)]);
+    layout(&src, OCI_MANIFEST, &top, "plant/app:v1");
+    // The connection drops after 2 MiB: the big layer is cut off.
+    let px = proxy(b.addr, Arc::new(Mutex::new(Some(Box::new(|| true)))));
+    px.cut_after.store(2 << 20, Ordering::SeqCst);
+    let src_s = src.to_str().unwrap();
+    let broken = fails(&["import", src_s, "--server", &format!("http://{}", px.addr)]);
+    assert!(broken.contains("plant/app:v1"), "{broken}");
+    let c = b.client();
+    assert_eq!(c.get("/v2/plant/app/manifests/v1").status, 404);
+    let again = ok(&["import", src_s, "--server", &format!("http://{}", b.addr)]);
+    assert!(
+        again.contains("1 blob(s) stored, 2 already present"),
+        "{again}"
+    );
+    assert_eq!(c.get("/v2/plant/app/manifests/v1").status, 200);
+    let check = c.get("/admin/check");
+    assert_eq!(check.status, 200, "{:?}", check.json());
 }

@@ -249,6 +249,10 @@ pub fn import(
         }
     }
     progress.finish();
+    if let Target::Store(s) = &target {
+        // Links made by mounts are committed without fsync; make them durable now.
+        s.flush().map_err(|e| e.to_string())?;
+    }
     for l in &lines {
         println!("{l}");
     }
@@ -283,7 +287,8 @@ pub fn run(config: &Config, server: Option<&str>, name: Option<&str>) -> Result<
             None => "the config has no mirrors with repositories to sync".into(),
         });
     }
-    let reached = reach(config, server)?;
+    // A gateway's first pass may be what creates its store.
+    let reached = super::reach_or_create(config, server, true)?;
     let mut bad = 0;
     for m in chosen {
         let report = match &reached {
@@ -297,8 +302,11 @@ pub fn run(config: &Config, server: Option<&str>, name: Option<&str>) -> Result<
             )?,
             Reach::Offline(store, _) => {
                 let stopping = std::sync::atomic::AtomicBool::new(false);
-                crate::mirror::sync::run_pass(store, m, &stopping, Progress::for_terminal())
-                    .map_err(|e| e.message)?
+                let r =
+                    crate::mirror::sync::run_pass(store, m, &stopping, Progress::for_terminal())
+                        .map_err(|e| e.message)?;
+                store.flush().map_err(|e| e.to_string())?;
+                r
             }
         };
         if report["result"] != "ok" {

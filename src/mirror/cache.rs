@@ -13,7 +13,7 @@ use crate::storage::{Store, StoreError};
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The configured caches.
 pub struct PullThrough {
@@ -27,6 +27,25 @@ struct Cache {
     name: String,
     prefix: String,
     remote: Remote,
+    /// After the upstream failed, tags are served from the cache without asking it until
+    /// then: a dead upstream must not cost every pull a connect timeout.
+    quiet_until: Mutex<Option<Instant>>,
+}
+
+/// How long a failed upstream is not asked about tags.
+const QUIET: Duration = Duration::from_secs(30);
+
+impl Cache {
+    fn quiet(&self) -> bool {
+        self.quiet_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    fn failed(&self) {
+        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + QUIET);
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +112,7 @@ impl PullThrough {
                     name: m.name.clone(),
                     prefix: prefix.clone(),
                     remote,
+                    quiet_until: Mutex::default(),
                 }),
                 Err(e) => log::error!("mirror {}: pull-through cache off: {e}", m.name),
             }
@@ -118,15 +138,15 @@ impl PullThrough {
     /// time (falling back to the cached one if the upstream fails), a digest only on a miss.
     /// Stores what it fetched; the caller then serves from the store.
     pub fn manifest(&self, store: &Store, route: &Route<'_>, repo: &str, reference: &str) {
+        let c = route.cache;
         let cached = match Reference::parse(reference) {
             Ok(Reference::Digest(d)) => store.manifest_by_digest(repo, &d).is_ok(),
-            Ok(Reference::Tag(_)) => false,
+            Ok(Reference::Tag(t)) => c.quiet() && store.manifest_by_tag(repo, &t).is_ok(),
             Err(_) => return,
         };
         if cached {
             return;
         }
-        let c = route.cache;
         let fetched = c.remote.manifest(&route.upstream_repo, reference, None);
         match fetched {
             Ok(f) => {
@@ -149,6 +169,10 @@ impl PullThrough {
                 }
             }
             Err(e) => {
+                // An answer (404, 401) means the upstream is there; anything else, it is not.
+                if !e.message.contains(" answered ") {
+                    c.failed();
+                }
                 log::warn!("cache {}: {repo}:{reference} from upstream: {e}", c.name);
                 let have = match Reference::parse(reference) {
                     Ok(Reference::Tag(t)) => store.manifest_by_tag(repo, &t).is_ok(),

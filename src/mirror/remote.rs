@@ -215,10 +215,15 @@ impl Remote {
             .read_to_vec()
             .unwrap_or_default();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let msg = v["errors"][0]["message"]
+        // The upstream's words end up in logs and on terminals: printable, and not many.
+        let msg: String = v["errors"][0]["message"]
             .as_str()
             .or(v["errors"][0]["code"].as_str())
-            .unwrap_or("");
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
         let hint = match status {
             401 => " (give credentials: username and passwordFile, or --user)",
             403 => " (the credentials may not do this)",

@@ -123,7 +123,11 @@ pub fn run_pass(
                         continue;
                     }
                 };
-                for tag in tags.iter().filter(|t| m.wants_tag(t)) {
+                // Tags come from the upstream: only valid ones become local tags.
+                let wanted = tags
+                    .iter()
+                    .filter(|t| crate::registry::names::valid_tag(t) && m.wants_tag(t));
+                for tag in wanted {
                     if stopping.load(Ordering::Relaxed) {
                         break;
                     }
