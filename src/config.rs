@@ -846,6 +846,53 @@ mod tests {
     }
 
     #[test]
+    fn mirrors() {
+        let resolve = |m: &str| -> Result<Config, String> {
+            serde_json::from_str::<Overrides>(&format!(r#"{{"mirrors": {m}}}"#))
+                .map_err(|e| e.to_string())?
+                .resolve()
+        };
+        let c = resolve(
+            r#"[{"name": "hq", "upstream": "https://r.example.com/", "repositories": ["a/b"],
+                 "tagRegex": "^v1\\.", "platforms": ["linux/arm64"], "interval": "15m"}]"#,
+        )
+        .unwrap();
+        let m = &c.mirrors[0];
+        assert_eq!(m.upstream, "https://r.example.com");
+        assert!(m.wants_tag("v1.2") && !m.wants_tag("v2.0"));
+        assert_eq!(m.interval, Some(Duration::from_secs(900)));
+        let err = |m: &str, want: &str| {
+            let e = resolve(m).unwrap_err();
+            assert!(e.contains(want), "{m}: {e}");
+        };
+        err(
+            r#"[{"name": "x", "upstream": "https://a"}]"#,
+            "give repositories",
+        );
+        err(
+            r#"[{"name": "x", "upstream": "https://a", "repositories": ["a"], "tagRegex": "("}]"#,
+            "tagRegex",
+        );
+        err(
+            r#"[{"name": "x", "upstream": "https://a/v2/", "pullThrough": "hub"}]"#,
+            "must be http(s)://HOST",
+        );
+        err(
+            r#"[{"name": "x", "upstream": "https://a", "pullThrough": "hub"},
+                {"name": "x", "upstream": "https://b", "pullThrough": "hub2"}]"#,
+            "two are named",
+        );
+        err(
+            r#"[{"name": "x", "upstream": "https://a", "pullThrough": "Hub"}]"#,
+            "pullThrough",
+        );
+        err(
+            r#"[{"name": "x", "upstream": "https://a", "pullThrough": "h", "colour": 1}]"#,
+            "unknown field",
+        );
+    }
+
+    #[test]
     fn layering_and_validation() {
         let file: Overrides = serde_json::from_str(
             r#"{"workers": 3, "chunkSize": "256KiB", "blobMounting": "disabled"}"#,

@@ -62,7 +62,8 @@ Options for serve (flags override the config file, which overrides the defaults)
   -h, --help                this help
 
 COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
---master-key-file FILE, and (settings, repo create/delete, key list, user) --server URL.
+--master-key-file FILE, and (settings, repo create/delete, key list, user, export, import,
+mirror) --server URL.
 These commands talk to the running registry through its admin socket (admin.sock in the
 data directory: its user and root may use it, whatever the access rules say), else at
 --server (default: the configured listen address, plain HTTP); if nothing listens there,
