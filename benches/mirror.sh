@@ -5,6 +5,7 @@
 # the work (the CLI for offline work, the registry for work through HTTP).
 #
 #   sync    outpost mirror run: Outpost A -> B over HTTP  | skopeo copy A -> distribution
+#           (B stopped: the CLI's RSS; B running: the registry's)
 #   export  outpost export: B's store -> OCI layout tar    | skopeo copy distribution -> oci:
 #   import  outpost import: that tar -> a fresh store      | skopeo copy oci: -> a fresh distribution
 #   import via HTTP: the tar -> a running Outpost (the registry's RSS)
@@ -72,6 +73,13 @@ EOF
   hwm_reset "$a"
   run "sync   outpost mirror run (B stopped)" "$bytes" "$bin" mirror run a --config "$s/b.json" --listen 127.0.0.1:1
   echo "       upstream A's peak RSS meanwhile: $(hwm "$a") MiB"
+
+  sed "s|\"$s/b\"|\"$s/g\"|" "$s/b.json" >"$s/g.json"
+  pg=$(free_port); start_outpost "$s/g" "$pg" "$s/g.log" --config "$s/g.json"; g=$pid; pids+=("$g")
+  hwm_reset "$g"
+  run "sync   outpost mirror run (B running)" "$bytes" "$bin" mirror run a --config "$s/g.json"
+  echo "       the running registry's peak RSS meanwhile: $(hwm "$g") MiB"
+  kill "$g"
 
   pd=$(free_port); start_dist "$s/d" "$pd"; d=$pid; pids+=("$d")
   hwm_reset "$d"

@@ -34,8 +34,8 @@ Usage: outpost serve [OPTIONS]
        outpost user add|passwd|del NAME [COMMON]
        outpost user list [COMMON]
        outpost tls self-signed --host NAME [--host NAME ...] [--out DIR] [--days N] [COMMON]
-       outpost export IMAGE... -o FILE.tar|DIR [--platform P,...|--all-platforms] [--user U] [COMMON]
-       outpost import FILE.tar|DIR [--repo NAME[:TAG]] [--platform P,...] [--user U] [COMMON]
+       outpost export IMAGE... -o FILE.tar|DIR [--platform P,...|--all-platforms] [LOGIN] [COMMON]
+       outpost import FILE.tar|DIR [--repo NAME[:TAG]] [--platform P,...] [LOGIN] [COMMON]
        outpost mirror run [NAME] [COMMON]
        outpost mirror status [COMMON]
        outpost --version
@@ -100,8 +100,10 @@ layout (tar or directory; what skopeo copy oci-archive:/oci: and docker save wri
 older docker save archive, naming repositories from the archive's annotations or --repo.
 Every blob is verified before it is stored; blobs already stored are not written again, so
 an interrupted import can simply be run again. Both work on the store when outpost is
-stopped, else through the running registry's HTTP API (--user U for auth; the password comes
-from $OUTPOST_PASSWORD, the terminal, or stdin). Progress shows on a terminal.
+stopped, else through the running registry's HTTP API. LOGIN: --user U when auth is on (the
+password comes from $OUTPOST_PASSWORD, the terminal, or stdin) and --ca-file FILE for an
+https --server whose certificate the system does not trust (the local registry's own
+tls.certFile is trusted). Progress shows on a terminal.
 
 mirror run runs one sync pass of the config's mirrors (or NAME) now; mirror status shows each
 mirror's last pass, totals and pull-through cache activity.
@@ -150,14 +152,14 @@ enum Command {
     TlsSelfSigned(Common, Vec<String>, PathBuf, u64),
     Export(
         Common,
-        Option<String>,
+        cli::mirror::Login,
         Vec<String>,
         PathBuf,
         Option<Vec<mirror::Platform>>,
     ),
     Import(
         Common,
-        Option<String>,
+        cli::mirror::Login,
         PathBuf,
         Option<String>,
         Option<Vec<mirror::Platform>>,
@@ -188,6 +190,7 @@ struct Args {
     all_platforms: bool,
     repo: Option<String>,
     user: Option<String>,
+    ca_file: Option<PathBuf>,
     /// Long options given, to refuse those the command does not take.
     seen: Vec<String>,
 }
@@ -252,6 +255,7 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("all-platforms") => a.all_platforms = true,
             Long("repo") => a.repo = Some(parser.value()?.string()?),
             Long("user") => a.user = Some(parser.value()?.string()?),
+            Long("ca-file") => a.ca_file = Some(PathBuf::from(parser.value()?)),
             Long("days") => {
                 let d: u64 = parser.value()?.parse()?;
                 if !(1..=36500).contains(&d) {
@@ -312,10 +316,21 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         ["tls", "self-signed", ..] => ("tls self-signed", &["host", "out", "days"], 0),
         ["export", ..] => (
             "export",
-            &["output", "platform", "all-platforms", "user", "server"],
+            &[
+                "output",
+                "platform",
+                "all-platforms",
+                "user",
+                "server",
+                "ca-file",
+            ],
             usize::MAX,
         ),
-        ["import", ..] => ("import", &["repo", "platform", "user", "server"], 1),
+        ["import", ..] => (
+            "import",
+            &["repo", "platform", "user", "server", "ca-file"],
+            1,
+        ),
         ["mirror", "run", ..] => ("mirror run", &["server"], usize::MAX),
         ["mirror", "status", ..] => ("mirror status", &["server"], 0),
         ["repo" | "key" | "user" | "tls" | "mirror", sub, ..] => {
@@ -380,6 +395,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
                 | "all-platforms"
                 | "repo"
                 | "user"
+                | "ca-file"
         )
     }) {
         return Err(format!("--{f} is not an option of serve (see --help)").into());
@@ -388,6 +404,11 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     if a.algorithm.is_some() && a.key.is_none() {
         return Err("--algorithm needs --key".into());
     }
+    let login = cli::mirror::Login {
+        server: a.server.clone(),
+        user: a.user,
+        ca_file: a.ca_file,
+    };
     let common = Common {
         config: a.config,
         flags: Box::new(a.flags),
@@ -462,13 +483,13 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
             }
             Command::Export(
                 common,
-                a.user,
+                login,
                 rest.iter().map(|s| s.to_string()).collect(),
                 out,
                 a.platforms,
             )
         }
-        "import" => Command::Import(common, a.user, PathBuf::from(arg()), a.repo, a.platforms),
+        "import" => Command::Import(common, login, PathBuf::from(arg()), a.repo, a.platforms),
         "mirror run" => {
             if rest.len() > 1 {
                 return Err("mirror run takes at most one NAME".into());
@@ -558,20 +579,12 @@ fn main() -> ExitCode {
         Command::UserList(c) => c
             .resolve()
             .and_then(|cfg| cli::users::list(&cfg, c.server.as_deref())),
-        Command::Export(c, user, images, out, platforms) => c.resolve().and_then(|cfg| {
-            let login = cli::mirror::Login {
-                server: c.server.clone(),
-                user,
-            };
-            cli::mirror::export(&cfg, &login, &images, &out, platforms)
-        }),
-        Command::Import(c, user, input, repo, platforms) => c.resolve().and_then(|cfg| {
-            let login = cli::mirror::Login {
-                server: c.server.clone(),
-                user,
-            };
-            cli::mirror::import(&cfg, &login, &input, repo.as_deref(), platforms)
-        }),
+        Command::Export(c, login, images, out, platforms) => c
+            .resolve()
+            .and_then(|cfg| cli::mirror::export(&cfg, &login, &images, &out, platforms)),
+        Command::Import(c, login, input, repo, platforms) => c
+            .resolve()
+            .and_then(|cfg| cli::mirror::import(&cfg, &login, &input, repo.as_deref(), platforms)),
         Command::MirrorRun(c, name) => c
             .resolve()
             .and_then(|cfg| cli::mirror::run(&cfg, c.server.as_deref(), name.as_deref())),

@@ -636,15 +636,26 @@ fn pull_through_cache_fetches_once_streams_and_serves_with_the_upstream_down() {
 }
 
 #[test]
-fn mirroring_signs_in_to_registries_with_auth_on() {
+fn mirroring_signs_in_to_registries_with_auth_and_tls_on() {
     let tmp = TempDir::new("mirror-auth");
     let a_dir = tmp.path().join("a");
+    let tls = tmp.path().join("tls");
+    ok(&[
+        "tls",
+        "self-signed",
+        "--host",
+        "127.0.0.1",
+        "--out",
+        tls.to_str().unwrap(),
+    ]);
+    let cert = tls.join("outpost.crt");
     std::fs::create_dir_all(&a_dir).unwrap();
     let a_cfg = a_dir.join("outpost.json");
     std::fs::write(
         &a_cfg,
         serde_json::json!({
             "dataDir": a_dir.join("data"),
+            "tls": {"certFile": cert, "keyFile": tls.join("outpost.key")},
             "access": [{"repositories": "plant/*", "pull": ["hq"], "push": ["hq"]}]
         })
         .to_string(),
@@ -657,17 +668,25 @@ fn mirroring_signs_in_to_registries_with_auth_on() {
     );
     assert!(added.status.success(), "{}", text(&added));
     let a = Registry::start_with(&a_dir.join("data"), &["--config", a_cfg_s]);
-    let server = format!("http://{}", a.addr);
+    let server = format!("https://{}", a.addr);
+    let cert_s = cert.to_str().unwrap();
 
-    // Import through the HTTP API needs the user's credentials.
+    // Import through the HTTP API needs the user's credentials, and the CA to trust.
     let src = new_layout(tmp.path(), "src");
     let top = image(&src, "arm64", &[bytes(990, 70_000)]);
     layout(&src, OCI_MANIFEST, &top, "plant/app:v1");
     let src_s = src.to_str().unwrap();
-    let refused = fails(&["import", src_s, "--server", &server]);
+    let untrusted = fails(&["import", src_s, "--server", &server]);
+    assert!(
+        untrusted.to_lowercase().contains("certificate"),
+        "{untrusted}"
+    );
+    let refused = fails(&["import", src_s, "--server", &server, "--ca-file", cert_s]);
     assert!(refused.contains("401"), "{refused}");
+    let login = ["--server", &server, "--ca-file", cert_s, "--user", "hq"];
     let o = outpost()
-        .args(["import", src_s, "--server", &server, "--user", "hq"])
+        .args(["import", src_s])
+        .args(login)
         .env("OUTPOST_PASSWORD", "hq-secret-55")
         .output()
         .unwrap();
@@ -676,28 +695,34 @@ fn mirroring_signs_in_to_registries_with_auth_on() {
     let o = outpost()
         .args(["export", "plant/app", "-o"])
         .arg(tmp.path().join("out"))
-        .args(["--server", &server, "--user", "hq"])
+        .args(login)
         .env("OUTPOST_PASSWORD", "hq-secret-55")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(tmp.path().join("out/index.json").exists());
 
-    // A mirror with the right password syncs (Outpost answers with a bearer challenge); with
-    // a wrong one the pass fails and says why.
+    // A mirror with the right password and CA syncs (Outpost answers with a bearer
+    // challenge); with a wrong password, or without the CA, the pass fails and says why.
     std::fs::write(tmp.path().join("good"), "hq-secret-55\n").unwrap();
     std::fs::write(tmp.path().join("bad"), "nope\n").unwrap();
-    let mirror = |name: &str, file: &str| {
-        serde_json::json!({"name": name, "upstream": server, "username": "hq",
-            "passwordFile": tmp.path().join(file), "repositories": ["plant/app"]})
+    let mirror = |name: &str, file: &str, ca: bool| {
+        let mut m = serde_json::json!({"name": name, "upstream": server, "username": "hq",
+            "passwordFile": tmp.path().join(file), "repositories": ["plant/app"]});
+        if ca {
+            m["caFile"] = serde_json::json!(cert);
+        }
+        m
     };
     let cfg = mirror_config(
         &tmp.path().join("b"),
-        serde_json::json!([mirror("good", "good"), mirror("bad", "bad")]),
+        serde_json::json!([
+            mirror("good", "good", true),
+            mirror("bad", "bad", true),
+            mirror("noca", "good", false)
+        ]),
     );
-    std::fs::create_dir_all(tmp.path().join("b/data")).unwrap();
     let b_cfg = cfg.to_str().unwrap();
-    drop(Registry::start(&tmp.path().join("b/data")));
     let out = ok(&["mirror", "run", "good", "--config", b_cfg]);
     assert_eq!(run_value(&out, "fetched"), 1, "{out}");
     let bad = fails(&["mirror", "run", "bad", "--config", b_cfg]);
@@ -705,6 +730,8 @@ fn mirroring_signs_in_to_registries_with_auth_on() {
         bad.contains("failed plant/app") && bad.contains("401"),
         "{bad}"
     );
+    let noca = fails(&["mirror", "run", "noca", "--config", b_cfg]);
+    assert!(noca.to_lowercase().contains("certificate"), "{noca}");
 }
 
 #[test]

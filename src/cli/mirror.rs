@@ -20,6 +20,8 @@ pub struct Login {
     pub server: Option<String>,
     /// `--user`.
     pub user: Option<String>,
+    /// `--ca-file`: CA certificates for an https `--server`.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The store, or an HTTP client of the running registry.
@@ -57,10 +59,10 @@ fn target(config: &Config, login: &Login, create: bool) -> Result<Target, String
         Some(u) => Some((u.clone(), password(u)?)),
     };
     // The local registry's own certificate is what a self-signed setup trusts.
-    let ca = if login.server.is_none() {
-        config.tls.as_ref().map(|t| t.cert_file.as_path())
-    } else {
-        None
+    let ca = match (&login.ca_file, &login.server) {
+        (Some(f), _) => Some(f.as_path()),
+        (None, None) => config.tls.as_ref().map(|t| t.cert_file.as_path()),
+        (None, Some(_)) => None,
     };
     Ok(Target::Http(Box::new(Remote::new(&url, creds, ca)?)))
 }

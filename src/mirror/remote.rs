@@ -58,24 +58,12 @@ impl Remote {
                 "{base}: an upstream URL starts with http:// or https://"
             ));
         }
-        let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(ca) = ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|i| match i {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if certs.is_empty() {
-                return Err(format!(
-                    "CA file {}: no PEM certificate in it",
-                    ca.display()
-                ));
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        }
+        let certs = trusted_roots(ca_file)?;
+        let tls = ureq::tls::TlsConfig::builder()
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -385,6 +373,43 @@ impl Remote {
         }
         Ok(())
     }
+}
+
+/// System CA bundles, by distribution (the first that exists is used).
+const SYSTEM_ROOTS: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Alpine, Arch
+    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",             // openSUSE
+    "/etc/ssl/cert.pem",                  // others
+];
+
+/// The CA certificates to trust: `ca_file`'s, else the system's bundle. Not compiled in:
+/// a gateway's roots are updated with its OS (or pinned with caFile), and Mozilla's list
+/// would cost the ARM binaries a quarter of a megabyte.
+fn trusted_roots(ca_file: Option<&Path>) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let (path, given) = match ca_file {
+        Some(p) => (p.to_owned(), true),
+        None => match SYSTEM_ROOTS.iter().map(Path::new).find(|p| p.exists()) {
+            Some(p) => (p.to_owned(), false),
+            // Plain-HTTP upstreams still work; an https one fails its handshake, and says so.
+            None => return Ok(Vec::new()),
+        },
+    };
+    let pem =
+        std::fs::read(&path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() && given {
+        return Err(format!(
+            "CA file {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// Header `name` of `resp`, if present and text.
