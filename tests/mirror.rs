@@ -798,6 +798,12 @@ fn pull_through_passes_a_blob_on_as_it_arrives() {
         first_body < Duration::from_secs(2),
         "the first bytes came {first_body:?} after the request, the whole blob after {total:?}"
     );
+    // A blob of another repository of B is not served through the cache by its digest.
+    let (private, _) = b.client().push_blob("private/x", &bytes(1001, 5000));
+    let leak = b
+        .client()
+        .get(&format!("/v2/cache/plant/big/blobs/{private}"));
+    assert_eq!(leak.status, 404, "{}", String::from_utf8_lossy(&leak.body));
     // Stored: served again with the upstream gone.
     drop(a);
     let again = b

@@ -142,7 +142,7 @@ pub fn get_cached(
         }
         .header("Content-Type", "application/octet-stream")
         .header("Docker-Content-Digest", d.as_str())),
-        Err(e) if e.message.contains(" answered 404") => Err(ApiError::new(
+        Err(e) if e.status == Some(404) => Err(ApiError::new(
             404,
             Code::BlobUnknown,
             format!("not cached, and the upstream does not have it: {e}"),

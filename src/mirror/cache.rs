@@ -169,8 +169,8 @@ impl PullThrough {
                 }
             }
             Err(e) => {
-                // An answer (404, 401) means the upstream is there; anything else, it is not.
-                if !e.message.contains(" answered ") {
+                // An answer (404, 401) means the upstream is there; no answer, it is not.
+                if e.status.is_none() {
                     c.failed();
                 }
                 log::warn!("cache {}: {repo}:{reference} from upstream: {e}", c.name);
@@ -201,7 +201,14 @@ impl PullThrough {
                 Err(StoreError::BlobUnknown | StoreError::RepoUnknown) => {}
                 Err(e) => return Err(e.into()),
             }
-            if LocalSink::new(store).has_blob(repo, digest, 0)? {
+            // Linked from another repository of this cache only: one elsewhere in the store
+            // may be private, and a digest must not open it to readers of the cache.
+            let prefix = format!("{}/", route.cache.prefix);
+            let in_cache = |r: &str| r.starts_with(&prefix);
+            if store
+                .mount(repo, crate::storage::MountFrom::Any, digest, &in_cache)?
+                .is_ok()
+            {
                 return Ok(None);
             }
             let (flight, leader) = {

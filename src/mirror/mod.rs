@@ -28,6 +28,8 @@ pub struct MirrorError {
     pub message: String,
     /// Content failed verification (tampered or corrupt), as opposed to a transfer failure.
     pub integrity: bool,
+    /// The HTTP status a registry answered with, if it answered at all.
+    pub status: Option<u16>,
 }
 
 impl MirrorError {
@@ -36,6 +38,7 @@ impl MirrorError {
         MirrorError {
             message: message.into(),
             integrity: false,
+            status: None,
         }
     }
 
@@ -44,6 +47,7 @@ impl MirrorError {
         MirrorError {
             message: message.into(),
             integrity: true,
+            status: None,
         }
     }
 
@@ -51,7 +55,7 @@ impl MirrorError {
     pub fn context(self, context: impl fmt::Display) -> MirrorError {
         MirrorError {
             message: format!("{context}: {}", self.message),
-            integrity: self.integrity,
+            ..self
         }
     }
 }
@@ -225,8 +229,6 @@ pub struct Copied {
     pub bytes_copied: u64,
     /// Bytes of the image's blobs, transferred or not.
     pub bytes_total: u64,
-    /// Manifests stored.
-    pub manifests: u64,
 }
 
 /// A planned copy: manifests children-first, then the blobs they need.
@@ -389,7 +391,7 @@ pub fn copy_image(
             progress.skipped(*size);
             continue;
         }
-        let counter = progress.counter();
+        let counter = progress.clone();
         let mut open = |offset: u64| -> Result<BlobReader<'_>> {
             Ok(counter.wrap(src.blob(src_repo, digest, *size, offset)?))
         };
@@ -411,12 +413,10 @@ pub fn copy_image(
         if i == last {
             sink.put_manifest(dst_repo, m, tag)
                 .map_err(|e| e.context(&what))?;
-            copied.manifests += 1;
             copied.top = Some(m.clone());
         } else if !sink.has_manifest(dst_repo, &m.digest)? {
             sink.put_manifest(dst_repo, m, None)
                 .map_err(|e| e.context(&what))?;
-            copied.manifests += 1;
         }
     }
     Ok(copied)

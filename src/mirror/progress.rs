@@ -63,11 +63,6 @@ impl Progress {
         draw(&mut s, false);
     }
 
-    /// A handle that counts bytes read through `wrap`.
-    pub fn counter(&self) -> Progress {
-        self.clone()
-    }
-
     /// `r`, counting what is read.
     pub fn wrap<'a>(&self, r: Box<dyn Read + 'a>) -> Box<dyn Read + 'a> {
         Box::new(Counting {

@@ -218,11 +218,13 @@ impl Remote {
             _ => "",
         };
         let m = format!("{what}: {} answered {status} {msg}{hint}", self.base);
-        if status == 400 && v["errors"][0]["code"] == "DIGEST_INVALID" {
+        let mut e = if status == 400 && v["errors"][0]["code"] == "DIGEST_INVALID" {
             MirrorError::integrity(m)
         } else {
             MirrorError::new(m)
-        }
+        };
+        e.status = Some(status);
+        e
     }
 
     /// A `method` (GET or HEAD) request for manifest `reference` of `repo`.
