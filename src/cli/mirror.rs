@@ -75,11 +75,7 @@ fn password(user: &str) -> Result<String, String> {
     if unsafe { libc::isatty(0) } == 1 {
         return super::users::prompt_hidden(&format!("password for {user}: "));
     }
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| format!("reading the password from stdin: {e}"))?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    super::users::stdin_line()
 }
 
 /// `outpost export IMAGE... -o OUT [--platform P,...]`.

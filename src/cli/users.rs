@@ -106,6 +106,11 @@ fn read_password(user: &str) -> Result<String, String> {
         }
         return Ok(first);
     }
+    stdin_line()
+}
+
+/// The first line of stdin, without its line end: a password piped in by a script.
+pub fn stdin_line() -> Result<String, String> {
     let mut line = String::new();
     std::io::stdin()
         .lock()

@@ -345,6 +345,26 @@ fn read_ahead(
     }
 }
 
+/// The status line and headers of a blob response of `len` bytes, written by hand because
+/// the body goes straight onto the connection.
+fn response_head(status: u16, len: u64, headers: &[(&'static str, String)]) -> String {
+    let reason = match status {
+        200 => "OK",
+        206 => "Partial Content",
+        _ => "",
+    };
+    let mut head =
+        format!("HTTP/1.1 {status} {reason}\r\nServer: outpost\r\nContent-Length: {len}\r\n");
+    for (name, value) in headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head
+}
+
 /// Streams a blob straight onto the connection: header, then one store read and one socket
 /// write per chunk (tiny_http's own body copy goes 8 KiB at a time). The first chunk is read
 /// before the header is written, so a store failure there is still answered properly
@@ -372,20 +392,7 @@ fn stream_blob(
                 return Err(Box::new((req, ApiError::from(e))));
             }
         }
-        let reason = match status {
-            200 => "OK",
-            206 => "Partial Content",
-            _ => "",
-        };
-        let mut head =
-            format!("HTTP/1.1 {status} {reason}\r\nServer: outpost\r\nContent-Length: {len}\r\n");
-        for (name, value) in headers {
-            head.push_str(name);
-            head.push_str(": ");
-            head.push_str(value);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
+        let head = response_head(status, len, headers);
         let abort = req.abort_handle();
         let url = req.url().to_owned();
         let mut w = req.into_writer();
@@ -476,11 +483,7 @@ fn relay_blob(
 ) -> u16 {
     let head_only = *req.method() == Method::Head;
     let size = relay.size;
-    let mut head = format!("HTTP/1.1 {status} OK\r\nServer: outpost\r\nContent-Length: {size}\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
+    let head = response_head(status, size, headers);
     let abort = req.abort_handle();
     let mut w = Some(req.into_writer());
     let mut client = |bytes: &[u8]| {

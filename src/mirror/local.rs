@@ -133,17 +133,7 @@ impl<'s> LocalSink<'s> {
         }
         let up = self.store.upload(repo, &id).ok()?;
         let mut hasher = Hasher::new(digest.algorithm());
-        let content = up.content();
-        let mut buf = Vec::new();
-        let mut at = 0;
-        while at < content.size {
-            self.store.read_blob(content, at, 1 << 20, &mut buf).ok()?;
-            if buf.is_empty() {
-                return None;
-            }
-            hasher.update(&buf);
-            at += buf.len() as u64;
-        }
+        self.store.hash_into(up.content(), &mut hasher).ok()?;
         Some((id, up.received, hasher))
     }
 }

@@ -274,15 +274,24 @@ impl Store {
     /// Recomputes the digest of the first `blob.size` bytes of `blob`.
     pub fn hash_blob(&self, blob: BlobInfo, algorithm: Algorithm) -> Result<Digest, StoreError> {
         let mut hasher = Hasher::new(algorithm);
+        self.hash_into(blob, &mut hasher)?;
+        Ok(hasher.finish())
+    }
+
+    /// Feeds the first `blob.size` bytes of `blob` (a stored blob, or what an upload session
+    /// received) to `hasher`, one short read transaction per step.
+    pub fn hash_into(&self, blob: BlobInfo, hasher: &mut Hasher) -> Result<(), StoreError> {
         let mut buf = Vec::with_capacity(REHASH_STEP);
-        let size = blob.size;
         let mut at = 0;
-        while at < size {
+        while at < blob.size {
             self.read_blob(blob, at, REHASH_STEP, &mut buf)?;
+            if buf.is_empty() {
+                return Err(StoreError::Corrupt(format!("blob {} ends early", blob.id)));
+            }
             hasher.update(&buf);
             at += buf.len() as u64;
         }
-        Ok(hasher.finish())
+        Ok(())
     }
 
     /// Links blob `digest` into `target` from another repository without copying it: the
