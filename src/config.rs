@@ -13,7 +13,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory holding `outpost.redb`.
     pub data_dir: PathBuf,
-    /// Requests served at once.
+    /// Chunk-sized transfer buffers lent at once (more transfers get small ones).
     pub workers: usize,
     /// redb page cache, bytes.
     pub cache_size: usize,
@@ -23,9 +23,10 @@ pub struct Config {
     pub max_manifest_size: usize,
     /// Upload sessions idle longer than this are cancelled and their data dropped.
     pub upload_ttl: Duration,
-    /// A connection making no progress (reading or writing) this long is dropped; an upload
-    /// keeps what arrived and can be resumed.
+    /// The window of the minimum transfer rate; also how long pull-through waiters wait.
     pub io_timeout: Duration,
+    /// `maxConnections`, `headerTimeout`, `idleTimeout`, `ioTimeout`, `minTransferRate`.
+    pub connections: crate::net::Limits,
     /// Upload data is refused (507) while less than this would stay free on the disk, so
     /// that manifests, deletes and the database's own commits always have room.
     pub min_free_space: usize,
@@ -462,13 +463,14 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             data_dir: PathBuf::from("outpost-data"),
-            workers: 8,
+            workers: 16,
             cache_size: 4 << 20,
             chunk_size: 256 << 10,
             max_manifest_size: 4 << 20,
             upload_ttl: Duration::from_secs(24 * 3600),
             min_free_space: 64 << 20,
-            io_timeout: Duration::from_secs(120),
+            io_timeout: crate::net::Limits::default().phases.window,
+            connections: crate::net::Limits::default(),
             blob_mounting: true,
             automatic_mount: true,
             master_key_file: None,
@@ -503,6 +505,14 @@ pub struct Overrides {
     pub min_free_space: Option<Size>,
     /// `ioTimeout`, e.g. `"2m"`
     pub io_timeout: Option<String>,
+    /// `maxConnections`
+    pub max_connections: Option<usize>,
+    /// `headerTimeout`, e.g. `"10s"`
+    pub header_timeout: Option<String>,
+    /// `idleTimeout`, e.g. `"60s"`
+    pub idle_timeout: Option<String>,
+    /// `minTransferRate`, bytes per second, e.g. `"1KiB"`
+    pub min_transfer_rate: Option<Size>,
     /// `blobMounting`: `"enabled"` or `"disabled"`
     pub blob_mounting: Option<String>,
     /// `automaticMount`: `"enabled"` or `"disabled"`
@@ -647,6 +657,10 @@ impl Overrides {
             upload_ttl: other.upload_ttl.or(self.upload_ttl),
             min_free_space: other.min_free_space.or(self.min_free_space),
             io_timeout: other.io_timeout.or(self.io_timeout),
+            max_connections: other.max_connections.or(self.max_connections),
+            header_timeout: other.header_timeout.or(self.header_timeout),
+            idle_timeout: other.idle_timeout.or(self.idle_timeout),
+            min_transfer_rate: other.min_transfer_rate.or(self.min_transfer_rate),
             blob_mounting: other.blob_mounting.or(self.blob_mounting),
             automatic_mount: other.automatic_mount.or(self.automatic_mount),
             master_key_file: other.master_key_file.or(self.master_key_file),
@@ -669,6 +683,33 @@ impl Overrides {
         };
         let size =
             |v: Option<Size>, default: usize, what: &str| v.map_or(Ok(default), |s| s.bytes(what));
+        let duration = |v: Option<String>, default: Duration, what: &str| match v {
+            None => Ok(default),
+            Some(t) => match parse_duration(&t) {
+                Ok(d) if d.is_zero() => Err(format!("{what}: must be longer than 0s")),
+                Ok(d) => Ok(d),
+                Err(e) => Err(format!("{what}: {e}")),
+            },
+        };
+        let io_timeout = duration(self.io_timeout, d.io_timeout, "ioTimeout")?;
+        let dc = d.connections;
+        let connections = crate::net::Limits {
+            max_connections: self.max_connections.unwrap_or(dc.max_connections),
+            phases: tiny_http::Limits {
+                head: duration(self.header_timeout, dc.phases.head, "headerTimeout")?,
+                idle: duration(self.idle_timeout, dc.phases.idle, "idleTimeout")?,
+                window: io_timeout,
+                min_rate: match self.min_transfer_rate {
+                    None => dc.phases.min_rate,
+                    // "1KiB/s" reads as well as "1KiB".
+                    Some(Size::Text(t)) => parse_size(t.trim().trim_end_matches("/s"))
+                        .map_err(|e| format!("minTransferRate: {e} (bytes per second)"))?
+                        as u64,
+                    Some(Size::Bytes(n)) => n,
+                },
+                drain: crate::net::DRAIN_LIMIT,
+            },
+        };
         let c = Config {
             listen,
             data_dir: self.data_dir.unwrap_or(d.data_dir),
@@ -681,10 +722,8 @@ impl Overrides {
                 "maxManifestSize",
             )?,
             min_free_space: size(self.min_free_space, d.min_free_space, "minFreeSpace")?,
-            io_timeout: match self.io_timeout {
-                None => d.io_timeout,
-                Some(t) => parse_duration(&t).map_err(|e| format!("ioTimeout: {e}"))?,
-            },
+            io_timeout,
+            connections,
             upload_ttl: match self.upload_ttl {
                 None => d.upload_ttl,
                 Some(t) => parse_duration(&t).map_err(|e| format!("uploadTtl: {e}"))?,
@@ -761,9 +800,13 @@ impl Overrides {
         if c.upload_ttl.is_zero() {
             return Err("uploadTtl: must be longer than 0s".into());
         }
-        if c.io_timeout.is_zero() {
-            return Err("ioTimeout: must be longer than 0s".into());
-        }
+        within(
+            c.connections.max_connections,
+            1,
+            1 << 16,
+            "maxConnections",
+            "1 to 65536; each connection has a thread",
+        )?;
         if !c.chunk_size.is_power_of_two() {
             return Err(format!(
                 "chunkSize: {} is not a power of two (e.g. 256KiB, 1MiB, 4MiB)",

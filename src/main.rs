@@ -8,6 +8,7 @@ mod crypto;
 mod digest;
 mod http;
 mod mirror;
+mod net;
 mod registry;
 mod server;
 mod settings;
@@ -41,20 +42,28 @@ Usage: outpost serve [OPTIONS]
        outpost --version
 
 Options for serve (flags override the config file, which overrides the defaults):
-  --config FILE             JSON config file (keys: listen, dataDir, workers, cacheSize,
-                            chunkSize, maxManifestSize, uploadTtl, minFreeSpace,
-                            ioTimeout, blobMounting, automaticMount, masterKeyFile,
+  --config FILE             JSON config file (keys: listen, dataDir, maxConnections,
+                            headerTimeout, idleTimeout, ioTimeout, minTransferRate,
+                            workers, cacheSize, chunkSize, maxManifestSize, uploadTtl,
+                            minFreeSpace, blobMounting, automaticMount, masterKeyFile,
                             encryption, auth, access, tls, mirrors)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --master-key-file FILE    master key for encrypted repositories [default: the systemd
                             credential outpost-master-key, if any]
-  --workers N               requests served at once       [default: 8]
+  --max-connections N       connections served at once; beyond, idle ones are
+                            closed to make room, else 503   [default: 256]
+  --header-timeout DURATION a request's headers must arrive within this [default: 10s]
+  --idle-timeout DURATION   close kept-alive connections idle this long [default: 60s]
+  --io-timeout DURATION     bodies and responses must move at least the minimum
+                            rate in every such window of waiting [default: 2m]
+  --min-transfer-rate SIZE  that minimum, bytes per second [default: 1KiB]
+  --workers N               transfers given a whole chunk buffer at once; more
+                            move in 64KiB steps            [default: 16]
   --cache-size SIZE         database page cache           [default: 4MiB]
   --chunk-size SIZE         stored chunk size, a power of two [default: 256KiB]
   --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]
   --min-free-space SIZE     refuse uploads below this free disk [default: 64MiB]
-  --io-timeout DURATION     drop connections stalled this long [default: 2m]
   --upload-ttl DURATION     drop upload sessions idle this long [default: 24h]
   --blob-mounting enabled|disabled   honour cross-repository mounts [default: enabled]
   --automatic-mount enabled|disabled mounts without from= search all repositories
@@ -209,6 +218,11 @@ fn parse_args() -> Result<Command, lexopt::Error> {
         parse_size(&s).map_err(|e| format!("{flag}: {e}"))?;
         Ok(Some(Size::Text(s)))
     };
+    let duration = |v: std::ffi::OsString, flag: &str| -> Result<Option<String>, lexopt::Error> {
+        let s = v.string()?;
+        config::parse_duration(&s).map_err(|e| format!("{flag}: {e}"))?;
+        Ok(Some(s))
+    };
     while let Some(arg) = parser.next()? {
         if let Long(f) = &arg {
             a.seen.push(f.to_string());
@@ -275,16 +289,21 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("min-free-space") => {
                 a.flags.min_free_space = size(parser.value()?, "--min-free-space")?
             }
-            Long("io-timeout") => {
-                let v = parser.value()?.string()?;
-                config::parse_duration(&v).map_err(|e| format!("--io-timeout: {e}"))?;
-                a.flags.io_timeout = Some(v);
+            Long("io-timeout") => a.flags.io_timeout = duration(parser.value()?, "--io-timeout")?,
+            Long("header-timeout") => {
+                a.flags.header_timeout = duration(parser.value()?, "--header-timeout")?
             }
-            Long("upload-ttl") => {
-                let v = parser.value()?.string()?;
-                config::parse_duration(&v).map_err(|e| format!("--upload-ttl: {e}"))?;
-                a.flags.upload_ttl = Some(v);
+            Long("idle-timeout") => {
+                a.flags.idle_timeout = duration(parser.value()?, "--idle-timeout")?
             }
+            Long("max-connections") => a.flags.max_connections = Some(parser.value()?.parse()?),
+            Long("min-transfer-rate") => {
+                let v = parser.value()?.string()?;
+                parse_size(v.trim_end_matches("/s"))
+                    .map_err(|e| format!("--min-transfer-rate: {e} (bytes per second)"))?;
+                a.flags.min_transfer_rate = Some(Size::Text(v));
+            }
+            Long("upload-ttl") => a.flags.upload_ttl = duration(parser.value()?, "--upload-ttl")?,
             Long("max-manifest-size") => {
                 a.flags.max_manifest_size = size(parser.value()?, "--max-manifest-size")?
             }

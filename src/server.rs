@@ -1,8 +1,12 @@
-//! The listener, a bounded pool of worker threads, and graceful shutdown on SIGTERM/SIGINT.
+//! `outpost serve`: opens the store, listens (HTTP or HTTPS, bound here or passed by systemd)
+//! and on the admin socket, serves connections on bounded pools of threads (`net`), runs the
+//! janitor, the mirror scheduler and the watchdog, and shuts down gracefully on SIGTERM/SIGINT.
 
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::http::{self, App};
+use crate::net::listener::{accept_loop, Heartbeat, Listening};
+use crate::net::pool::{Incoming, Pool, Slot};
 use crate::storage::{Store, StoreError, StoreOptions};
 use crate::systemd;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -13,7 +17,14 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-/// Runs the registry until SIGTERM/SIGINT; returns once the database is closed.
+/// Connections the admin socket serves at once (the operator's commands).
+const ADMIN_CONNECTIONS: usize = 8;
+/// At shutdown, how long running requests may take to finish before their connections are cut.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// Runs the registry until SIGTERM/SIGINT; returns once the database is closed. An error if
+/// it cannot start, or if its listening socket fails for good (then it exits non-zero, so that
+/// systemd restarts it).
 pub fn run(config: Config) -> Result<(), String> {
     // First, while this is the only thread: the socket systemd may have passed.
     let activated = systemd::activated_listener()?;
@@ -27,13 +38,13 @@ pub fn run(config: Config) -> Result<(), String> {
     let store = open_store(&config, &db_path, true)?;
     let stopping = Arc::new(AtomicBool::new(false));
     let listen = config.listen;
-    let io_timeout = config.io_timeout;
-    let workers = config.workers;
+    let limits = config.connections;
     let tls = config
         .tls
         .as_ref()
         .map(crate::tls::server_config)
-        .transpose()?;
+        .transpose()?
+        .map(tiny_http::TlsConfig::new);
     let socket_path = config.data_dir.join(ADMIN_SOCKET);
     let listener = match activated {
         Some(l) => {
@@ -47,54 +58,41 @@ pub fn run(config: Config) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     warn_if_exposed(&config, local);
-    let app = App::new(store, config, stopping.clone())?;
-    let server = match tls {
-        Some(tls) => tiny_http::Server::from_listener_tls(listener, tls, Some(io_timeout)),
-        None => tiny_http::Server::from_listener_with_timeout(listener, None, Some(io_timeout)),
-    }
-    .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let server = Arc::new(server);
-    let admin = admin_socket(&socket_path, io_timeout).map(Arc::new);
+    let app = Arc::new(App::new(store, config, stopping.clone())?);
+    let admin = admin_socket(&socket_path);
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let scheme = if app.config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     log::info!(
-        "listening on {local} ({scheme}, store {}, {} workers{})",
+        "listening on {local} ({scheme}, store {}, up to {} connections{})",
         db_path.display(),
-        workers,
+        limits.max_connections,
         if app.config.auth.is_some() {
             ", auth on"
         } else {
             ""
         }
     );
-    let app = Arc::new(app);
 
-    let mut pool: Vec<_> = (0..workers)
-        .map(|i| {
-            let (server, app) = (server.clone(), app.clone());
-            thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || worker(&server, &app, http::Origin::Network))
-                .map_err(|e| format!("cannot start worker: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    if let Some(admin) = &admin {
-        let (admin, app) = (admin.clone(), app.clone());
-        pool.push(
-            thread::Builder::new()
-                .name("admin".into())
-                .spawn(move || worker(&admin, &app, http::Origin::AdminSocket))
-                .map_err(|e| format!("cannot start admin worker: {e}"))?,
-        );
-    }
+    let pool = {
+        let app = app.clone();
+        Pool::new(
+            "conn",
+            limits.max_connections,
+            Box::new(move |c, slot| serve(&app, c, slot, tls.as_ref(), limits.phases)),
+        )
+    };
+    let admin_pool = {
+        let app = app.clone();
+        Pool::new(
+            "admin",
+            ADMIN_CONNECTIONS,
+            Box::new(move |c, slot| serve(&app, c, slot, None, limits.phases)),
+        )
+    };
 
     {
-        let (server, stopping, admin) = (server.clone(), stopping.clone(), admin.clone());
+        let stopping = stopping.clone();
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -108,18 +106,12 @@ pub fn run(config: Config) -> Result<(), String> {
                     log::info!("signal {sig}: finishing in-flight requests, then stopping");
                     systemd::notify("STOPPING=1\nSTATUS=stopping");
                     stopping.store(true, Ordering::SeqCst);
-                    for _ in 0..workers {
-                        server.unblock();
-                    }
-                    if let Some(a) = &admin {
-                        a.unblock();
-                    }
                 }
             })
             .map_err(|e| format!("cannot start signal thread: {e}"))?;
     }
 
-    // The socket accepts (it was bound and listens before the workers started): tell systemd.
+    // The socket accepts (it was bound and listens already): tell systemd.
     systemd::notify(&format!(
         "READY=1\nSTATUS=serving {scheme} on {local}\nMAINPID={}",
         std::process::id()
@@ -143,15 +135,73 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start the mirror scheduler: {e}"))?
     };
 
-    for w in pool {
-        let _ = w.join();
-    }
+    let refusal = http::busy_response();
+    let heartbeat = Heartbeat::default();
+    let (watchdog_stop, watchdog_wait) = mpsc::channel::<()>();
+    let lost = thread::scope(|scope| {
+        if let Some(admin) = admin {
+            let (pool, refusal, stopping) = (&admin_pool, &refusal, &stopping);
+            let started = thread::Builder::new()
+                .name("admin-accept".into())
+                .spawn_scoped(scope, move || {
+                    let beat = Heartbeat::default();
+                    let l = Listening::Unix(admin);
+                    if let Err(e) = accept_loop(&l, pool, refusal, stopping, &beat) {
+                        log::error!("admin socket: {e}; it stays closed until a restart");
+                    }
+                });
+            if let Err(e) = started {
+                log::warn!("no admin socket: cannot start its thread: {e}");
+            }
+        }
+        if let Some(interval) = systemd::watchdog_interval() {
+            let (app, pool, heartbeat) = (&app, &pool, &heartbeat);
+            let started =
+                thread::Builder::new()
+                    .name("watchdog".into())
+                    .spawn_scoped(scope, move || {
+                        let store = || app.store.ping().map_err(|e| e.to_string());
+                        let checks = crate::net::watchdog::Checks {
+                            heartbeat,
+                            pool,
+                            stall: limits.phases.window * 2,
+                            store: &store,
+                        };
+                        crate::net::watchdog::run(interval, &checks, &watchdog_wait)
+                    });
+            if let Err(e) = started {
+                log::warn!("no watchdog pings: cannot start their thread: {e}");
+            }
+        }
+        // This thread accepts. A panic here is a lost listener too.
+        let l = Listening::Tcp(listener);
+        let accepted = catch_unwind(AssertUnwindSafe(|| {
+            accept_loop(&l, &pool, &refusal, &stopping, &heartbeat)
+        }))
+        .unwrap_or_else(|_| Err("the accept loop panicked".into()));
+        // Stopping (a signal), or the listener is gone: either way, wind down.
+        stopping.store(true, Ordering::SeqCst);
+        drop(watchdog_stop);
+        for p in [&pool, &admin_pool] {
+            p.stop();
+        }
+        if !pool.drain(STOP_GRACE) {
+            log::warn!(
+                "connections still busy after {STOP_GRACE:?}: cutting them (uploads can resume)"
+            );
+            pool.abort_all();
+            pool.drain(Duration::from_secs(5));
+        }
+        admin_pool.abort_all();
+        admin_pool.drain(Duration::from_secs(5));
+        accepted.err()
+    });
     drop(janitor_stop);
     drop(mirrors_stop);
     let _ = janitor.join();
     let _ = mirrors.join();
-    drop(server);
-    if admin.is_some() {
+    drop((pool, admin_pool));
+    if socket_path.exists() {
         let _ = std::fs::remove_file(&socket_path);
     }
     if let Err(e) = app.store.flush() {
@@ -161,8 +211,43 @@ pub fn run(config: Config) -> Result<(), String> {
         Ok(app) => drop(app), // closes the database cleanly
         Err(_) => log::warn!("store still referenced at shutdown"),
     }
+    if let Some(e) = lost {
+        log::error!("{e}: exiting with an error so that the service manager restarts outpost");
+        return Err(e);
+    }
     log::info!("stopped");
     Ok(())
+}
+
+/// Serves one connection's requests in turn, until it ends or the registry stops.
+fn serve(
+    app: &App,
+    conn: Incoming,
+    slot: &Slot<'_>,
+    tls: Option<&tiny_http::TlsConfig>,
+    limits: tiny_http::Limits,
+) {
+    let (conn, origin) = match conn {
+        Incoming::Tcp(s) => match tiny_http::HttpConnection::tcp(s, limits, tls) {
+            Ok(c) => (c, http::Origin::Network),
+            Err(e) => {
+                log::debug!("connection dropped before its first request: {e}");
+                return;
+            }
+        },
+        Incoming::Unix(s) => (
+            tiny_http::HttpConnection::unix(s, limits),
+            http::Origin::AdminSocket,
+        ),
+    };
+    slot.watch(conn.watch());
+    for req in conn {
+        http::handle(app, req, origin);
+        slot.answered();
+        if slot.stopping() {
+            break;
+        }
+    }
 }
 
 /// Name of the systemd credential holding the master key (`LoadCredential=`).
@@ -288,7 +373,7 @@ pub const ADMIN_SOCKET: &str = "admin.sock";
 
 /// Listens on the admin socket at `path` (mode 600: the registry's user and root), replacing
 /// a stale one; `None` (logged) if that fails, e.g. a path too long for a socket.
-fn admin_socket(path: &std::path::Path, timeout: Duration) -> Option<tiny_http::Server> {
+fn admin_socket(path: &std::path::Path) -> Option<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     // The store's lock is held: no other outpost serves this data directory, so a socket
     // file left here is stale.
@@ -297,11 +382,8 @@ fn admin_socket(path: &std::path::Path, timeout: Duration) -> Option<tiny_http::
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(l)
     });
-    match bound.map_err(|e| e.to_string()).and_then(|l| {
-        tiny_http::Server::from_listener_with_timeout(l, None, Some(timeout))
-            .map_err(|e| e.to_string())
-    }) {
-        Ok(s) => Some(s),
+    match bound {
+        Ok(l) => Some(l),
         Err(e) => {
             log::warn!(
                 "no admin socket at {}: {e}; outpost commands on this host then need the \
@@ -341,24 +423,6 @@ fn exposure(config: &Config, listening: std::net::SocketAddr) -> Option<String> 
             listening
         )
     })
-}
-
-fn worker(server: &tiny_http::Server, app: &App, origin: http::Origin) {
-    loop {
-        if app.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        match server.recv() {
-            Ok(req) => {
-                // A panic is one failed request (tiny_http answers 500), not a dead worker.
-                if catch_unwind(AssertUnwindSafe(|| http::handle(app, req, origin))).is_err() {
-                    log::error!("request handler panicked");
-                }
-            }
-            Err(e) if !app.stopping.load(Ordering::SeqCst) => log::warn!("accept: {e}"),
-            Err(_) => return,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! systemd integration without libsystemd: readiness and stop notifications on
-//! `$NOTIFY_SOCKET` (`Type=notify`), socket activation from `$LISTEN_FDS` (`outpost.socket`),
-//! and journal priorities when stderr is the journal.
+//! `$NOTIFY_SOCKET` (`Type=notify`), the watchdog interval (`WatchdogSec=`), socket
+//! activation from `$LISTEN_FDS` (`outpost.socket`), and journal priorities when stderr is the
+//! journal.
 
 use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
@@ -32,6 +33,18 @@ fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How often systemd wants to hear `WATCHDOG=1` (`WatchdogSec=` sets `$WATCHDOG_USEC`), if it
+/// watches this process (`$WATCHDOG_PID`, when set, names it).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
 }
 
 /// The listening TCP socket systemd passed (`LISTEN_FDS=1` for this process), if any.

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod blobs;
+mod buffers;
 mod errors;
 mod manifests;
 mod routes;
@@ -19,7 +20,6 @@ use crate::settings::Settings;
 use crate::storage::{BlobInfo, Store, StoreError};
 use errors::{ApiError, Code};
 use routes::{Query, Route};
-use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -42,6 +42,8 @@ pub struct App {
     hashers: uploads::HasherCache,
     /// Pull-through caches of `mirrors`.
     cache: crate::mirror::cache::PullThrough,
+    /// Transfer buffers, `workers` chunk-sized ones at most.
+    buffers: buffers::Buffers,
 }
 
 impl App {
@@ -57,6 +59,7 @@ impl App {
                 .map_err(|e| format!("cannot read settings from the store: {e}"))?,
             gate,
             cache: crate::mirror::cache::PullThrough::new(&config.mirrors),
+            buffers: buffers::Buffers::new(store.chunk_payload(), config.workers),
             store,
             config,
             stopping,
@@ -124,17 +127,6 @@ impl Reply {
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-thread_local! {
-    // One chunk buffer per worker, reused by every request it serves: memory stays at
-    // workers x chunk size whatever the blob sizes.
-    static CHUNK_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this worker's chunk buffer.
-fn with_buf<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
-    CHUNK_BUF.with(|b| f(&mut b.borrow_mut()))
-}
-
 /// Serves one request from `origin`, start to finish, and logs it.
 pub fn handle(app: &App, mut req: Request, origin: Origin) {
     let started = Instant::now();
@@ -155,6 +147,28 @@ pub fn handle(app: &App, mut req: Request, origin: Origin) {
         "{method} {url} {status} {:.1}ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    // Scratch space a request grew stays with the thread; a connection thread may idle long.
+    crate::storage::trim_thread_buffers();
+}
+
+/// The whole response a connection gets when every connection slot is taken: 503 with
+/// `Retry-After`, and the connection closes.
+pub fn busy_response() -> Vec<u8> {
+    let body = ApiError::new(
+        503,
+        Code::Unavailable,
+        "too many connections (maxConnections): retry in a moment",
+    )
+    .body();
+    let mut r = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nServer: outpost\r\nRetry-After: 1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Docker-Distribution-API-Version: registry/2.0\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(&body);
+    r
 }
 
 fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
@@ -232,7 +246,7 @@ fn read_small_body(req: &mut Request, max: usize, what: &str, code: Code) -> Res
             format!("{what} larger than the registry's limit of {max} bytes"),
         )
     };
-    if req.body_length().is_some_and(|n| n > max) {
+    if req.body_length().is_some_and(|n| n > max as u64) {
         return Err(too_big());
     }
     let mut body = Vec::new();
@@ -296,15 +310,17 @@ fn send_bytes(
     status
 }
 
-/// Why a blob transfer stopped early: the client's connection, or the store.
+/// Why a blob transfer stopped early: the client's connection, or the store; or why it does
+/// not read ahead.
 enum Stop {
     Client(std::io::Error),
     Store(StoreError),
+    NoHelper,
 }
 
-/// Reads `blob` from `from` to `end` in `step`-byte pieces into buffers (at most two, taken
-/// back through `spare`) and sends them down `full`; stops at the first error (sent too),
-/// when the receiver goes, or when the registry is stopping.
+/// Reads `blob` from `from` to `end` in `step`-byte pieces into the buffers of `spare` (the
+/// two it starts with, then each the receiver gives back) and sends them down `full`; stops at
+/// the first error (sent too), when the receiver goes, or when the registry is stopping.
 fn read_ahead(
     app: &App,
     blob: BlobInfo,
@@ -314,17 +330,10 @@ fn read_ahead(
     full: &mpsc::SyncSender<Result<Vec<u8>, StoreError>>,
     spare: &mpsc::Receiver<Vec<u8>>,
 ) {
-    let mut fresh = 2;
     let mut at = from;
     while at < end && !app.stopping() {
-        let mut buf = if fresh > 0 {
-            fresh -= 1;
-            Vec::with_capacity(step as usize + crate::crypto::SEAL_OVERHEAD)
-        } else {
-            match spare.recv() {
-                Ok(b) => b,
-                Err(_) => return,
-            }
+        let Ok(mut buf) = spare.recv() else {
+            return;
         };
         match app
             .store
@@ -346,8 +355,13 @@ fn read_ahead(
 }
 
 /// The status line and headers of a blob response of `len` bytes, written by hand because
-/// the body goes straight onto the connection.
-fn response_head(status: u16, len: u64, headers: &[(&'static str, String)]) -> String {
+/// the body goes straight onto the connection; `closes`: the connection ends after it.
+fn response_head(
+    status: u16,
+    len: u64,
+    headers: &[(&'static str, String)],
+    closes: bool,
+) -> String {
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
@@ -355,6 +369,9 @@ fn response_head(status: u16, len: u64, headers: &[(&'static str, String)]) -> S
     };
     let mut head =
         format!("HTTP/1.1 {status} {reason}\r\nServer: outpost\r\nContent-Length: {len}\r\n");
+    if closes {
+        head.push_str("Connection: close\r\n");
+    }
     for (name, value) in headers {
         head.push_str(name);
         head.push_str(": ");
@@ -366,13 +383,15 @@ fn response_head(status: u16, len: u64, headers: &[(&'static str, String)]) -> S
 }
 
 /// Streams a blob straight onto the connection: header, then one store read and one socket
-/// write per chunk (tiny_http's own body copy goes 8 KiB at a time). The first chunk is read
-/// before the header is written, so a store failure there is still answered properly
-/// (`Err`); a failure after that shuts the connection down, so the client sees a truncated
-/// transfer rather than waiting for bytes that will never come.
+/// write per step (tiny_http's own body copy goes 8 KiB at a time). A step is a chunk when a
+/// chunk-sized buffer is free, else `buffers::SMALL` bytes (a sealed chunk opens whole, so an
+/// encrypted blob always goes a chunk at a time). The first step is read before the header is
+/// written, so a store failure there is still answered properly (`Err`); a failure after that
+/// shuts the connection down, so the client sees a truncated transfer rather than waiting for
+/// bytes that will never come.
 fn stream_blob(
     app: &App,
-    req: Request,
+    mut req: Request,
     status: u16,
     headers: &[(&'static str, String)],
     blob: BlobInfo,
@@ -380,60 +399,62 @@ fn stream_blob(
     len: u64,
 ) -> std::result::Result<(), Box<(Request, ApiError)>> {
     let head_only = *req.method() == Method::Head;
-    let step = app.store.chunk_payload() as u64;
+    let sealed = blob.domain != 0;
+    let mut lease = app.buffers.take();
+    let step = if sealed {
+        app.store.chunk_payload()
+    } else {
+        lease.step
+    } as u64;
+    let buf = &mut lease.buf;
     let end = start + len;
-    with_buf(|buf| {
-        buf.clear();
-        if !head_only && len > 0 {
-            if let Err(e) = app
-                .store
-                .read_blob(blob, start, step.min(len) as usize, buf)
-            {
-                return Err(Box::new((req, ApiError::from(e))));
-            }
+    if !head_only && len > 0 {
+        if let Err(e) = app
+            .store
+            .read_blob(blob, start, step.min(len) as usize, buf)
+        {
+            return Err(Box::new((req, ApiError::from(e))));
         }
-        let head = response_head(status, len, headers);
-        let abort = req.abort_handle();
-        let url = req.url().to_owned();
-        let mut w = req.into_writer();
-        let mut at = start;
-        let result = (|| -> std::io::Result<()> {
-            w.write_all(head.as_bytes())?;
-            if head_only || len == 0 {
-                return w.flush();
-            }
-            if buf.is_empty() {
-                return Err(std::io::Error::other("blob ended early"));
-            }
-            w.write_all(buf)?;
-            at += buf.len() as u64;
-            if blob.domain == 0 {
-                // Plaintext: reading a chunk is a copy; one buffer, one thread.
-                while at < end {
-                    if app.stopping() {
-                        return Err(std::io::Error::other("shutting down"));
-                    }
-                    app.store
-                        .read_blob(blob, at, step.min(end - at) as usize, buf)
-                        .map_err(std::io::Error::other)?;
-                    if buf.is_empty() {
-                        return Err(std::io::Error::other("blob ended early"));
-                    }
-                    w.write_all(buf)?;
-                    at += buf.len() as u64;
-                }
-                return w.flush();
-            }
-            if at >= end {
-                return w.flush();
-            }
-            // Sealed: the rest is read and opened on a helper thread while this one writes
-            // (opening a chunk costs about as much CPU as sending it; two buffers more).
-            let failed = std::thread::scope(|scope| {
+    }
+    let head = response_head(status, len, headers, req.closes_connection());
+    let abort = req.abort_handle();
+    let url = req.url().to_owned();
+    let mut w = req.into_writer();
+    let mut at = start;
+    let result = (|| -> std::io::Result<()> {
+        w.write_all(head.as_bytes())?;
+        if head_only || len == 0 {
+            return w.flush();
+        }
+        if buf.is_empty() {
+            return Err(std::io::Error::other("blob ended early"));
+        }
+        w.write_all(buf)?;
+        at += buf.len() as u64;
+        // Sealed: the rest is read and opened on a helper thread while this one writes
+        // (opening a chunk costs about as much CPU as sending it), when two more chunk-sized
+        // buffers are free and a thread can be had.
+        let ahead = match (sealed && at < end, app.buffers.take_chunk()) {
+            (true, Some(one)) => app.buffers.take_chunk().map(|two| [one, two]),
+            _ => None,
+        };
+        let failed = match ahead {
+            Some(mut spares) => std::thread::scope(|scope| {
                 let (full, filled) = mpsc::sync_channel::<Result<Vec<u8>, StoreError>>(1);
                 let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+                for l in &mut spares {
+                    let _ = give_back.send(std::mem::take(&mut l.buf));
+                }
                 let from = at;
-                scope.spawn(move || read_ahead(app, blob, from, end, step, &full, &spare));
+                let helper = std::thread::Builder::new()
+                    .name("read-ahead".into())
+                    .stack_size(256 << 10)
+                    .spawn_scoped(scope, move || {
+                        read_ahead(app, blob, from, end, step, &full, &spare)
+                    });
+                if helper.is_err() {
+                    return Err(Stop::NoHelper);
+                }
                 for chunk in filled {
                     let chunk = chunk.map_err(Stop::Store)?;
                     w.write_all(&chunk).map_err(Stop::Client)?;
@@ -441,34 +462,56 @@ fn stream_blob(
                     let _ = give_back.send(chunk);
                 }
                 Ok(())
-            });
-            match failed {
-                Ok(()) if at >= end => w.flush(),
-                Ok(()) => Err(std::io::Error::other("blob ended early")),
-                Err(Stop::Client(e)) => Err(e),
-                Err(Stop::Store(StoreError::Integrity(m))) => {
-                    // Headers are out: the connection is cut, and the bad chunk unsent.
-                    log::error!("integrity error serving {url}: {m}");
-                    Err(std::io::Error::other(format!(
-                        "integrity check failed: {m}"
-                    )))
+            }),
+            None => Err(Stop::NoHelper),
+        };
+        let failed = match failed {
+            // One buffer, one thread: read a step, write it.
+            Err(Stop::NoHelper) => (|| {
+                while at < end {
+                    if app.stopping() {
+                        return Err(Stop::Client(std::io::Error::other("shutting down")));
+                    }
+                    app.store
+                        .read_blob(blob, at, step.min(end - at) as usize, buf)
+                        .map_err(Stop::Store)?;
+                    if buf.is_empty() {
+                        break;
+                    }
+                    w.write_all(buf).map_err(Stop::Client)?;
+                    at += buf.len() as u64;
                 }
-                Err(Stop::Store(e)) => Err(std::io::Error::other(e)),
+                Ok(())
+            })(),
+            other => other,
+        };
+        match failed {
+            Ok(()) if at >= end => w.flush(),
+            Ok(()) => Err(std::io::Error::other("blob ended early")),
+            Err(Stop::Client(e)) => Err(e),
+            Err(Stop::Store(StoreError::Integrity(m))) => {
+                // Headers are out: the connection is cut, and the bad chunk unsent.
+                log::error!("integrity error serving {url}: {m}");
+                Err(std::io::Error::other(format!(
+                    "integrity check failed: {m}"
+                )))
             }
-        })();
-        if let Err(e) = result {
-            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-            if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) {
-                log::debug!("client left blob {} at byte {at} of {end}", blob.id);
-            } else {
-                log::warn!("blob {} cut short at byte {at} of {end}: {e}", blob.id);
-            }
-            if let Some(a) = abort {
-                a.abort();
-            }
+            Err(Stop::Store(e)) => Err(std::io::Error::other(e)),
+            Err(Stop::NoHelper) => unreachable!("handled above"),
         }
-        Ok(())
-    })
+    })();
+    if let Err(e) = result {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) {
+            log::debug!("client left blob {} at byte {at} of {end}", blob.id);
+        } else {
+            log::warn!("blob {} cut short at byte {at} of {end}: {e}", blob.id);
+        }
+        if let Some(a) = abort {
+            a.abort();
+        }
+    }
+    Ok(())
 }
 
 /// Sends a blob as it arrives from a pull-through cache's upstream, storing each piece
@@ -476,14 +519,14 @@ fn stream_blob(
 /// (other clients may be waiting for it); the blob is committed only if its digest verifies.
 fn relay_blob(
     app: &App,
-    req: Request,
+    mut req: Request,
     status: u16,
     headers: &[(&'static str, String)],
     mut relay: crate::mirror::cache::Relay,
 ) -> u16 {
     let head_only = *req.method() == Method::Head;
     let size = relay.size;
-    let head = response_head(status, size, headers);
+    let head = response_head(status, size, headers, req.closes_connection());
     let abort = req.abort_handle();
     let mut w = Some(req.into_writer());
     let mut client = |bytes: &[u8]| {
@@ -496,24 +539,24 @@ fn relay_blob(
     client(head.as_bytes());
     let mut hasher = crate::digest::Hasher::new(relay.digest.algorithm());
     let mut at = 0u64;
-    let result = with_buf(|buf| {
-        buf.resize(app.store.chunk_payload(), 0);
-        loop {
-            if app.stopping() {
-                return Err("shutting down".to_owned());
-            }
-            match relay.next(&app.store, at, &mut hasher, buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    if !head_only {
-                        client(&buf[..n]);
-                    }
-                    at += n as u64;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
+    let mut lease = app.buffers.take();
+    let buf = &mut lease.buf;
+    buf.resize(lease.step, 0);
+    let result = loop {
+        if app.stopping() {
+            break Err("shutting down".to_owned());
         }
-    });
+        match relay.next(&app.store, at, &mut hasher, buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if !head_only {
+                    client(&buf[..n]);
+                }
+                at += n as u64;
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
     let digest = relay.digest.clone();
     let outcome = result.and_then(|()| relay.finish(&app.store, at, hasher));
     match outcome {

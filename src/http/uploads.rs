@@ -2,7 +2,7 @@
 
 use super::errors::{range_header, ApiError, Code};
 use super::stats::Refusal;
-use super::{has_body, header, with_buf, App, Reply, Result};
+use super::{has_body, header, App, Reply, Result};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::registry::names::valid_name;
 use crate::settings::Key;
@@ -219,10 +219,7 @@ fn append_body(app: &App, req: &mut Request, name: &str, id: &str) -> Result<u64
         if first != up.received {
             return Err(out_of_order(up.received));
         }
-        if req
-            .body_length()
-            .is_some_and(|n| n as u64 != last - first + 1)
-        {
+        if req.body_length().is_some_and(|n| n != last - first + 1) {
             return Err(ApiError::new(
                 400,
                 Code::SizeInvalid,
@@ -246,9 +243,11 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
         .take(id, at)
         .or_else(|| (at == 0).then(|| Hasher::new(Algorithm::Sha256)));
     let declared = req.body_length();
-    let chunk = app.store.chunk_payload();
-    let result = with_buf(|buf| -> Result<()> {
-        buf.resize(chunk, 0);
+    let mut lease = app.buffers.take();
+    let chunk = lease.step;
+    let buf = &mut lease.buf;
+    buf.resize(chunk, 0);
+    let result = (|| -> Result<()> {
         let reader = req.as_reader();
         loop {
             let (n, eof, err) = fill(reader, &mut buf[..chunk]);
@@ -284,12 +283,12 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
                 ));
             }
         }
-    });
+    })();
     if let Some(h) = hasher {
         app.hashers.put(id, at, h);
     }
     result?;
-    if declared.is_some_and(|n| n as u64 != at - start) {
+    if declared.is_some_and(|n| n != at - start) {
         return Err(ApiError::new(
             400,
             Code::BlobUploadInvalid,

@@ -191,10 +191,22 @@ fn read_chunks(
 }
 
 thread_local! {
-    // Stored bytes read back to compare with an upload's; one per worker, reused.
+    // Stored bytes read back to compare with an upload's; one per thread, reused.
     static COMPARE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    // A chunk being sealed; one per worker, reused.
+    // A chunk being sealed; one per thread, reused.
     static SEAL_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Frees this thread's scratch buffers (a request's worth of sealing and comparing), so that
+/// memory follows the transfers running, not every thread that ever ran one.
+pub fn trim_thread_buffers() {
+    for b in [&COMPARE_BUF, &SEAL_BUF] {
+        b.with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                *b = Vec::new();
+            }
+        });
+    }
 }
 
 /// Where a stored blob's bytes live, how many there are, and which key opens them.

@@ -13,7 +13,7 @@ mod settings;
 mod uploads;
 mod users;
 
-pub use blobs::{BlobInfo, MountFrom, MountRefused};
+pub use blobs::{trim_thread_buffers, BlobInfo, MountFrom, MountRefused};
 pub use domains::KeyInfo;
 pub use manifests::NewManifest;
 
@@ -63,7 +63,7 @@ pub struct StoreOptions {
 /// in an encrypted domain the nonce and tag. redb allocates pages in powers of two, so a
 /// payload of exactly a power of two would take twice its size on disk; a power of two less
 /// this fits one allocation exactly (a plaintext row leaves the seal's 28 bytes unused).
-const CHUNK_ROW_OVERHEAD: usize = 64 + crate::crypto::SEAL_OVERHEAD;
+pub const CHUNK_ROW_OVERHEAD: usize = 64 + crate::crypto::SEAL_OVERHEAD;
 
 /// Everything the store can answer besides success.
 #[derive(Debug)]
@@ -219,6 +219,13 @@ impl Store {
         store.check_rules()?;
         store.load_shadows()?;
         Ok(store)
+    }
+
+    /// Answers if the store can be read now (a read transaction on a small table): the
+    /// watchdog's check that requests can be served.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.read()?.open_table(META)?;
+        Ok(())
     }
 
     /// Makes acknowledged non-durable commits (mounts) durable, if there are any: called about

@@ -2,12 +2,15 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::common::{HTTPVersion, Method};
+use crate::connection::ConnectionAbort;
+use crate::pace::Pace;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -17,11 +20,27 @@ const MAX_LINE_LEN: usize = 16 * 1024;
 /// Most header lines accepted in one request (Outpost patch).
 const MAX_HEADERS: usize = 128;
 
+/// What Go's HTTPS server answers a plain-HTTP request with, turned around (Outpost patch):
+/// a client probing with a TLS ClientHello reads this as "server gave HTTP response to HTTPS
+/// client" and falls back to HTTP, where a closed connection looks like a network fault.
+const TLS_ON_PLAIN: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Connection: close\r\n\r\nClient sent an HTTPS request to an HTTP server.\n";
+
+/// The HTTP/2 answer to a prior-knowledge preface (Outpost patch): an empty SETTINGS frame,
+/// then GOAWAY with HTTP_1_1_REQUIRED, so an HTTP/2 client fails at once (curl falls back to
+/// HTTP/1.1) instead of waiting for frames that never come.
+const H2_GOAWAY: &[u8] = &[
+    0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, no parameters
+    0, 0, 8, 7, 0, 0, 0, 0, 0, // GOAWAY on stream 0, 8 bytes:
+    0, 0, 0, 0, // last stream id 0
+    0, 0, 0, 0x0d, // HTTP_1_1_REQUIRED
+];
+
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
 pub struct ClientConnection {
     // address of the client
-    remote_addr: IoResult<Option<SocketAddr>>,
+    remote_addr: Option<SocketAddr>,
 
     // sequence of Readers to the stream, so that the data is not read in
     //  the wrong order
@@ -41,7 +60,17 @@ pub struct ClientConnection {
     secure: bool,
 
     // Outpost patch: handed to each request so a handler can abort the connection
-    abort: Option<crate::connection::ConnectionAbort>,
+    abort: ConnectionAbort,
+
+    // Outpost patch: the connection's phase and timers
+    pace: Arc<Pace>,
+
+    // Outpost patch: no request has been read yet
+    first: bool,
+
+    // Outpost patch: the connection ends with input the server did not read (an error answer,
+    // an undrained body): close it gently, so the answer is not lost to a reset
+    linger: bool,
 }
 
 /// Error that can happen when reading a request.
@@ -52,15 +81,26 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// Outpost patch: a TLS handshake on the plain-HTTP port
+    TlsOnPlain,
+    /// Outpost patch: an HTTP/2 prior-knowledge preface
+    Http2Preface,
+    /// Outpost patch: HTTP/0.9, or a version above 1.1 that is not the HTTP/2 preface
+    Version,
+    /// Outpost patch: ambiguous or malformed body framing (400)
+    BadFraming(&'static str, HTTPVersion),
+    /// Outpost patch: a transfer coding other than chunked (501)
+    UnsupportedCoding(HTTPVersion),
 }
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
-    pub fn new(
+    pub(crate) fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        pace: Arc<Pace>,
     ) -> ClientConnection {
-        let remote_addr = read_socket.peer_addr();
+        let remote_addr = read_socket.peer_addr().ok().flatten();
         let abort = read_socket.abort_handle();
         let secure = read_socket.secure();
 
@@ -75,6 +115,9 @@ impl ClientConnection {
             no_more_requests: false,
             secure,
             abort,
+            pace,
+            first: true,
+            linger: false,
         }
     }
 
@@ -83,11 +126,16 @@ impl ClientConnection {
         self.secure
     }
 
+    /// Outpost patch: the connection ends with input the server did not read.
+    pub(crate) fn lingers(&self) -> bool {
+        self.linger
+    }
+
     /// Reads the next line from self.next_header_source.
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    fn read_next_line(&mut self, request_line: bool) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -95,28 +143,32 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(ReadError::ReadIoError)?,
+                None => {
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| ReadError::WrongRequestLine);
             }
 
             // Outpost patch: a TLS handshake record (0x16) where a request line should start is a
-            // client trying HTTPS on this plain port. Close at once so it can fall back to HTTP
+            // client trying HTTPS on this plain port: it gets an HTTP answer it understands
             // (upstream waited for a line end that never comes, until the client timed out).
-            if buf.is_empty() && byte == 0x16 {
-                return Err(IoError::new(ErrorKind::InvalidData, "TLS handshake on plain HTTP"));
+            if request_line && buf.is_empty() && byte == 0x16 && !self.secure {
+                return Err(ReadError::TlsOnPlain);
             }
 
             prev_byte_was_cr = byte == b'\r';
 
             // Outpost patch: a header line is bounded (upstream grew it without limit).
             if buf.len() >= MAX_LINE_LEN {
-                return Err(IoError::new(ErrorKind::InvalidInput, "Header line too long"));
+                return Err(ReadError::WrongRequestLine);
             }
             buf.push(byte);
         }
@@ -128,18 +180,31 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(true)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
                 )?
             };
 
+            // Outpost patch: versions this server cannot frame end the connection.
+            if version == HTTPVersion(2, 0) && method.as_str() == "PRI" {
+                return Err(ReadError::Http2Preface);
+            }
+            if version > HTTPVersion(1, 1) || version < HTTPVersion(1, 0) {
+                return Err(ReadError::Version);
+            }
+
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self
+                        .read_next_line(false)
+                        .map_err(|e| match e {
+                            ReadError::WrongRequestLine => ReadError::WrongHeader(version.clone()),
+                            e => e,
+                        })?;
 
                     if line.is_empty() {
                         break;
@@ -161,6 +226,9 @@ impl ClientConnection {
             (method, path, version, headers)
         };
 
+        // Outpost patch: the head is in; the body and the response run on rate windows.
+        self.pace.transfer();
+
         // building the writer for the request
         let writer = self.sink.next().unwrap();
 
@@ -175,23 +243,48 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            self.remote_addr,
             data_source,
             writer,
-            self.abort.clone(),
+            Some(self.abort.clone()),
+            Some(self.pace.clone()),
         )
         .map_err(|e| {
             use crate::request;
             match e {
                 request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
                 request::RequestCreationError::ExpectationFailed => {
-                    ReadError::ExpectationFailed(version)
+                    ReadError::ExpectationFailed(version.clone())
+                }
+                request::RequestCreationError::BadFraming(why) => {
+                    ReadError::BadFraming(why, version.clone())
+                }
+                request::RequestCreationError::UnsupportedCoding => {
+                    ReadError::UnsupportedCoding(version.clone())
                 }
             }
         })?;
 
         // return the request
         Ok(request)
+    }
+
+    /// Outpost patch: answers a request that cannot be served with `status` (and `text`), says
+    /// the connection closes, and marks it to close gently.
+    fn refuse(&mut self, status: u16, version: HTTPVersion, text: &str) {
+        use crate::{Response, StatusCode};
+        let writer = self.sink.next().unwrap();
+        let mut response = Response::from_string(text).with_status_code(StatusCode(status));
+        response.push_connection_close();
+        response.raw_print(writer, version, &[], false, None).ok();
+        self.linger = true;
+    }
+
+    /// Outpost patch: writes `bytes` as they are (answers in another protocol's terms).
+    fn refuse_raw(&mut self, bytes: &[u8]) {
+        let mut writer = self.sink.next().unwrap();
+        let _ = writer.write_all(bytes).and_then(|()| writer.flush());
+        self.linger = true;
     }
 }
 
@@ -201,93 +294,91 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
             return None;
         }
-
-        loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
-            }
-
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
-
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
-
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
-
-            // returning the request
-            return Some(rq);
+        // Outpost patch: the previous request left its body unread, or broke off.
+        if self.pace.closing() {
+            self.linger = true;
+            return None;
         }
+        if !self.first {
+            self.pace.idle();
+        }
+        self.first = false;
+
+        let v11 = HTTPVersion(1, 1);
+        let rq = match self.read() {
+            Ok(rq) => rq,
+            Err(ReadError::WrongRequestLine) => {
+                self.refuse(400, v11, "malformed request line");
+                return None; // we don't know where the next request would start,
+                             // se we have to close
+            }
+            Err(ReadError::WrongHeader(ver)) => {
+                self.refuse(400, ver, "malformed header");
+                return None;
+            }
+            Err(ReadError::BadFraming(why, ver)) => {
+                self.refuse(400, ver, why);
+                return None;
+            }
+            Err(ReadError::UnsupportedCoding(ver)) => {
+                self.refuse(501, ver, "only the chunked transfer coding is supported");
+                return None;
+            }
+            Err(ReadError::Version) => {
+                self.refuse(505, v11, "This server only supports HTTP versions 1.0 and 1.1");
+                return None;
+            }
+            Err(ReadError::TlsOnPlain) => {
+                self.refuse_raw(TLS_ON_PLAIN);
+                return None;
+            }
+            Err(ReadError::Http2Preface) => {
+                self.refuse_raw(H2_GOAWAY);
+                return None;
+            }
+            Err(ReadError::ExpectationFailed(ver)) => {
+                self.refuse(417, ver, "");
+                return None;
+            }
+            // Outpost patch: a head that did not arrive in time gets 408; a kept-alive
+            // connection that stays silent is closed without a word (an unasked-for response
+            // on an idle connection confuses clients).
+            Err(ReadError::ReadIoError(ref err))
+                if err.kind() == ErrorKind::TimedOut && self.pace.idle_since().is_none() =>
+            {
+                self.refuse(408, v11, "");
+                return None;
+            }
+            Err(ReadError::ReadIoError(_)) => return None,
+        };
+
+        // updating the status of the connection
+        let connection_header = rq
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str());
+
+        let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+
+        match lowercase {
+            Some(ref val) if val.contains("close") => self.no_more_requests = true,
+            Some(ref val)
+                if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
+            {
+                self.no_more_requests = true
+            }
+            None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
+            _ => (),
+        };
+
+        // returning the request
+        Some(rq)
     }
 }
 

@@ -1,448 +1,172 @@
-//! # Simple usage
+//! # Outpost's copy of tiny_http 0.12
 //!
-//! ## Creating the server
-//!
-//! The easiest way to create a server is to call `Server::http()`.
-//!
-//! The `http()` function returns an `IoResult<Server>` which will return an error
-//! in the case where the server creation fails (for example if the listening port is already
-//! occupied).
-//!
-//! ```no_run
-//! let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! ```
-//!
-//! A newly-created `Server` will immediately start listening for incoming connections and HTTP
-//! requests.
-//!
-//! ## Receiving requests
-//!
-//! Calling `server.recv()` will block until the next request is available.
-//! This function returns an `IoResult<Request>`, so you need to handle the possible errors.
-//!
-//! ```no_run
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//!
-//! loop {
-//!     // blocks until the next request is received
-//!     let request = match server.recv() {
-//!         Ok(rq) => rq,
-//!         Err(e) => { println!("error: {}", e); break }
-//!     };
-//!
-//!     // do something with the request
-//!     // ...
-//! }
-//! ```
-//!
-//! In a real-case scenario, you will probably want to spawn multiple worker tasks and call
-//! `server.recv()` on all of them. Like this:
-//!
-//! ```no_run
-//! # use std::sync::Arc;
-//! # use std::thread;
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! let server = Arc::new(server);
-//! let mut guards = Vec::with_capacity(4);
-//!
-//! for _ in (0 .. 4) {
-//!     let server = server.clone();
-//!
-//!     let guard = thread::spawn(move || {
-//!         loop {
-//!             let rq = server.recv().unwrap();
-//!
-//!             // ...
-//!         }
-//!     });
-//!
-//!     guards.push(guard);
-//! }
-//! ```
-//!
-//! If you don't want to block, you can call `server.try_recv()` instead.
-//!
-//! ## Handling requests
-//!
-//! The `Request` object returned by `server.recv()` contains informations about the client's request.
-//! The most useful methods are probably `request.method()` and `request.url()` which return
-//! the requested method (`GET`, `POST`, etc.) and url.
-//!
-//! To handle a request, you need to create a `Response` object. See the docs of this object for
-//! more infos. Here is an example of creating a `Response` from a file:
-//!
-//! ```no_run
-//! # use std::fs::File;
-//! # use std::path::Path;
-//! let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
-//! ```
-//!
-//! All that remains to do is call `request.respond()`:
-//!
-//! ```no_run
-//! # use std::fs::File;
-//! # use std::path::Path;
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! # let request = server.recv().unwrap();
-//! # let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
-//! let _ = request.respond(response);
-//! ```
+//! Outpost patch: the listener and its threads are the caller's. Each accepted connection
+//! becomes an [`HttpConnection`], an iterator of [`Request`]s served on the caller's thread
+//! under per-phase time limits ([`Limits`]); see PATCHES.md. Upstream's `Server` (an accept
+//! thread, a thread per connection without bound, and a queue of requests for worker threads)
+//! is gone.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
-use std::error::Error;
-use std::io::Error as IoError;
-use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc;
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
-use util::MessagesQueue;
+use pace::{Pace, PacedStream};
+use util::RefinedTcpStream;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use connection::{ConfigListenAddr, ConnectionAbort, ListenAddr, Listener};
+pub use connection::ConnectionAbort;
+pub use pace::Limits;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
-pub use test::TestRequest;
-
-#[cfg(not(feature = "ssl-rustls"))]
-type SslContext = ();
 #[cfg(feature = "ssl-rustls")]
-type SslContext = crate::ssl::SslContextImpl;
+pub use ssl::TlsConfig;
+pub use test::TestRequest;
 
 mod client;
 mod common;
 mod connection;
+mod pace;
 mod request;
 mod response;
 mod ssl;
 mod test;
 mod util;
 
-/// The main class of this library.
-///
-/// Destroying this object will immediately close the listening socket and the reading
-///  part of all the client's connections. Requests that have already been returned by
-///  the `recv()` function will not close and the responses will be transferred to the client.
-pub struct Server {
-    // should be false as long as the server exists
-    // when set to true, all the subtasks will close within a few hundreds ms
-    close: Arc<AtomicBool>,
-
-    // queue for messages received by child threads
-    messages: Arc<MessagesQueue<Message>>,
-
-    // result of TcpListener::local_addr()
-    listening_addr: ListenAddr,
+/// Outpost patch: one accepted connection, read request by request on the caller's thread.
+/// Each request must be answered (or dropped) before the next is read. When the iteration
+/// ends, or the value is dropped, the connection is closed: gently (the write side first,
+/// then what the client still sends is read and dropped for a moment) where the server
+/// stops with input unread, so the client reads the last answer instead of a reset.
+pub struct HttpConnection {
+    client: Option<ClientConnection>,
+    conn: Arc<Connection>,
+    pace: Arc<Pace>,
 }
 
-enum Message {
-    Error(IoError),
-    NewRequest(Request),
+/// Outpost patch: what another thread may know and do about a connection.
+#[derive(Clone)]
+pub struct ConnectionWatch {
+    pace: Arc<Pace>,
+    abort: ConnectionAbort,
 }
 
-impl From<IoError> for Message {
-    fn from(e: IoError) -> Message {
-        Message::Error(e)
+impl ConnectionWatch {
+    /// Since when the connection waits for a request that has not begun, if it does.
+    pub fn idle_since(&self) -> Option<Instant> {
+        self.pace.idle_since()
+    }
+
+    /// Shuts the connection down: a blocked read or write on it returns at once.
+    pub fn abort(&self) {
+        self.abort.abort();
     }
 }
 
-impl From<Request> for Message {
-    fn from(rq: Request) -> Message {
-        Message::NewRequest(rq)
-    }
-}
-
-// this trait is to make sure that Server implements Share and Send
-#[doc(hidden)]
-trait MustBeShareDummy: Sync + Send {}
-#[doc(hidden)]
-impl MustBeShareDummy for Server {}
-
-pub struct IncomingRequests<'a> {
-    server: &'a Server,
-}
-
-/// Represents the parameters required to create a server.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// The addresses to try to listen to.
-    pub addr: ConfigListenAddr,
-
-    /// If `Some`, then the server will use SSL to encode the communications.
-    pub ssl: Option<SslConfig>,
-
-    /// Outpost patch: if `Some`, each connection's reads and writes time out after this long
-    /// without progress, so a stalled peer cannot hold a thread (and a handler) forever.
-    pub socket_timeout: Option<std::time::Duration>,
-}
-
-/// Configuration of the server for SSL.
-#[derive(Debug, Clone)]
-pub struct SslConfig {
-    /// Contains the public certificate to send to clients.
-    pub certificate: Vec<u8>,
-    /// Contains the ultra-secret private key used to decode communications.
-    pub private_key: Vec<u8>,
-}
-
-impl Server {
-    /// Shortcut for a simple server on a specific address.
-    #[inline]
-    pub fn http<A>(addr: A) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: None,
-            socket_timeout: None,
-        })
-    }
-
-    #[cfg(unix)]
-    #[inline]
-    /// Shortcut for a UNIX socket server at a specific path
-    pub fn http_unix(
-        path: &std::path::Path,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::unix_from_path(path),
-            ssl: None,
-            socket_timeout: None,
-        })
-    }
-
-    /// Builds a new server that listens on the specified address.
-    pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = config.addr.bind()?;
-        Self::from_listener_with_timeout(listener, config.ssl, config.socket_timeout)
-    }
-
-    /// Builds a new server using the specified TCP listener.
-    ///
-    /// This is useful if you've constructed TcpListener using some less usual method
-    /// such as from systemd. For other cases, you probably want the `new()` function.
-    pub fn from_listener<L: Into<Listener>>(
-        listener: L,
-        ssl_config: Option<SslConfig>,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_with_timeout(listener, ssl_config, None)
-    }
-
-    /// Outpost patch: `from_listener` with a per-connection socket timeout.
-    pub fn from_listener_with_timeout<L: Into<Listener>>(
-        listener: L,
-        ssl_config: Option<SslConfig>,
-        socket_timeout: Option<std::time::Duration>,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        if ssl_config.is_some() {
-            // Outpost patch: PEM configuration is not carried; see `from_listener_tls`.
-            return Err("tiny_http (Outpost copy): use Server::from_listener_tls for TLS".into());
+impl HttpConnection {
+    /// Serves an accepted TCP connection, over TLS if `tls` is given. The first request's head
+    /// (and the TLS handshake) are due within `limits.head` from now.
+    pub fn tcp(
+        stream: TcpStream,
+        limits: Limits,
+        #[cfg(feature = "ssl-rustls")] tls: Option<&TlsConfig>,
+    ) -> IoResult<HttpConnection> {
+        let conn = Connection::from(stream);
+        conn.set_nodelay();
+        let pace = Arc::new(Pace::new(limits));
+        let conn = Arc::new(conn);
+        let paced = PacedStream::new(conn.clone(), pace.clone());
+        #[cfg(feature = "ssl-rustls")]
+        if let Some(tls) = tls {
+            let (read, write) = RefinedTcpStream::new(tls.accept(paced)?);
+            return Ok(Self::start(read, write, conn, pace));
         }
-        Self::start(listener.into(), None, socket_timeout)
+        let (read, write) = RefinedTcpStream::new(paced);
+        Ok(Self::start(read, write, conn, pace))
     }
 
-    /// Outpost patch: an HTTPS server on `listener` with a rustls 0.23 configuration (its
-    /// crypto provider, versions and certificate chosen by the caller).
-    #[cfg(feature = "ssl-rustls")]
-    pub fn from_listener_tls<L: Into<Listener>>(
-        listener: L,
-        tls: Arc<rustls::ServerConfig>,
-        socket_timeout: Option<std::time::Duration>,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let ssl = Some(crate::ssl::SslContextImpl::new(tls));
-        Self::start(listener.into(), ssl, socket_timeout)
+    /// Serves an accepted Unix-socket connection (plain HTTP).
+    #[cfg(unix)]
+    pub fn unix(stream: std::os::unix::net::UnixStream, limits: Limits) -> HttpConnection {
+        let pace = Arc::new(Pace::new(limits));
+        let conn = Arc::new(Connection::from(stream));
+        let (read, write) = RefinedTcpStream::new(PacedStream::new(conn.clone(), pace.clone()));
+        Self::start(read, write, conn, pace)
     }
 
     fn start(
-        listener: Listener,
-        ssl: Option<SslContext>,
-        socket_timeout: Option<std::time::Duration>,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        // building the "close" variable
-        let close_trigger = Arc::new(AtomicBool::new(false));
+        read: RefinedTcpStream,
+        write: RefinedTcpStream,
+        conn: Arc<Connection>,
+        pace: Arc<Pace>,
+    ) -> HttpConnection {
+        HttpConnection {
+            client: Some(ClientConnection::new(write, read, pace.clone())),
+            conn,
+            pace,
+        }
+    }
 
-        // building the TcpListener
-        let (server, local_addr) = {
-            let local_addr = listener.local_addr()?;
-            log::debug!("Server listening on {}", local_addr);
-            (listener, local_addr)
+    /// A handle for other threads: is the connection idle, and closing it.
+    pub fn watch(&self) -> ConnectionWatch {
+        ConnectionWatch {
+            pace: self.pace.clone(),
+            abort: ConnectionAbort(self.conn.clone()),
+        }
+    }
+
+    /// Closes the connection (once): the write side first; if the server leaves input unread,
+    /// what arrives is read and dropped for up to half a second (256 KiB at most) before the
+    /// socket closes, as Go's server does, so that the client is not reset before it reads
+    /// the answer.
+    fn finish(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
         };
-
-        // creating a task where server.accept() is continuously called
-        // and ClientConnection objects are pushed in the messages queue
-        let messages = MessagesQueue::with_capacity(8);
-
-        let inside_close_trigger = close_trigger.clone();
-        let inside_messages = messages.clone();
-        thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
-
-            log::debug!("Running accept thread");
-            while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        if let Some(t) = socket_timeout {
-                            sock.set_timeouts(t);
-                        }
-                        sock.set_nodelay();
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(feature = "ssl-rustls")]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(feature = "ssl-rustls"))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
-                    }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
-                    }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
-                    }
-                }
+        let linger = client.lingers();
+        drop(client); // flushes the last response
+        let _ = self.conn.shutdown(Shutdown::Write);
+        if !linger {
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(500);
+        let mut left: usize = 256 * 1024;
+        let mut buf = [0u8; 4096];
+        while left > 0 {
+            let Some(wait) = until.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            if wait.is_zero() || self.conn.set_read_timeout(wait).is_err() {
+                break;
             }
-            log::debug!("Terminating accept thread");
-        });
-
-        // result
-        Ok(Server {
-            messages,
-            close: close_trigger,
-            listening_addr: local_addr,
-        })
-    }
-
-    /// Returns an iterator for all the incoming requests.
-    ///
-    /// The iterator will return `None` if the server socket is shutdown.
-    #[inline]
-    pub fn incoming_requests(&self) -> IncomingRequests<'_> {
-        IncomingRequests { server: self }
-    }
-
-    /// Returns the address the server is listening to.
-    #[inline]
-    pub fn server_addr(&self) -> ListenAddr {
-        self.listening_addr.clone()
-    }
-
-    /// Returns the number of clients currently connected to the server.
-    pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
-    }
-
-    /// Blocks until an HTTP request has been submitted and returns it.
-    pub fn recv(&self) -> IoResult<Request> {
-        match self.messages.pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(rq),
-            None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
+            match self.conn.read_shared(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
         }
-    }
-
-    /// Same as `recv()` but doesn't block longer than timeout
-    pub fn recv_timeout(&self, timeout: Duration) -> IoResult<Option<Request>> {
-        match self.messages.pop_timeout(timeout) {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
-            None => Ok(None),
-        }
-    }
-
-    /// Same as `recv()` but doesn't block.
-    pub fn try_recv(&self) -> IoResult<Option<Request>> {
-        match self.messages.try_pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
-            None => Ok(None),
-        }
-    }
-
-    /// Unblock thread stuck in recv() or incoming_requests().
-    /// If there are several such threads, only one is unblocked.
-    /// This method allows graceful shutdown of server.
-    pub fn unblock(&self) {
-        self.messages.unblock();
     }
 }
 
-impl Iterator for IncomingRequests<'_> {
+impl Iterator for HttpConnection {
     type Item = Request;
+
+    /// The next request, or `None` once the connection is done (and closed).
     fn next(&mut self) -> Option<Request> {
-        self.server.recv().ok()
+        let next = self.client.as_mut()?.next();
+        if next.is_none() {
+            self.finish();
+        }
+        next
     }
 }
 
-impl Drop for Server {
+impl Drop for HttpConnection {
     fn drop(&mut self) {
-        self.close.store(true, Relaxed);
-        // Connect briefly to ourselves to unblock the accept thread
-        let maybe_stream = match &self.listening_addr {
-            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
-            #[cfg(unix)]
-            ListenAddr::Unix(addr) => {
-                // TODO: use connect_addr when its stabilized.
-                let path = addr.as_pathname().unwrap();
-                std::os::unix::net::UnixStream::connect(path).map(Connection::from)
-            }
-        };
-        if let Ok(stream) = maybe_stream {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-
-        #[cfg(unix)]
-        if let ListenAddr::Unix(addr) = &self.listening_addr {
-            if let Some(path) = addr.as_pathname() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        self.finish();
     }
 }

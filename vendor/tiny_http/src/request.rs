@@ -5,8 +5,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
+use crate::pace::Pace;
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
@@ -67,7 +70,13 @@ pub struct Request {
 
     headers: Vec<Header>,
 
-    body_length: Option<usize>,
+    body_length: Option<u64>,
+
+    // Outpost patch: body bytes not read yet (`u64::MAX` while a chunked body has not ended)
+    unread: Arc<AtomicU64>,
+
+    // Outpost patch: the connection's phase and timers (None for tests)
+    pace: Option<Arc<Pace>>,
 
     // true if a `100 Continue` response must be sent when `as_reader()` is called
     must_send_continue: bool,
@@ -75,7 +84,7 @@ pub struct Request {
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
 
-    // Outpost patch: shuts the connection down (None for tests and TLS)
+    // Outpost patch: shuts the connection down (None for tests)
     abort: Option<crate::connection::ConnectionAbort>,
 }
 
@@ -111,6 +120,12 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// Outpost patch: the body's framing is malformed or ambiguous (400, then close).
+    BadFraming(&'static str),
+
+    /// Outpost patch: a transfer coding other than `chunked` (501, then close).
+    UnsupportedCoding,
 }
 
 impl From<IoError> for RequestCreationError {
@@ -139,28 +154,17 @@ pub fn new_request<R, W>(
     mut source_data: R,
     writer: W,
     abort: Option<crate::connection::ConnectionAbort>,
+    pace: Option<Arc<Pace>>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
+    // Outpost patch: strict framing. A message whose body length two parties could read
+    // differently (a proxy in front and this server) is refused, not guessed at: that is how
+    // requests are smuggled.
+    let (content_length, chunked) = framing(&headers, &version)?;
+    let unread = Arc::new(AtomicU64::new(0));
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
@@ -175,29 +179,18 @@ where
         }
     };
 
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
-
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
+    // Outpost patch: `Connection: upgrade` (e.g. curl's h2c offer) is ignored: the body is
+    // framed as usual and the connection stays HTTP/1.1 (upstream handed the handler the raw
+    // stream as the body, which a handler reading a body would read to the end of the
+    // connection).
+    let reader = if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
         } else if content_length <= 1024 && !expects_continue {
             // if the content-length is small enough, we just read everything into a buffer
-
+            let content_length = content_length as usize;
             let mut buffer = vec![0; content_length];
             let mut offset = 0;
 
@@ -216,15 +209,19 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let data_reader =
+                EqualReader::new(source_data, content_length, unread.clone(), pace.clone());
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
-    } else if transfer_encoding.is_some() {
+    } else if chunked {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
+        unread.store(u64::MAX, Ordering::Relaxed);
         Box::new(FusedReader::new(DrainOnDrop {
             inner: Decoder::new(source_data),
             ended: false,
+            unread: unread.clone(),
+            pace: pace.clone(),
         }))
             as Box<dyn Read + Send + 'static>
     } else {
@@ -244,6 +241,8 @@ where
         http_version: version,
         headers,
         body_length: content_length,
+        unread,
+        pace,
         must_send_continue: expects_continue,
         notify_when_responded: None,
         abort,
@@ -283,10 +282,35 @@ impl Request {
 
     /// Returns the length of the body in bytes.
     ///
-    /// Returns `None` if the length is unknown.
+    /// Returns `None` if the length is unknown. Outpost patch: a `u64`, so that a 32-bit
+    /// device takes bodies over 4 GiB.
     #[inline]
-    pub fn body_length(&self) -> Option<usize> {
+    pub fn body_length(&self) -> Option<u64> {
         self.body_length
+    }
+
+    /// Outpost patch: settles the body before the answer, and says whether the connection
+    /// closes after it (the answer then says `Connection: close`). A body left unread is read
+    /// and dropped now if it is small (up to the drain limit, so that the connection can carry
+    /// the next request, as Go's server does); a larger one, one the client has not sent yet
+    /// (`Expect: 100-continue` never answered), or one that fails to arrive closes the
+    /// connection instead.
+    pub fn closes_connection(&mut self) -> bool {
+        let Some(p) = self.pace.clone() else {
+            return false;
+        };
+        let unread = self.unread.load(Ordering::Relaxed);
+        let drain = p.limits().drain;
+        if unread == 0 || p.closing() {
+        } else if self.must_send_continue || (unread != u64::MAX && unread > drain) {
+            p.set_close();
+        } else if let Some(body) = self.data_reader.as_mut() {
+            let left = io::copy(&mut body.take(drain + 1), &mut io::sink());
+            if !matches!(left, Ok(n) if n <= drain) || self.unread.load(Ordering::Relaxed) != 0 {
+                p.set_close();
+            }
+        }
+        p.closing()
     }
 
     /// Outpost patch: a handle that shuts this request's connection down, for a response that
@@ -352,7 +376,7 @@ impl Request {
     ///
     /// # Example
     ///
-    /// ```no_run
+    /// ```ignore
     /// # extern crate rustc_serialize;
     /// # extern crate tiny_http;
     /// # use rustc_serialize::json::Json;
@@ -462,6 +486,10 @@ impl Request {
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;
+        let mut response = response;
+        if self.closes_connection() {
+            response.push_connection_close();
+        }
 
         Self::ignore_client_closing_errors(response.raw_print(
             writer.by_ref(),
@@ -501,12 +529,15 @@ impl fmt::Debug for Request {
 }
 
 /// Outpost patch: a chunked body the handler did not read is drained when the request goes,
-/// as `EqualReader` does for a `Content-Length` body. Left in the stream, its bytes were
-/// parsed as the next request on the connection, which got a 400.
-/// Reading on past the end would take bytes of the next request.
+/// as `EqualReader` does for a `Content-Length` body, up to the connection's drain limit (then
+/// the connection closes). Left in the stream, its bytes were parsed as the next request on
+/// the connection, which got a 400. Reading on past the end would take bytes of the next
+/// request.
 struct DrainOnDrop<R: Read> {
     inner: R,
     ended: bool,
+    unread: Arc<AtomicU64>,
+    pace: Option<Arc<Pace>>,
 }
 
 impl<R: Read> Read for DrainOnDrop<R> {
@@ -516,18 +547,73 @@ impl<R: Read> Read for DrainOnDrop<R> {
         }
         let n = self.inner.read(buf)?;
         self.ended = n == 0 && !buf.is_empty();
+        if self.ended {
+            self.unread.store(0, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }
 
 impl<R: Read> Drop for DrainOnDrop<R> {
     fn drop(&mut self) {
+        let mut budget = self.pace.as_ref().map_or(u64::MAX, |p| p.limits().drain);
         let mut buf = [0u8; 8192];
-        while let Ok(n) = self.read(&mut buf) {
-            if n == 0 {
-                break;
+        while !self.ended {
+            match self.read(&mut buf) {
+                Ok(n) if (n as u64) <= budget => budget -= n as u64,
+                _ => break,
             }
         }
+        if !self.ended {
+            if let Some(p) = &self.pace {
+                p.set_close();
+            }
+        }
+    }
+}
+
+/// Outpost patch: the body's framing: its `Content-Length`, or chunked. Refuses (RFC 9112
+/// section 6.3) more than one `Content-Length`, one that is not a plain decimal number within
+/// 64 bits (`-1`, `abc`, `1, 1`, an overflow), both `Content-Length` and `Transfer-Encoding`,
+/// and a transfer coding other than `chunked` alone.
+fn framing(
+    headers: &[Header],
+    version: &HTTPVersion,
+) -> Result<(Option<u64>, bool), RequestCreationError> {
+    let mut lengths = headers.iter().filter(|h| h.field.equiv("Content-Length"));
+    let mut codings = headers.iter().filter(|h| h.field.equiv("Transfer-Encoding"));
+    let (length, second_length) = (lengths.next(), lengths.next());
+    let (coding, second_coding) = (codings.next(), codings.next());
+    if second_length.is_some() {
+        return Err(RequestCreationError::BadFraming(
+            "more than one Content-Length header",
+        ));
+    }
+    if let Some(coding) = coding {
+        if length.is_some() {
+            return Err(RequestCreationError::BadFraming(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if *version < HTTPVersion(1, 1) {
+            return Err(RequestCreationError::BadFraming(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        if second_coding.is_some() || !coding.value.as_str().trim().eq_ignore_ascii_case("chunked")
+        {
+            return Err(RequestCreationError::UnsupportedCoding);
+        }
+        return Ok((None, true));
+    }
+    let Some(length) = length else {
+        return Ok((None, false));
+    };
+    let text = length.value.as_str().trim();
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    match text.parse::<u64>() {
+        Ok(n) if digits => Ok((Some(n), false)),
+        _ => Err(RequestCreationError::BadFraming("invalid Content-Length")),
     }
 }
 

@@ -285,6 +285,13 @@ where
         self.headers.push(header);
     }
 
+    /// Outpost patch: says `Connection: close` (the server closes the connection after this
+    /// response), which `add_header` does not let a handler set.
+    pub(crate) fn push_connection_close(&mut self) {
+        self.headers
+            .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+    }
+
     /// Returns the same request, but with an additional header.
     ///
     /// Some headers cannot be modified and some other have a

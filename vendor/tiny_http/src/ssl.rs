@@ -4,6 +4,6 @@
 #[cfg(feature = "ssl-rustls")]
 pub(crate) mod rustls;
 #[cfg(feature = "ssl-rustls")]
-pub(crate) use self::rustls::RustlsContext as SslContextImpl;
-#[cfg(feature = "ssl-rustls")]
 pub(crate) use self::rustls::RustlsStream as SslStream;
+#[cfg(feature = "ssl-rustls")]
+pub use self::rustls::TlsConfig;

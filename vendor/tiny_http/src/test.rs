@@ -18,7 +18,7 @@ use std::str::FromStr;
 ///
 /// Then, convert the `TestRequest` into a real `Request` and pass it to the server under test:
 ///
-/// ```
+/// ```ignore
 /// # use tiny_http::{Method, Request, Response, Server, StatusCode, TestRequest};
 /// # use std::io::Cursor;
 /// # let request = TestRequest::new()
@@ -73,6 +73,7 @@ impl From<TestRequest> for Request {
             Some(mock.remote_addr),
             mock.body.as_bytes(),
             std::io::sink(),
+            None,
             None,
         )
         .unwrap()

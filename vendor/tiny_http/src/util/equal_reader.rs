@@ -1,36 +1,43 @@
 use std::io::Read;
 use std::io::Result as IoResult;
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::pace::Pace;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
-/// If the limit is reached, it returns EOF. If the limit is not reached
-/// when the destructor is called, the remaining bytes will be read and
-/// thrown away.
+/// If the limit is reached, it returns EOF. If the limit is not reached when the destructor is
+/// called, the remaining bytes are read and thrown away — Outpost patch: only up to the
+/// connection's drain limit; with more left, the connection is marked to close instead.
 pub struct EqualReader<R>
 where
     R: Read,
 {
     reader: R,
-    size: usize,
-    last_read_signal: Sender<IoResult<()>>,
+    size: u64,
+    /// Outpost patch: the bytes still unread, for the request to see.
+    unread: Arc<AtomicU64>,
+    pace: Option<Arc<Pace>>,
 }
 
 impl<R> EqualReader<R>
 where
     R: Read,
 {
-    pub fn new(reader: R, size: usize) -> (EqualReader<R>, Receiver<IoResult<()>>) {
-        let (tx, rx) = channel();
-
-        let r = EqualReader {
+    pub(crate) fn new(
+        reader: R,
+        size: u64,
+        unread: Arc<AtomicU64>,
+        pace: Option<Arc<Pace>>,
+    ) -> EqualReader<R> {
+        unread.store(size, Ordering::Relaxed);
+        EqualReader {
             reader,
             size,
-            last_read_signal: tx,
-        };
-
-        (r, rx)
+            unread,
+            pace,
+        }
     }
 }
 
@@ -42,20 +49,11 @@ where
         if self.size == 0 {
             return Ok(0);
         }
-
-        let buf = if buf.len() < self.size {
-            buf
-        } else {
-            &mut buf[..self.size]
-        };
-
-        match self.reader.read(buf) {
-            Ok(len) => {
-                self.size -= len;
-                Ok(len)
-            }
-            err @ Err(_) => err,
-        }
+        let want = buf.len().min(<usize as std::convert::TryFrom<u64>>::try_from(self.size).unwrap_or(usize::MAX));
+        let len = self.reader.read(&mut buf[..want])?;
+        self.size -= len as u64;
+        self.unread.store(self.size, Ordering::Relaxed);
+        Ok(len)
     }
 }
 
@@ -64,26 +62,28 @@ where
     R: Read,
 {
     fn drop(&mut self) {
-        let mut remaining_to_read = self.size;
-
-        // Outpost patch: drain through a fixed buffer. The declared Content-Length is the
-        // client's word; allocating it (upstream: `vec![0; remaining]`) let one request abort
-        // the process.
+        if self.size == 0 {
+            return;
+        }
+        // Outpost patch: drain through a fixed buffer (the declared Content-Length is the
+        // client's word; upstream allocated it), and only a little: a client declaring a large
+        // body nobody reads is not waited for, its connection closes after the response.
+        if let Some(p) = &self.pace {
+            if self.size > p.limits().drain {
+                p.set_close();
+                return;
+            }
+        }
         let mut buf = [0u8; 8192];
-        while remaining_to_read > 0 {
-            let want = remaining_to_read.min(buf.len());
-            match self.reader.read(&mut buf[..want]) {
-                Err(e) => {
-                    self.last_read_signal.send(Err(e)).ok();
-                    break;
+        while self.size > 0 {
+            match self.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    if let Some(p) = &self.pace {
+                        p.set_close();
+                    }
+                    return;
                 }
-                Ok(0) => {
-                    self.last_read_signal.send(Ok(())).ok();
-                    break;
-                }
-                Ok(other) => {
-                    remaining_to_read -= other;
-                }
+                Ok(_) => {}
             }
         }
     }
@@ -93,6 +93,7 @@ where
 mod tests {
     use super::EqualReader;
     use std::io::Read;
+    use std::sync::Arc;
 
     #[test]
     fn test_limit() {
@@ -101,7 +102,8 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let mut equal_reader =
+                EqualReader::new(org_reader.by_ref(), 5, Arc::default(), None);
 
             let mut string = String::new();
             equal_reader.read_to_string(&mut string).unwrap();
@@ -120,7 +122,8 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let mut equal_reader =
+                EqualReader::new(org_reader.by_ref(), 5, Arc::default(), None);
 
             let mut vec = [0];
             equal_reader.read_exact(&mut vec).unwrap();

@@ -1,30 +1,23 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 
-use crate::connection::Connection;
+use crate::connection::ConnectionAbort;
+use crate::pace::PacedStream;
 #[cfg(feature = "ssl-rustls")]
 use crate::ssl::SslStream;
 
+/// Outpost patch: both kinds share their socket through an `Arc` (no `dup`), under a `Pace`.
+#[derive(Clone)]
 pub(crate) enum Stream {
-    Http(Connection),
+    Http(PacedStream),
     #[cfg(feature = "ssl-rustls")]
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
-        match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
-            #[cfg(feature = "ssl-rustls")]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
-        }
-    }
-}
-
-impl From<Connection> for Stream {
-    fn from(tcp_stream: Connection) -> Self {
-        Stream::Http(tcp_stream)
+impl From<PacedStream> for Stream {
+    fn from(stream: PacedStream) -> Self {
+        Stream::Http(stream)
     }
 }
 
@@ -37,29 +30,22 @@ impl Stream {
         }
     }
 
-    fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
+    fn peer_addr(&self) -> IoResult<Option<SocketAddr>> {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.peer_addr(),
+            Stream::Http(s) => s.connection().peer_addr(),
             #[cfg(feature = "ssl-rustls")]
-            Stream::Https(ssl_stream) => ssl_stream.peer_addr(),
+            Stream::Https(s) => s.peer_addr(),
         }
     }
 
-    fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
-        match self {
-            Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
-            #[cfg(feature = "ssl-rustls")]
-            Stream::Https(ssl_stream) => ssl_stream.shutdown(how),
-        }
-    }
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.read(buf),
+            Stream::Http(s) => s.read(buf),
             #[cfg(feature = "ssl-rustls")]
-            Stream::Https(ssl_stream) => ssl_stream.read(buf),
+            Stream::Https(s) => s.read(buf),
         }
     }
 }
@@ -67,25 +53,26 @@ impl Read for Stream {
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.write(buf),
+            Stream::Http(s) => s.write(buf),
             #[cfg(feature = "ssl-rustls")]
-            Stream::Https(ssl_stream) => ssl_stream.write(buf),
+            Stream::Https(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> IoResult<()> {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.flush(),
+            Stream::Http(s) => s.flush(),
             #[cfg(feature = "ssl-rustls")]
-            Stream::Https(ssl_stream) => ssl_stream.flush(),
+            Stream::Https(s) => s.flush(),
         }
     }
 }
 
+/// One half (reading or writing) of a connection. Outpost patch: dropping it no longer shuts
+/// the socket down; `HttpConnection` closes the connection (after a lingering drain where
+/// needed, so a response is not lost to a reset).
 pub struct RefinedTcpStream {
     stream: Stream,
-    close_read: bool,
-    close_write: bool,
 }
 
 impl RefinedTcpStream {
@@ -94,22 +81,10 @@ impl RefinedTcpStream {
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
-
-        let (read, write) = (stream.clone(), stream);
-
         let read = RefinedTcpStream {
-            stream: read,
-            close_read: true,
-            close_write: false,
+            stream: stream.clone(),
         };
-
-        let write = RefinedTcpStream {
-            stream: write,
-            close_read: false,
-            close_write: true,
-        };
-
-        (read, write)
+        (read, RefinedTcpStream { stream })
     }
 
     /// Returns true if this struct wraps around a secure connection.
@@ -119,28 +94,16 @@ impl RefinedTcpStream {
     }
 
     /// Outpost patch: a handle that can shut this connection down.
-    pub(crate) fn abort_handle(&self) -> Option<crate::connection::ConnectionAbort> {
+    pub(crate) fn abort_handle(&self) -> ConnectionAbort {
         match &self.stream {
-            Stream::Http(conn) => crate::connection::ConnectionAbort::new(conn),
+            Stream::Http(s) => ConnectionAbort(s.connection().clone()),
             #[cfg(feature = "ssl-rustls")]
-            Stream::Https(tls) => tls.abort_handle(),
+            Stream::Https(s) => s.abort_handle(),
         }
     }
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
-    }
-}
-
-impl Drop for RefinedTcpStream {
-    fn drop(&mut self) {
-        if self.close_read {
-            self.stream.shutdown(Shutdown::Read).ok();
-        }
-
-        if self.close_write {
-            self.stream.shutdown(Shutdown::Write).ok();
-        }
     }
 }
 

@@ -1,0 +1,354 @@
+//! Outpost patch: per-phase time limits of a connection, enforced on the socket itself.
+//!
+//! A request head must arrive within a deadline; a kept-alive connection may idle for a while;
+//! a body or a response must keep a minimum average rate over a window of time spent waiting
+//! on the peer (time the handler spends elsewhere does not count). Upstream had one per-read
+//! no-progress timer at most, so one byte per interval held a connection (and a thread) forever.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::connection::Connection;
+
+/// How long a connection may take in each phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A request line and its headers must arrive within this, counted from the accept for a
+    /// connection's first request (a TLS handshake included), else from the request's first byte.
+    pub head: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle: Duration,
+    /// Reading a body or writing a response: every `window` spent waiting on the peer must move
+    /// at least `min_rate × window` bytes, else the connection is cut.
+    pub window: Duration,
+    /// Bytes per second, averaged over `window`; 0 only asks for some progress per window.
+    pub min_rate: u64,
+    /// Bytes of a request body the handler did not read that are read and dropped to keep the
+    /// connection; with more left, the connection is closed after the response instead.
+    pub drain: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            window: Duration::from_secs(120),
+            min_rate: 1024,
+            drain: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Reading a request head, until the deadline.
+    Head(Instant),
+    /// Waiting for the next request since then (its first byte starts `Head`).
+    Idle(Instant),
+    /// Bodies and responses: the rate windows apply.
+    Transfer,
+}
+
+/// Time spent waiting on the peer in the current window, and the bytes it moved.
+#[derive(Clone, Copy, Debug, Default)]
+struct Window {
+    waited: Duration,
+    bytes: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+struct State {
+    phase: Phase,
+    read: Window,
+    write: Window,
+}
+
+/// The phase and timers of one connection, shared by its read and write halves.
+pub(crate) struct Pace {
+    limits: Limits,
+    state: Mutex<State>,
+    /// Set when the connection must close after the current response.
+    close: AtomicBool,
+}
+
+/// Why a phase ran out, as the error a read or write returns.
+fn expired(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
+}
+
+impl Pace {
+    /// A connection accepted now: its first request head is due within `limits.head`.
+    pub(crate) fn new(limits: Limits) -> Pace {
+        Pace {
+            limits,
+            state: Mutex::new(State {
+                phase: Phase::Head(Instant::now() + limits.head),
+                read: Window::default(),
+                write: Window::default(),
+            }),
+            close: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Between requests: the next one may take `limits.idle` to begin.
+    pub(crate) fn idle(&self) {
+        let mut st = self.lock();
+        st.phase = Phase::Idle(Instant::now());
+        st.write = Window::default();
+    }
+
+    /// The head is in: from now on the body and the response run on rate windows.
+    pub(crate) fn transfer(&self) {
+        let mut st = self.lock();
+        st.phase = Phase::Transfer;
+        st.read = Window::default();
+    }
+
+    /// Since when the connection waits for a next request that has not begun, if it does.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        match self.lock().phase {
+            Phase::Idle(since) => Some(since),
+            _ => None,
+        }
+    }
+
+    /// The connection is to close after the current response.
+    pub(crate) fn set_close(&self) {
+        self.close.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closing(&self) -> bool {
+        self.close.load(Ordering::Relaxed)
+    }
+
+    /// How long the next call in `dir` may block, or the error if its phase ran out.
+    fn budget(&self, dir: Dir) -> io::Result<Duration> {
+        let now = Instant::now();
+        let st = self.lock();
+        let left = match (dir, st.phase) {
+            (Dir::Read, Phase::Head(deadline)) => deadline
+                .checked_duration_since(now)
+                .ok_or_else(|| expired("request head not received in time"))?,
+            (Dir::Read, Phase::Idle(since)) => (since + self.limits.idle)
+                .checked_duration_since(now)
+                .ok_or_else(|| expired("idle connection"))?,
+            (dir, _) => {
+                let w = if dir == Dir::Read { st.read } else { st.write };
+                self.limits.window.checked_sub(w.waited).ok_or_else(|| {
+                    expired(&format!(
+                        "{} slower than {} bytes/s over {:?}",
+                        if dir == Dir::Read { "request body" } else { "response" },
+                        self.limits.min_rate,
+                        self.limits.window
+                    ))
+                })?
+            }
+        };
+        if left.is_zero() {
+            return Err(expired("time limit reached"));
+        }
+        Ok(left)
+    }
+
+    /// Counts a call in `dir` that waited `waited` and moved `n` bytes.
+    fn account(&self, dir: Dir, waited: Duration, n: usize) {
+        let mut st = self.lock();
+        match (dir, st.phase) {
+            (Dir::Read, Phase::Idle(_)) if n > 0 => {
+                st.phase = Phase::Head(Instant::now() + self.limits.head)
+            }
+            (Dir::Read, Phase::Head(_) | Phase::Idle(_)) => {}
+            _ => {
+                let need = self
+                    .limits
+                    .min_rate
+                    .saturating_mul(self.limits.window.as_secs().max(1));
+                let w = if dir == Dir::Read {
+                    &mut st.read
+                } else {
+                    &mut st.write
+                };
+                w.waited += waited;
+                w.bytes += n as u64;
+                if n > 0 && w.bytes >= need {
+                    // The window's due is met: a new one starts.
+                    *w = Window::default();
+                }
+            }
+        }
+    }
+}
+
+/// A connection's socket under its `Pace`: every read and write blocks at most as long as the
+/// current phase allows. Cloning shares the socket (no `dup`) and the pace.
+#[derive(Clone)]
+pub(crate) struct PacedStream {
+    conn: Arc<Connection>,
+    pace: Arc<Pace>,
+    /// Socket timeouts this handle last set (each direction is set by one handle only).
+    read_set: Option<Duration>,
+    write_set: Option<Duration>,
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// True if a socket timeout of `set` serves a budget of `want`: it neither overshoots by more
+/// than a second nor wakes up needlessly early (each wake-up re-checks the budget, so an early
+/// one only costs a system call).
+fn close_enough(set: Option<Duration>, want: Duration) -> bool {
+    set.is_some_and(|s| s <= want + Duration::from_secs(1) && s >= want / 2)
+}
+
+impl PacedStream {
+    pub(crate) fn new(conn: Arc<Connection>, pace: Arc<Pace>) -> PacedStream {
+        PacedStream {
+            conn,
+            pace,
+            read_set: None,
+            write_set: None,
+        }
+    }
+
+    pub(crate) fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    pub(crate) fn pace(&self) -> &Arc<Pace> {
+        &self.pace
+    }
+
+    fn arm(&mut self, dir: Dir, want: Duration) -> io::Result<()> {
+        let want = want.max(Duration::from_millis(1));
+        let set = if dir == Dir::Read {
+            &mut self.read_set
+        } else {
+            &mut self.write_set
+        };
+        if close_enough(*set, want) {
+            return Ok(());
+        }
+        match dir {
+            Dir::Read => self.conn.set_read_timeout(want)?,
+            Dir::Write => self.conn.set_write_timeout(want)?,
+        }
+        *set = Some(want);
+        Ok(())
+    }
+
+    fn paced<T>(
+        &mut self,
+        dir: Dir,
+        mut io: impl FnMut(&Connection) -> io::Result<T>,
+        moved: impl Fn(&T) -> usize,
+    ) -> io::Result<T> {
+        loop {
+            let budget = self.pace.budget(dir)?;
+            self.arm(dir, budget)?;
+            let t0 = Instant::now();
+            match io(&self.conn) {
+                Ok(v) => {
+                    self.pace.account(dir, t0.elapsed(), moved(&v));
+                    return Ok(v);
+                }
+                Err(e) if is_timeout(&e) => self.pace.account(dir, t0.elapsed(), 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Read for PacedStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.paced(Dir::Read, |c| c.read_shared(buf), |n| *n)
+    }
+}
+
+impl Write for PacedStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.paced(Dir::Write, |c| c.write_shared(buf), |n| *n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(window: u64, rate: u64) -> Limits {
+        Limits {
+            head: Duration::from_secs(5),
+            idle: Duration::from_secs(7),
+            window: Duration::from_secs(window),
+            min_rate: rate,
+            drain: 0,
+        }
+    }
+
+    #[test]
+    fn a_window_needs_its_bytes() {
+        let p = Pace::new(limits(10, 100));
+        p.transfer();
+        // 999 bytes over 9 s of waiting: not yet due, one second left.
+        p.account(Dir::Read, Duration::from_secs(9), 999);
+        let left = p.budget(Dir::Read).unwrap();
+        assert!(left <= Duration::from_secs(1), "{left:?}");
+        // The 1000th byte meets the window's due: a fresh window.
+        p.account(Dir::Read, Duration::from_millis(500), 1);
+        assert_eq!(p.budget(Dir::Read).unwrap(), Duration::from_secs(10));
+        // A full window of waiting with too little: cut.
+        p.account(Dir::Read, Duration::from_secs(10), 10);
+        let e = p.budget(Dir::Read).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        // Writes have their own window.
+        assert_eq!(p.budget(Dir::Write).unwrap(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn rate_zero_asks_for_progress_only() {
+        let p = Pace::new(limits(10, 0));
+        p.transfer();
+        p.account(Dir::Write, Duration::from_secs(9), 1);
+        assert_eq!(p.budget(Dir::Write).unwrap(), Duration::from_secs(10));
+        p.account(Dir::Write, Duration::from_secs(10), 0);
+        assert!(p.budget(Dir::Write).is_err());
+    }
+
+    #[test]
+    fn idle_then_head() {
+        let p = Pace::new(limits(10, 0));
+        assert!(p.budget(Dir::Read).unwrap() <= Duration::from_secs(5));
+        p.idle();
+        assert!(p.idle_since().is_some());
+        let left = p.budget(Dir::Read).unwrap();
+        assert!(left > Duration::from_secs(6) && left <= Duration::from_secs(7));
+        // The first byte of the next request: the head deadline applies.
+        p.account(Dir::Read, Duration::ZERO, 1);
+        assert!(p.idle_since().is_none());
+        assert!(p.budget(Dir::Read).unwrap() <= Duration::from_secs(5));
+    }
+}
