@@ -44,8 +44,9 @@ impl Site {
     /// plant-a/* → key plant-a (AES-256-GCM), plant-b/* → plant-b (ChaCha20-Poly1305),
     /// plant-c/* → plant-c (AES-256-GCM), everything else plaintext.
     fn write_config(&self, key: &Path) {
+        // Port 0: the commands find the registry by its store, never by an address.
         let cfg = serde_json::json!({
-            "listen": "127.0.0.1:1",
+            "listen": "127.0.0.1:0",
             "dataDir": self.data(),
             "chunkSize": "64KiB",
             "masterKeyFile": key,
@@ -99,10 +100,11 @@ fn outpost(args: &[&str]) -> Output {
         .expect("run outpost")
 }
 
-/// `outpost serve ARGS` must exit non-zero within 20 s; returns its stderr.
+/// `outpost serve ARGS` (on a free port, were it to start) must exit non-zero within 20 s;
+/// returns its stderr.
 fn refuses(args: &[&str]) -> String {
     let mut child = common::outpost()
-        .arg("serve")
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -479,7 +481,7 @@ fn master_key_problems_refuse_to_start() {
         "{err}"
     );
     // No master key at all.
-    let err = refuses(&["--data-dir", data, "--listen", "127.0.0.1:0"]);
+    let err = refuses(&["--data-dir", data]);
     assert!(
         err.contains("no master key") && err.contains("masterKeyFile"),
         "{err}"
@@ -530,7 +532,7 @@ fn master_key_problems_refuse_to_start() {
         "--data-dir",
         data,
         "--listen",
-        "127.0.0.1:1",
+        "127.0.0.1:0",
     ]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("no master key"), "{}", text(&out));

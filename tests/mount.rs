@@ -456,10 +456,17 @@ fn config_file_switch_and_refusal_of_bad_values() {
     );
     drop(reg);
 
+    // A free port and this test's directory, were they to start after all.
+    let own = [
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ];
     std::fs::write(&cfg, r#"{"blobMounting": "on"}"#).unwrap();
-    let (ok, _, err) = outpost(&["serve", "--config", cfg.to_str().unwrap()]);
+    let (ok, _, err) = outpost(&[&["serve", "--config", cfg.to_str().unwrap()][..], &own].concat());
     assert!(!ok && err.contains("blobMounting"), "{err}");
-    let (ok, _, err) = outpost(&["serve", "--blob-mounting", "yes"]);
+    let (ok, _, err) = outpost(&[&["serve", "--blob-mounting", "yes"][..], &own].concat());
     assert!(!ok && err.contains("--blob-mounting"), "{err}");
 }
 

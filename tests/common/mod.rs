@@ -551,7 +551,10 @@ pub fn encryption_config(dir: &Path, rules: serde_json::Value) -> PathBuf {
         .expect("run outpost key generate");
     assert!(out.status.success(), "{out:?}");
     let cfg = dir.join("outpost.json");
-    let config = serde_json::json!({ "masterKeyFile": key, "encryption": rules });
+    // Port 0 (as everywhere in the tests): no command can find a registry by this address,
+    // so none reaches one the test did not start (e.g. a developer's on 127.0.0.1:5000).
+    let config =
+        serde_json::json!({ "listen": "127.0.0.1:0", "masterKeyFile": key, "encryption": rules });
     std::fs::write(&cfg, config.to_string()).unwrap();
     cfg
 }
