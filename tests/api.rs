@@ -762,26 +762,26 @@ fn hostile_requests_do_not_hurt_the_server() {
 
 #[test]
 fn cli_reports_bad_flags_and_config() {
-    let out = common::outpost()
-        .args(["serve", "--wrokers", "3"])
-        .output()
-        .unwrap();
+    let dir = TempDir::new("cfg");
+    // A free port and this test's directory, were it to start after all.
+    let serve = || {
+        let mut c = common::outpost();
+        c.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("refused"));
+        c
+    };
+    let out = serve().args(["--wrokers", "3"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--wrokers"));
-    let out = common::outpost()
-        .args(["serve", "--chunk-size", "12 parsecs"])
+    let out = serve()
+        .args(["--chunk-size", "12 parsecs"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--chunk-size"));
-    let dir = TempDir::new("cfg");
     let cfg = dir.path().join("c.json");
     std::fs::write(&cfg, r#"{"listen": "127.0.0.1:0", "wrokers": 2}"#).unwrap();
-    let out = common::outpost()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = serve().arg("--config").arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("wrokers"),

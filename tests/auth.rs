@@ -34,7 +34,9 @@ impl Site {
         let htpasswd = dir.path().join("htpasswd");
         let ci = bcrypt::hash(password("ci"), 5).unwrap();
         std::fs::write(&htpasswd, format!("# CI runners\nci:{ci}\n")).unwrap();
+        // Port 0: the commands find the registry by its store, never by an address.
         let config = json!({
+            "listen": "127.0.0.1:0",
             "dataDir": dir.path().join("data"),
             "auth": {"admins": ["root"], "htpasswd": htpasswd},
             "access": [

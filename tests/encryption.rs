@@ -44,8 +44,9 @@ impl Site {
     /// plant-a/* → key plant-a (AES-256-GCM), plant-b/* → plant-b (ChaCha20-Poly1305),
     /// plant-c/* → plant-c (AES-256-GCM), everything else plaintext.
     fn write_config(&self, key: &Path) {
+        // Port 0: the commands find the registry by its store, never by an address.
         let cfg = serde_json::json!({
-            "listen": "127.0.0.1:1",
+            "listen": "127.0.0.1:0",
             "dataDir": self.data(),
             "chunkSize": "64KiB",
             "masterKeyFile": key,
@@ -99,10 +100,11 @@ fn outpost(args: &[&str]) -> Output {
         .expect("run outpost")
 }
 
-/// `outpost serve ARGS` must exit non-zero within 20 s; returns its stderr.
+/// `outpost serve ARGS` (on a free port, were it to start) must exit non-zero within 20 s;
+/// returns its stderr.
 fn refuses(args: &[&str]) -> String {
     let mut child = common::outpost()
-        .arg("serve")
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -479,7 +481,7 @@ fn master_key_problems_refuse_to_start() {
         "{err}"
     );
     // No master key at all.
-    let err = refuses(&["--data-dir", data, "--listen", "127.0.0.1:0"]);
+    let err = refuses(&["--data-dir", data]);
     assert!(
         err.contains("no master key") && err.contains("masterKeyFile"),
         "{err}"
@@ -530,7 +532,7 @@ fn master_key_problems_refuse_to_start() {
         "--data-dir",
         data,
         "--listen",
-        "127.0.0.1:1",
+        "127.0.0.1:0",
     ]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("no master key"), "{}", text(&out));
@@ -614,10 +616,9 @@ fn master_key_rotation_one_command_and_two_steps() {
     drop(reg);
     let err = site.refuses_with(&current);
     assert!(err.contains("does not open"), "{err}");
-    // Rotation needs the registry stopped.
-    let reg = site.start();
-    let listen = reg.addr.to_string();
-    let out = site.fails(&["key", "rotate", "--listen", &listen]);
+    // Rotation needs the registry stopped: the store in use says so, not an address.
+    let _reg = site.start();
+    let out = site.fails(&["key", "rotate"]);
     assert!(out.contains("stop it first"), "{out}");
 }
 
@@ -748,24 +749,33 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
         "plant-a/open is plaintext: {keys}"
     );
     // Moving needs the registry stopped.
-    let listen = reg.addr.to_string();
-    let out = site.cli(&[
-        "repo",
-        "move",
-        "plant-a/open",
-        "--key",
-        "plant-a",
-        "--listen",
-        &listen,
-    ]);
+    let out = site.cli(&["repo", "move", "plant-a/open", "--key", "plant-a"]);
     assert!(text(&out).contains("stop it first"), "{}", text(&out));
     drop(reg);
-    // Offline (nothing listens): create and delete work on the store directly.
-    site.ok(&["repo", "create", "plant-c/offline", "--key", "plant-c"]);
-    let out = site.ok(&["key", "list"]);
+    // Stopped: create, delete and move work on the store directly, even with another
+    // registry answering at the listen address given.
+    let other_dir = TempDir::new("enc-move-other");
+    let other = Registry::start(other_dir.path());
+    let listen = other.addr.to_string();
+    let listen = ["--listen", listen.as_str()];
+    site.ok(&[
+        &["repo", "create", "plant-c/offline", "--key", "plant-c"][..],
+        &listen,
+    ]
+    .concat());
+    let out = site.ok(&[&["key", "list"][..], &listen].concat());
     assert!(out.contains("plant-c/offline"), "{out}");
-    site.ok(&["repo", "delete", "plant-c/offline"]);
-    let out = site.ok(&["repo", "move", "plant-a/open", "--key", "plant-a"]);
+    site.ok(&[&["repo", "delete", "plant-c/offline"][..], &listen].concat());
+    let out = site.ok(&[
+        &["repo", "move", "plant-a/open", "--key", "plant-a"][..],
+        &listen,
+    ]
+    .concat());
+    assert_eq!(
+        other.requests(),
+        Vec::<String>::new(),
+        "the other registry was reached"
+    );
     assert!(out.contains("5 blob(s) re-encrypted"), "{out}");
     let mut reg = site.start();
     let c = reg.client();

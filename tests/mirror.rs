@@ -5,7 +5,7 @@
 mod common;
 use common::oci::*;
 use common::*;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -360,7 +360,8 @@ fn proxy(target: SocketAddr, on_cut: OnCut) -> Proxy {
 
 fn mirror_config(dir: &Path, mirrors: serde_json::Value) -> PathBuf {
     let path = dir.join("outpost.json");
-    let cfg = serde_json::json!({ "dataDir": dir.join("data"), "mirrors": mirrors });
+    // Port 0: the commands find a registry by its store, never by an address.
+    let cfg = serde_json::json!({ "listen": "127.0.0.1:0", "dataDir": dir.join("data"), "mirrors": mirrors });
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(&path, cfg.to_string()).unwrap();
     path
@@ -386,25 +387,32 @@ fn distribution(dir: &Path) -> Distribution {
     std::fs::write(
         &cfg,
         format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {port}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {port}\n",
             dir.join("dist").display()
         ),
     )
     .unwrap();
-    let child = Command::new("docker-registry")
+    let mut child = Command::new("docker-registry")
         .args(["serve", cfg.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("docker-registry is required: run ./test.sh, which installs it");
+    let stderr = child.stderr.take().unwrap();
     let d = Distribution(child, port);
-    for _ in 0..100 {
-        if TcpStream::connect(port).is_ok() {
+    // Its own "listening on" line, not a connection: another process may have taken the
+    // port since it was free, and the test must not talk to that.
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains(&format!("listening on {port}")) {
+            // Drained from now on, so that its request log never fills the pipe.
+            std::thread::spawn(move || lines.for_each(drop));
             return d;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        seen.push(line);
     }
-    panic!("distribution did not start");
+    panic!("distribution did not start: {}", seen.join("\n"));
 }
 
 fn run_value(out: &str, key: &str) -> u64 {
@@ -654,6 +662,7 @@ fn mirroring_signs_in_to_registries_with_auth_and_tls_on() {
     std::fs::write(
         &a_cfg,
         serde_json::json!({
+            "listen": "127.0.0.1:0",
             "dataDir": a_dir.join("data"),
             "tls": {"certFile": cert, "keyFile": tls.join("outpost.key")},
             "access": [{"repositories": "plant/*", "pull": ["hq"], "push": ["hq"]}]

@@ -297,14 +297,6 @@ fn the_switch_turns_mounting_off_without_breaking_earlier_mounts() {
 }
 
 /// A port nothing listens on (bound, then released).
-fn idle_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn outpost(args: &[&str]) -> (bool, String, String) {
     let out = common::outpost().args(args).output().unwrap();
     (
@@ -322,6 +314,12 @@ fn settings_cli_online_and_offline() {
     let server = format!("http://{}", reg.addr);
     let data = bytes(9, 9000);
     let (d, _) = c.push_blob("a", &data);
+    // Another registry, named as the listen address below: it must never be taken for the
+    // one serving (or having served) `dir`.
+    let other_dir = TempDir::new("mount-cli-other");
+    let other = Registry::start(other_dir.path());
+    let other_listen = other.addr.to_string();
+    let data_dir = dir.path().to_str().unwrap();
 
     let (ok, out, err) = outpost(&["settings", "--server", &server]);
     assert!(ok, "{err}");
@@ -340,43 +338,107 @@ fn settings_cli_online_and_offline() {
     assert!(!ok && err.contains("neither enabled nor disabled"), "{err}");
     let (ok, _, err) = outpost(&["settings", "--server", &server, "blobMounting"]);
     assert!(!ok && err.contains("NAME=VALUE"), "{err}");
-    let (ok, _, err) = outpost(&["settings", "--workers", "3"]);
+    let (ok, _, err) = outpost(&["settings", "--workers", "3", "--data-dir", data_dir]);
     assert!(!ok && err.contains("not an option of settings"), "{err}");
     assert_eq!(
         c.get("/admin/settings").json()["blobMounting"]["value"],
         "disabled"
     );
 
-    // Stopped registry: the CLI changes the store directly; the next start uses it.
-    assert!(reg.terminate().success());
-    let listen = format!("127.0.0.1:{}", idle_port());
-    let data_dir = dir.path().to_str().unwrap();
+    // Without --server: the registry serving the data directory, through its admin socket.
     let (ok, out, err) = outpost(&[
         "settings",
         "--listen",
-        &listen,
+        &other_listen,
         "--data-dir",
         data_dir,
-        "blobMounting=default",
+        "automaticMount=disabled",
     ]);
     assert!(ok, "{err}");
-    assert!(err.contains("not running"), "{err}");
-    assert!(out.contains("enabled   (config file)"), "{out}");
+    assert!(out.contains("automaticMount   disabled"), "{out}");
+    assert_eq!(
+        c.get("/admin/settings").json()["automaticMount"]["value"],
+        "disabled"
+    );
+
+    // Stopped registry: the CLI changes its store directly (the next start uses it), not
+    // the registry answering at the listen address.
+    assert!(reg.terminate().success());
+    let (ok, out, err) = outpost(&[
+        "settings",
+        "--listen",
+        &other_listen,
+        "--data-dir",
+        data_dir,
+        "blobMounting=enabled",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("changed it directly"), "{err}");
+    assert!(out.contains("enabled   (set at runtime"), "{out}");
     let reg = Registry::start(dir.path());
     let c = reg.client();
     assert_eq!(mount(&c, "b", &d, Some("a")).status, 201);
 
-    // No store there: said plainly, nothing created.
+    // No store there: said plainly, nothing created, whatever answers at the listen address.
     let empty = TempDir::new("mount-cli-none");
     let (ok, _, err) = outpost(&[
         "settings",
         "--listen",
-        &listen,
+        &other_listen,
         "--data-dir",
         empty.path().to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("no store at"), "{err}");
     assert!(!empty.path().join("outpost.redb").exists());
+
+    assert_eq!(
+        other.requests(),
+        Vec::<String>::new(),
+        "the other registry was reached"
+    );
+    let s = other.client().get("/admin/settings").json();
+    assert_eq!(s["blobMounting"]["source"], "config", "{s}");
+    assert_eq!(s["automaticMount"]["source"], "config", "{s}");
+}
+
+#[test]
+fn settings_cli_without_an_admin_socket_uses_the_listen_address() {
+    // A data directory path too long for a Unix socket: the registry serves without one.
+    let dir = TempDir::new("mount-no-socket");
+    let data = dir.path().join("d".repeat(100));
+    let reg = Registry::start(&data);
+    assert!(
+        reg.log_text().contains("no admin socket"),
+        "{}",
+        reg.log_text()
+    );
+    let data_s = data.to_str().unwrap();
+    // Port 0 names no address to try: said, with what to give.
+    let (ok, _, err) = outpost(&["settings", "--data-dir", data_s, "--listen", "127.0.0.1:0"]);
+    assert!(
+        !ok && err.contains("in use") && err.contains("--server"),
+        "{err}"
+    );
+    // Its listen address: the registry holding the store, over HTTP.
+    let listen = reg.addr.to_string();
+    let (ok, out, err) = outpost(&[
+        "settings",
+        "--data-dir",
+        data_s,
+        "--listen",
+        &listen,
+        "blobMounting=disabled",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("using the registry at {listen}")),
+        "{err}"
+    );
+    assert!(out.contains("disabled  (set at runtime"), "{out}");
+    assert_eq!(
+        reg.client().get("/admin/settings").json()["blobMounting"]["value"],
+        "disabled"
+    );
 }
 
 #[test]
@@ -394,10 +456,17 @@ fn config_file_switch_and_refusal_of_bad_values() {
     );
     drop(reg);
 
+    // A free port and this test's directory, were they to start after all.
+    let own = [
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ];
     std::fs::write(&cfg, r#"{"blobMounting": "on"}"#).unwrap();
-    let (ok, _, err) = outpost(&["serve", "--config", cfg.to_str().unwrap()]);
+    let (ok, _, err) = outpost(&[&["serve", "--config", cfg.to_str().unwrap()][..], &own].concat());
     assert!(!ok && err.contains("blobMounting"), "{err}");
-    let (ok, _, err) = outpost(&["serve", "--blob-mounting", "yes"]);
+    let (ok, _, err) = outpost(&[&["serve", "--blob-mounting", "yes"][..], &own].concat());
     assert!(!ok && err.contains("--blob-mounting"), "{err}");
 }
 

@@ -354,6 +354,7 @@ fn skopeo_pushes_and_pulls_with_credentials_over_https_through_the_token_flow() 
     std::fs::write(
         &cfg,
         serde_json::json!({
+            "listen": "127.0.0.1:0", // no command finds a registry by address
             "dataDir": t.join("data"),
             "tls": {"certFile": cert, "keyFile": tls.join("outpost.key")},
             "access": [{"repositories": "team/*", "pull": ["authenticated"], "push": ["alice"]}],

@@ -303,6 +303,8 @@ fn the_install_steps_config_serves_as_documented() {
     std::fs::write(&config, json).unwrap();
     let data = dir.path().join("data");
     let reg = common::Registry::start_with(&data, &["--config", config.to_str().unwrap()]);
+    // Its own address rather than the config's port 5000, which may be someone else's.
+    let listen = reg.addr.to_string();
     let out = common::outpost_stdin(
         &[
             "user",
@@ -312,6 +314,8 @@ fn the_install_steps_config_serves_as_documented() {
             config.to_str().unwrap(),
             "--data-dir",
             data.to_str().unwrap(),
+            "--listen",
+            &listen,
         ],
         "admin-password-1\n",
     );

@@ -44,7 +44,15 @@ fn target(config: &Config, login: &Login, create: bool) -> Result<Target, String
     let url = match reached {
         Some(Reach::Offline(store, _)) => return Ok(Target::Store(store)),
         Some(Reach::Online(_)) => {
+            // Copying needs HTTP: the registry serving the store, at its listen address.
             let addr = super::local_addr(config.listen);
+            if addr.port() == 0 {
+                return Err(format!(
+                    "a registry serves {}, but the listen port is 0 (any free port): pass \
+                     --server with the address it logged",
+                    config.data_dir.display()
+                ));
+            }
             let scheme = if config.tls.is_some() {
                 "https"
             } else {

@@ -1,5 +1,5 @@
-//! Commands besides `serve` that manage a registry: over its HTTP admin API when it runs, or
-//! directly on its store when it does not.
+//! Commands besides `serve` that manage a registry: over the HTTP admin API of the registry
+//! serving the store, or directly on the store when none does.
 
 pub mod certs;
 pub mod mirror;
@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where a command's work is done: over HTTP by the running registry, or on the store.
+/// Where a command's work is done: over HTTP by the registry serving the store, or on the store.
 enum Reach {
     Online(Endpoint),
     Offline(Box<Store>, std::path::PathBuf),
@@ -39,67 +39,119 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// The running registry: through its admin socket in the data directory if it answers
-/// there, else at `server` (default: the configured listen address); if nothing listens at
-/// the default address, the store in the data directory.
+/// The registry serving the store in the data directory, or that store itself: decided by
+/// the store, never by whatever answers at the listen address (that may be another registry).
+/// With `server`, the registry there.
 fn reach(config: &Config, server: Option<&str>) -> Result<Reach, String> {
     reach_or_create(config, server, false)
 }
 
-/// `reach`, creating the store if there is none and nothing runs (`create`): setting up
-/// users before the first start.
+/// `reach`, creating the store if there is none (`create`): users set up before the first
+/// start, a gateway's first mirror pass.
 fn reach_or_create(config: &Config, server: Option<&str>, create: bool) -> Result<Reach, String> {
-    if server.is_none() {
-        let socket = config.data_dir.join(crate::server::ADMIN_SOCKET);
-        if UnixStream::connect(&socket).is_ok() {
-            return Ok(Reach::Online(Endpoint::Socket(socket)));
-        }
+    if let Some(s) = server {
+        let addr = server_addr(s)?;
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("cannot reach outpost at {addr}: {e}"))?;
+        return Ok(Reach::Online(Endpoint::Tcp(addr)));
     }
-    let addr = match server {
-        Some(s) => server_addr(s)?,
-        None => local_addr(config.listen),
-    };
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(_) => Ok(Reach::Online(Endpoint::Tcp(addr))),
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused && server.is_none() => {
-            let path = config.data_dir.join("outpost.redb");
-            if !path.exists() && create {
-                std::fs::create_dir_all(&config.data_dir)
-                    .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-                eprintln!(
-                    "outpost is not running: creating the store {}",
-                    path.display()
-                );
-            } else if !path.exists() {
-                return Err(format!(
-                    "outpost is not running at {addr} and there is no store at {} \
-                     (give --config, --data-dir or --server)",
-                    path.display()
-                ));
-            }
-            Ok(Reach::Offline(Box::new(open_offline(config, &path)?), path))
+    let socket = config.data_dir.join(crate::server::ADMIN_SOCKET);
+    match UnixStream::connect(&socket) {
+        Ok(_) => return Ok(Reach::Online(Endpoint::Socket(socket))),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            return Err(format!(
+                "cannot use the admin socket {}: {e} (run this as the registry's user or root)",
+                socket.display()
+            ))
         }
-        Err(e) => Err(format!("cannot reach outpost at {addr}: {e}")),
+        Err(_) => {} // no registry, or one that stopped and left its socket file
+    }
+    let path = store_path(config);
+    if !path.exists() {
+        // A registry creates its store when it starts: none serves this data directory, so
+        // whatever answers at the listen address is not its registry.
+        if !create {
+            return Err(format!(
+                "there is no store at {} (give --config or --data-dir naming the registry's \
+                 store, or --server)",
+                path.display()
+            ));
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+        eprintln!(
+            "there is no store at {}: creating it for the registry's first start",
+            path.display()
+        );
+        return Ok(Reach::Offline(Box::new(open_offline(config, &path)?), path));
+    }
+    match open_offline(config, &path) {
+        Ok(store) => Ok(Reach::Offline(Box::new(store), path)),
+        Err(_) if in_use(&path) => holder(config, &path).map(Reach::Online),
+        Err(e) => Err(e),
     }
 }
 
-/// The store, for commands that need the registry stopped.
+/// The store, for commands that need it to themselves.
 fn stopped_store(config: &Config, what: &str) -> Result<Store, String> {
-    let addr = local_addr(config.listen);
-    if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
-        return Err(format!(
-            "outpost is running at {addr}: stop it first ({what} needs the store to itself; \
-             e.g. systemctl stop outpost)"
-        ));
-    }
-    let path = config.data_dir.join("outpost.redb");
+    let path = store_path(config);
     if !path.exists() {
         return Err(format!(
             "there is no store at {} (give --config or --data-dir)",
             path.display()
         ));
     }
-    open_offline(config, &path)
+    open_offline(config, &path).map_err(|e| {
+        if in_use(&path) {
+            format!(
+                "{} is in use by a registry or another outpost command: stop it first ({what} \
+                 needs the store to itself; e.g. systemctl stop outpost)",
+                path.display()
+            )
+        } else {
+            e
+        }
+    })
+}
+
+fn store_path(config: &Config) -> PathBuf {
+    config.data_dir.join("outpost.redb")
+}
+
+/// Whether another process has the store open: redb locks the file while it is open, and a
+/// read-only open is refused by that lock without changing the file.
+fn in_use(path: &Path) -> bool {
+    matches!(
+        redb::ReadOnlyDatabase::open(path),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch)
+    )
+}
+
+/// The registry at the listen address, for a store held by a process without an admin socket
+/// (a registry that could not create it, e.g. for a data directory path too long for one).
+fn holder(config: &Config, path: &Path) -> Result<Endpoint, String> {
+    let addr = local_addr(config.listen);
+    let busy = format!(
+        "{} is in use, and no admin socket answers in {}",
+        path.display(),
+        config.data_dir.display()
+    );
+    if addr.port() == 0 {
+        return Err(format!(
+            "{busy}; the listen port is 0 (any free port): pass --server with the address the \
+             registry logged"
+        ));
+    }
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(_) => {
+            eprintln!("{busy}: using the registry at {addr}");
+            Ok(Endpoint::Tcp(addr))
+        }
+        Err(e) => Err(format!(
+            "{busy}, and nothing answers at {addr} ({e}): pass --server if a registry on \
+             another address serves it; if another outpost command works on it, let it finish"
+        )),
+    }
 }
 
 /// One request to the running registry; the JSON it answered with `ok` status.
@@ -173,7 +225,7 @@ pub fn settings(config: &Config, server: Option<&str>, changes: &[String]) -> Re
                         crate::settings::SettingsError::Store(e) => e.to_string(),
                     })?;
                 eprintln!(
-                    "outpost is not running: changed {} directly; it applies from the next start",
+                    "no registry serves {}: changed it directly; it applies from its next start",
                     path.display()
                 );
             }
@@ -438,9 +490,8 @@ fn print_settings(v: &Value) {
     }
 }
 
-fn open_offline(config: &Config, path: &std::path::Path) -> Result<Store, String> {
+fn open_offline(config: &Config, path: &Path) -> Result<Store, String> {
     crate::server::open_store(config, path, false)
-        .map_err(|e| format!("{e} (if outpost is running on another address, pass --server)"))
 }
 
 /// Where a registry listening on `listen` is reached from this machine.

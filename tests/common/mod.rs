@@ -168,6 +168,42 @@ impl Registry {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// The requests it served so far, as logged (a line each: "METHOD PATH STATUS TIME").
+    /// Ends with a request of its own and waits for that line, so that lines still on their
+    /// way through the pipe are not missed.
+    pub fn requests(&self) -> Vec<String> {
+        const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let marker = format!("/requests-marker-{}", N.fetch_add(1, Ordering::SeqCst));
+        self.client().get(&marker);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<String> = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| l.split_once("] ").map(|(_, msg)| msg))
+                .filter(|msg| {
+                    let mut words = msg.split(' ');
+                    words.next().is_some_and(|m| METHODS.contains(&m))
+                        && words.next().is_some_and(|p| p.starts_with('/'))
+                })
+                .map(str::to_owned)
+                .collect();
+            if let Some(end) = lines.iter().position(|l| l.contains(&marker)) {
+                let ours = |l: &&String| l.contains(" /requests-marker-");
+                return lines[..end].iter().filter(|l| !ours(l)).cloned().collect();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{marker} not logged: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Registry {
@@ -515,7 +551,10 @@ pub fn encryption_config(dir: &Path, rules: serde_json::Value) -> PathBuf {
         .expect("run outpost key generate");
     assert!(out.status.success(), "{out:?}");
     let cfg = dir.join("outpost.json");
-    let config = serde_json::json!({ "masterKeyFile": key, "encryption": rules });
+    // Port 0 (as everywhere in the tests): no command can find a registry by this address,
+    // so none reaches one the test did not start (e.g. a developer's on 127.0.0.1:5000).
+    let config =
+        serde_json::json!({ "listen": "127.0.0.1:0", "masterKeyFile": key, "encryption": rules });
     std::fs::write(&cfg, config.to_string()).unwrap();
     cfg
 }
