@@ -73,11 +73,13 @@ Options for serve (flags override the config file, which overrides the defaults)
 COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
 --master-key-file FILE, and (settings, repo create/delete, key list, user, export, import,
 mirror) --server URL.
-These commands talk to the running registry through its admin socket (admin.sock in the
-data directory: its user and root may use it, whatever the access rules say), else at
---server (default: the configured listen address, plain HTTP); if nothing listens there,
-they work on the store in the data directory directly. repo move and key rotate need the
-registry stopped.
+Without --server, these commands go by the store in the data directory, never by whatever
+answers on a port: the registry serving it, through its admin socket (admin.sock in the
+data directory: its user and root may use it, whatever the access rules say), or at the
+configured listen address (plain HTTP) if that registry has no socket; the store itself
+when no registry serves it. With no store there they say so (user add and mirror run
+create one). --server URL names a registry elsewhere. repo move and key rotate need the
+store to themselves: stop the registry first.
 
 settings shows the switches that can change while the registry runs (blobMounting,
 automaticMount) and sets them: NAME=enabled, NAME=disabled, or NAME=default (back to the
@@ -108,8 +110,8 @@ by default, or with --all-platforms, images are exported whole. import reads an 
 layout (tar or directory; what skopeo copy oci-archive:/oci: and docker save write) or an
 older docker save archive, naming repositories from the archive's annotations or --repo.
 Every blob is verified before it is stored; blobs already stored are not written again, so
-an interrupted import can simply be run again. Both work on the store when outpost is
-stopped, else through the running registry's HTTP API. LOGIN: --user U when auth is on (the
+an interrupted import can simply be run again. Both work on the store when no registry
+serves it, else through that registry's HTTP API at the configured listen address. LOGIN: --user U when auth is on (the
 password comes from $OUTPOST_PASSWORD, the terminal, or stdin) and --ca-file FILE for an
 https --server whose certificate the system does not trust (the local registry's own
 tls.certFile is trusted). Progress shows on a terminal.

@@ -61,6 +61,9 @@ journal_has() { for _ in $(seq 25); do journal | grep "$1" >/dev/null && return 
 
 status=$(inside systemctl show outpost -p StatusText --value)
 [ "$status" = "serving http on 127.0.0.1:$port" ] || fail "status text '$status'"
+[ "$(inside systemctl show outpost -p WatchdogUSec --value)" = 30s ] || fail "WatchdogSec not in effect"
+watchdog() { inside systemctl show outpost -p WatchdogTimestampMonotonic --value; }
+first_ping=$(watchdog)
 journal_has "master key id .* from /run/credentials/outpost.service/outpost-master-key" ||
   fail "the master key did not come from the credential"
 owner=$(inside stat -c %U "/var/lib/private/outpost/outpost.redb")
@@ -74,6 +77,10 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -u admin:boot-test-password -X POS
   --data-binary "$blob" "$url/v2/site/app/blobs/uploads/?digest=$digest")
 [ "$code" = 201 ] || fail "push: $code"
 [ "$(curl -s "$url/v2/site/app/blobs/$digest")" = "$blob" ] || fail "pull"
+
+# systemd records each WATCHDOG=1 (every 5 s): it must have heard one since the start.
+for _ in $(seq 40); do [ "$(watchdog)" != "$first_ping" ] && break; sleep 0.25; done
+[ "$(watchdog)" != "$first_ping" ] || fail "no WATCHDOG=1 reached systemd"
 
 inside systemctl stop outpost
 [ "$(inside systemctl show outpost -p Result --value)" = success ] || fail "stop: not a clean exit"
@@ -103,4 +110,4 @@ status=$(inside systemctl show outpost -p StatusText --value)
 [ "$status" = "serving https on 127.0.0.1:$port" ] || fail "TLS status text '$status'"
 got=$(curl -s --cacert "$root/etc/outpost/outpost.crt" "https://127.0.0.1:$port/v2/site/app/blobs/$digest")
 [ "$got" = "$blob" ] || fail "pull over TLS"
-echo "boot-test.sh: outpost.service and outpost.socket work under systemd $(inside systemctl --version | head -1 | cut -d' ' -f2) (Type=notify, DynamicUser, LoadCredential, admin socket, push/pull, clean stop, socket activation, TLS key as a credential)"
+echo "boot-test.sh: outpost.service and outpost.socket work under systemd $(inside systemctl --version | head -1 | cut -d' ' -f2) (Type=notify, watchdog, DynamicUser, LoadCredential, admin socket, push/pull, clean stop, socket activation, TLS key as a credential)"

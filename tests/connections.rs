@@ -187,11 +187,7 @@ fn a_thread_limit_costs_503s_not_the_listener() {
     answers_within(reg.addr, Duration::from_secs(2));
     let (ok, _, failed) = fleet(reg.addr, 2, Duration::from_millis(500));
     assert!(ok > 0 && failed == 0, "{ok} {failed}");
-    let log = reg.log_text();
-    assert!(
-        log.contains("cannot start a thread for a connection"),
-        "{log}"
-    );
+    let log = reg.log_with("cannot start a thread for a connection");
     drop(cg);
     // Thread starts failed many times; the warning was not repeated for each.
     let warnings = log.matches("cannot start a thread").count();
@@ -219,7 +215,7 @@ fn a_descriptor_limit_leaves_connections_waiting_then_serves_them() {
     thread::sleep(Duration::from_millis(300));
     let took = answers_within(reg.addr, Duration::from_secs(15));
     eprintln!("served after {took:?} with the descriptor table full");
-    assert!(reg.log_text().contains("cannot accept a connection"));
+    reg.log_with("cannot accept a connection");
     drop(silent);
     thread::sleep(Duration::from_millis(500));
     answers_within(reg.addr, Duration::from_secs(3));

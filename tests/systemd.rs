@@ -343,3 +343,98 @@ fn the_install_steps_config_serves_as_documented() {
     );
     assert_eq!(admin.get("/admin/settings").status, 200);
 }
+
+/// The next message that is not `WATCHDOG=1`, within `limit`; how many pings came before it.
+fn next_besides_pings(manager: &Manager, limit: Duration) -> (Option<String>, usize) {
+    let until = std::time::Instant::now() + limit;
+    let mut pings = 0;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        match manager.recv(left) {
+            Some(m) if m == "WATCHDOG=1" => pings += 1,
+            other => return (other, pings),
+        }
+    }
+    (None, pings)
+}
+
+#[test]
+fn the_watchdog_is_fed_only_while_connections_make_progress() {
+    let data = TempDir::new("watchdog");
+    let manager = Manager::bind(&data);
+    // An upstream that takes connections (the kernel does, in its backlog) and never answers:
+    // pulls through the cache wait on it, not on their clients.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = data.path().join("config.json");
+    let mirrors = serde_json::json!({"mirrors": [{"name": "hub", "pullThrough": "hub",
+        "upstream": format!("http://{}", upstream.local_addr().unwrap())}]});
+    std::fs::write(&config, mirrors.to_string()).unwrap();
+    let child = Proc::spawn(
+        serve(&data, "127.0.0.1:0")
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--max-connections", "2", "--io-timeout", "1s"])
+            .env("NOTIFY_SOCKET", &manager.path)
+            .env("WATCHDOG_USEC", "400000"),
+    );
+    let addr = expect_ready(&manager, &child);
+    // Fed every 200 ms while all is well.
+    let (none, pings) = next_besides_pings(&manager, Duration::from_secs(2));
+    assert_eq!(none, None);
+    assert!(pings >= 5, "{pings} pings in 2 s");
+    // Both connections taken by pulls that never progress: once that lasts 2 × ioTimeout,
+    // no more pings, and the log says why.
+    let stuck: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let pull = b"GET /v2/hub/library/x/manifests/1 HTTP/1.1\r\nHost: x\r\n\r\n";
+                std::io::Write::write_all(&mut s, pull).unwrap();
+                let r = common::read_response(&mut std::io::BufReader::new(&s), false);
+                (s, r.status)
+            })
+        })
+        .collect();
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (none, pings) = next_besides_pings(&manager, Duration::from_millis(1500));
+        assert_eq!(none, None);
+        if pings == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "still fed while wedged");
+    }
+    // The upstream goes away: the pulls fail and are answered, pings resume, though both
+    // connections stay open (idle ones can be closed for a new client: not wedged).
+    drop(upstream);
+    let idle: Vec<_> = stuck.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(idle.iter().all(|(_, status)| *status == 404));
+    let (none, pings) = next_besides_pings(&manager, Duration::from_secs(3));
+    assert!(none.is_none() && pings >= 3, "{none:?} {pings}");
+    drop(idle);
+    common::signal(child.id(), "TERM");
+    let (stopping, _) = next_besides_pings(&manager, Duration::from_secs(30));
+    assert!(stopping.is_some_and(|m| m.contains("STOPPING=1")));
+    let (status, log) = child.exit();
+    assert!(status.success(), "{status:?}");
+    assert!(log.contains("none has answered or ended"), "{log}");
+}
+
+#[test]
+fn a_lost_listener_ends_the_process_with_an_error() {
+    // A listener that fails for good (here: shut down under it) must not leave a process that
+    // lives on without a port: it exits non-zero, so that systemd's Restart= restarts it.
+    let data = TempDir::new("lost-listener");
+    let manager = Manager::bind(&data);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let child =
+        Proc::spawn(activated(&data, &listener, "1", None).env("NOTIFY_SOCKET", &manager.path));
+    let addr = expect_ready(&manager, &child);
+    assert_eq!(Client { addr, auth: None }.get("/v2/").status, 200);
+    // SAFETY: shutdown on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) },
+        0
+    );
+    let (status, log) = child.exit();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("the listening socket failed"), "{log}");
+}

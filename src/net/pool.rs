@@ -123,6 +123,8 @@ impl Drop for Slot<'_> {
 pub struct Load {
     /// Connections served or queued.
     pub busy: usize,
+    /// Of those, connections waiting for their next request (they can be closed for others).
+    pub idle: usize,
     /// The most served at once.
     pub max: usize,
     /// Threads alive.
@@ -201,6 +203,11 @@ impl Pool {
         let st = self.inner.lock();
         Load {
             busy: st.busy,
+            idle: st
+                .watches
+                .values()
+                .filter(|w| w.idle_since().is_some())
+                .count(),
             max: self.inner.max,
             threads: st.threads,
             progress: self.inner.progress.load(Ordering::Relaxed),

@@ -16,17 +16,18 @@ pub struct Checks<'a> {
     pub heartbeat: &'a Heartbeat,
     /// Its connection threads.
     pub pool: &'a Pool,
-    /// A full pool that neither answers a request nor ends a connection for this long is
-    /// wedged (every transfer is cut when it makes no progress for `ioTimeout`).
+    /// A full pool without an idle connection that neither answers a request nor ends a
+    /// connection for this long is wedged (a transfer is cut when it stalls for `ioTimeout`).
     pub stall: Duration,
     /// The store answers a read.
     pub store: &'a (dyn Fn() -> Result<(), String> + Sync),
 }
 
-/// Sends `WATCHDOG=1` every half `interval` while `checks` pass, until `stop` is dropped.
+/// Sends `WATCHDOG=1` every half `interval` (every 5 s at most) while `checks` pass, until
+/// `stop` is dropped.
 pub fn run(interval: Duration, checks: &Checks<'_>, stop: &mpsc::Receiver<()>) {
     static UNWELL: Throttled = Throttled::new(Duration::from_secs(10));
-    let every = (interval / 2).max(Duration::from_millis(50));
+    let every = (interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut seen = (checks.pool.load().progress, Instant::now());
     loop {
         match health(checks, &mut seen) {
@@ -49,7 +50,7 @@ fn health(checks: &Checks<'_>, seen: &mut (u64, Instant)) -> Result<(), String> 
         return Err(format!("the accept loop has not run for {age:?}"));
     }
     let load = checks.pool.load();
-    if load.progress != seen.0 || load.busy < load.max {
+    if load.progress != seen.0 || load.busy < load.max || load.idle > 0 {
         *seen = (load.progress, Instant::now());
     } else if seen.1.elapsed() > checks.stall {
         return Err(format!(

@@ -169,6 +169,23 @@ impl Registry {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The log once it holds `needle` (lines reach it through a pipe, a moment after the
+    /// answer the client already has); panics with the log if it does not within 10 s.
+    pub fn log_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The requests it served so far, as logged (a line each: "METHOD PATH STATUS TIME").
     /// Ends with a request of its own and waits for that line, so that lines still on their
     /// way through the pipe are not missed.

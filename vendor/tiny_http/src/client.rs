@@ -345,9 +345,9 @@ impl Iterator for ClientConnection {
                 self.refuse(417, ver, "");
                 return None;
             }
-            // Outpost patch: a head that did not arrive in time gets 408; a kept-alive
-            // connection that stays silent is closed without a word (an unasked-for response
-            // on an idle connection confuses clients).
+            // Outpost patch: a head that did not arrive in time gets 408; a connection that
+            // stays silent (kept alive, or new) is closed without a word (an unasked-for
+            // response on an idle connection confuses clients).
             Err(ReadError::ReadIoError(ref err))
                 if err.kind() == ErrorKind::TimedOut && self.pace.idle_since().is_none() =>
             {

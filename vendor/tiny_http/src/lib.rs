@@ -57,7 +57,8 @@ pub struct ConnectionWatch {
 }
 
 impl ConnectionWatch {
-    /// Since when the connection waits for a request that has not begun, if it does.
+    /// Since when the connection waits for a request that has not begun (since its accept,
+    /// for a first request), if it does.
     pub fn idle_since(&self) -> Option<Instant> {
         self.pace.idle_since()
     }

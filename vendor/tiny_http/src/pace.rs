@@ -46,8 +46,9 @@ impl Default for Limits {
 enum Phase {
     /// Reading a request head, until the deadline.
     Head(Instant),
-    /// Waiting for the next request since then (its first byte starts `Head`).
-    Idle(Instant),
+    /// Waiting for a request since the first instant, until the second (its first byte
+    /// starts `Head`).
+    Idle(Instant, Instant),
     /// Bodies and responses: the rate windows apply.
     Transfer,
 }
@@ -85,12 +86,13 @@ fn expired(what: &str) -> io::Error {
 }
 
 impl Pace {
-    /// A connection accepted now: its first request head is due within `limits.head`.
+    /// A connection accepted now: its first request is due to begin within `limits.head`.
     pub(crate) fn new(limits: Limits) -> Pace {
+        let now = Instant::now();
         Pace {
             limits,
             state: Mutex::new(State {
-                phase: Phase::Head(Instant::now() + limits.head),
+                phase: Phase::Idle(now, now + limits.head),
                 read: Window::default(),
                 write: Window::default(),
             }),
@@ -109,7 +111,8 @@ impl Pace {
     /// Between requests: the next one may take `limits.idle` to begin.
     pub(crate) fn idle(&self) {
         let mut st = self.lock();
-        st.phase = Phase::Idle(Instant::now());
+        let now = Instant::now();
+        st.phase = Phase::Idle(now, now + self.limits.idle);
         st.write = Window::default();
     }
 
@@ -120,10 +123,11 @@ impl Pace {
         st.read = Window::default();
     }
 
-    /// Since when the connection waits for a next request that has not begun, if it does.
+    /// Since when the connection waits for a request that has not begun (the accept, for a
+    /// first request), if it does.
     pub(crate) fn idle_since(&self) -> Option<Instant> {
         match self.lock().phase {
-            Phase::Idle(since) => Some(since),
+            Phase::Idle(since, _) => Some(since),
             _ => None,
         }
     }
@@ -145,7 +149,7 @@ impl Pace {
             (Dir::Read, Phase::Head(deadline)) => deadline
                 .checked_duration_since(now)
                 .ok_or_else(|| expired("request head not received in time"))?,
-            (Dir::Read, Phase::Idle(since)) => (since + self.limits.idle)
+            (Dir::Read, Phase::Idle(_, until)) => until
                 .checked_duration_since(now)
                 .ok_or_else(|| expired("idle connection"))?,
             (dir, _) => {
@@ -170,10 +174,10 @@ impl Pace {
     fn account(&self, dir: Dir, waited: Duration, n: usize) {
         let mut st = self.lock();
         match (dir, st.phase) {
-            (Dir::Read, Phase::Idle(_)) if n > 0 => {
+            (Dir::Read, Phase::Idle(..)) if n > 0 => {
                 st.phase = Phase::Head(Instant::now() + self.limits.head)
             }
-            (Dir::Read, Phase::Head(_) | Phase::Idle(_)) => {}
+            (Dir::Read, Phase::Head(_) | Phase::Idle(..)) => {}
             _ => {
                 let need = self
                     .limits
@@ -340,7 +344,9 @@ mod tests {
 
     #[test]
     fn idle_then_head() {
+        // A new connection idles until its first byte, for the head's time at most.
         let p = Pace::new(limits(10, 0));
+        assert!(p.idle_since().is_some());
         assert!(p.budget(Dir::Read).unwrap() <= Duration::from_secs(5));
         p.idle();
         assert!(p.idle_since().is_some());
