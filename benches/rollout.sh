@@ -64,7 +64,9 @@
 #  max wait for first byte   the longest a client waited for the first byte of the manifest
 #  reconnects         requests retried after the registry closed a keep-alive connection
 #  probe p50/p99/max  latency of each probe request (connect to end of answer), over probes
-#                     started while the clients ran; failed ones are included at their latency
+#                     started while the clients ran; failed ones are included at their latency.
+#                     Then p99 of both kinds in the first 10 s after the go (200 connections
+#                     arriving at once) and after it
 #  peak RSS           max of the 100 ms VmRSS samples and of VmHWM
 #  peak threads / fds of the registry process, max of the samples
 #  drips closed       how many the registry closed or answered, and when (s after opening)
@@ -677,6 +679,9 @@ def summarize(run, min_rate):
                               "p50_ms": ms(pct(lat, .5)), "p99_ms": ms(pct(lat, .99)),
                               "max_ms": ms(pct(lat, 1)), "idle_p50_ms": ms(pct(idle, .5)),
                               "errors": sorted({str(r[5] or r[4]) for r in rows if not r[3]})}
+    both = [r for r in probe["samples"] if t0 <= r[1] <= end]
+    s["probe_p99_first10_ms"] = ms(pct(sorted(r[2] for r in both if r[1] < t0 + 10), .99))
+    s["probe_p99_after10_ms"] = ms(pct(sorted(r[2] for r in both if r[1] >= t0 + 10), .99))
     s["probe_connection"] = probe["connection"]
     dr = run["drips"]
     s["drips"] = len(dr)
@@ -741,6 +746,8 @@ def cmd_report(a):
         ("throughput MiB/s (received / completion)", lambda s: "%.0f" % s["throughput_MiBps"]),
         ("probe GET /v2/ p50 / p99 / max", lambda s: probe(s["probe_v2"])),
         ("probe HEAD manifest p50 / p99 / max", lambda s: probe(s["probe_head"])),
+        ("probe p99, both: first 10 s / after", lambda s: "%s / %s ms" % (
+            f(s["probe_p99_first10_ms"]), f(s["probe_p99_after10_ms"]))),
         ("peak RSS MiB (samples and VmHWM)", lambda s: "%.1f" % s["peak_rss_MiB"]),
         ("peak threads / fds", lambda s: "%d / %d" % (s["peak_threads"], s["peak_fds"])),
         ("drips closed by registry (s after open)", drips),
