@@ -143,7 +143,7 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------------------------
 cat >"$work/rollout.py" <<'PYTHON'
 """Parts of benches/rollout.sh: image | drips | probe | run | report (stdlib only)."""
-import argparse, fcntl, hashlib, http.client, json, math, os, random, re, resource, selectors
+import argparse, hashlib, http.client, json, math, os, random, re, resource
 import signal, socket, subprocess, sys, threading, time
 from urllib.parse import urlsplit
 
