@@ -8,11 +8,11 @@ build_release() { (cd "$top" && cargo build --release --locked -q); }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_outpost DATA_DIR PORT LOG [SERVE_ARGS...]: runs the release binary on 127.0.0.1:PORT,
-# waits until /v2/ answers, and leaves its PID in $pid.
+# start_outpost DATA_DIR PORT LOG [SERVE_ARGS...]: runs the release binary (in $CARGO_TARGET_DIR
+# when set, like build_release) on 127.0.0.1:PORT, waits until /v2/ answers, leaves its PID in $pid.
 start_outpost() {
   mkdir -p "$1"
-  "$top/target/release/outpost" serve --listen "127.0.0.1:$2" --data-dir "$1" "${@:4}" 2>"$3" &
+  "${CARGO_TARGET_DIR:-$top/target}/release/outpost" serve --listen "127.0.0.1:$2" --data-dir "$1" "${@:4}" 2>"$3" &
   pid=$!
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$2/v2/" && break; sleep 0.05; done
 }
