@@ -346,14 +346,17 @@ fn settings_cli_online_and_offline() {
     );
 
     // Without --server: the registry serving the data directory, through its admin socket.
-    let (ok, out, err) = outpost(&[
-        "settings",
-        "--listen",
-        &other_listen,
-        "--data-dir",
-        data_dir,
-        "automaticMount=disabled",
-    ]);
+    let beside_other = |change| {
+        outpost(&[
+            "settings",
+            "--listen",
+            &other_listen,
+            "--data-dir",
+            data_dir,
+            change,
+        ])
+    };
+    let (ok, out, err) = beside_other("automaticMount=disabled");
     assert!(ok, "{err}");
     assert!(out.contains("automaticMount   disabled"), "{out}");
     assert_eq!(
@@ -364,14 +367,7 @@ fn settings_cli_online_and_offline() {
     // Stopped registry: the CLI changes its store directly (the next start uses it), not
     // the registry answering at the listen address.
     assert!(reg.terminate().success());
-    let (ok, out, err) = outpost(&[
-        "settings",
-        "--listen",
-        &other_listen,
-        "--data-dir",
-        data_dir,
-        "blobMounting=enabled",
-    ]);
+    let (ok, out, err) = beside_other("blobMounting=enabled");
     assert!(ok, "{err}");
     assert!(err.contains("changed it directly"), "{err}");
     assert!(out.contains("enabled   (set at runtime"), "{out}");

@@ -3,8 +3,12 @@
 //! small buffer instead and moves its data in smaller steps. So buffer memory is bounded by
 //! `workers × chunkSize` plus `SMALL` per transfer beyond those, whatever the number of
 //! clients, and a few fast transfers still get whole chunks.
+//!
+//! Moving a step into or out of the store takes scratch memory of a chunk's size inside the
+//! store (a page read, a sealed copy) for a moment: at most `workers` steps move at once, so a
+//! fleet starting 200 downloads in the same instant does not hold 200 chunks of it.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 /// Bytes of a buffer lent when no chunk-sized one is free: a power of two less the store's
 /// row overhead, as chunk payloads are, so what it uploads still fills whole pages.
@@ -14,9 +18,11 @@ pub const SMALL: usize = (64 << 10) - crate::storage::CHUNK_ROW_OVERHEAD;
 pub struct Buffers {
     /// Bytes of a chunk-sized buffer (the store's chunk payload).
     size: usize,
-    /// Chunk-sized buffers that may be lent at once.
+    /// Chunk-sized buffers that may be lent at once; steps that may move at once.
     max: usize,
     state: Mutex<State>,
+    /// Signalled when a step ends.
+    step_done: Condvar,
 }
 
 struct State {
@@ -24,6 +30,19 @@ struct State {
     lent: usize,
     /// Returned ones, kept for the next transfer.
     spare: Vec<Vec<u8>>,
+    /// Steps moving into or out of the store now.
+    moving: usize,
+}
+
+/// A step moving into or out of the store; the next may start when it is dropped.
+pub struct Step<'a>(&'a Buffers);
+
+impl Drop for Step<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.moving -= 1;
+        self.0.step_done.notify_one();
+    }
 }
 
 /// A lent buffer; goes back to its `Buffers` when dropped.
@@ -45,8 +64,25 @@ impl Buffers {
             state: Mutex::new(State {
                 lent: 0,
                 spare: Vec::new(),
+                moving: 0,
             }),
+            step_done: Condvar::new(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until a step may move into or out of the store (a store call that reads or
+    /// writes a chunk); hold it for that call only, never while waiting on a client.
+    pub fn step(&self) -> Step<'_> {
+        let mut st = self.lock();
+        while st.moving >= self.max {
+            st = self.step_done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.moving += 1;
+        Step(self)
     }
 
     /// A chunk-sized buffer if one is free, else a `SMALL` one.
@@ -63,7 +99,7 @@ impl Buffers {
 
     /// A chunk-sized buffer, if one is free.
     pub fn take_chunk(&self) -> Option<Lease<'_>> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         if st.lent >= self.max {
             return None;
         }
@@ -80,7 +116,7 @@ impl Buffers {
     }
 
     fn give_back(&self, mut buf: Vec<u8>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         st.lent -= 1;
         buf.clear();
         // Only a chunk-sized buffer is kept (one whose memory went elsewhere, or that grew,
@@ -122,5 +158,23 @@ mod tests {
         drop((two, three, again));
         let both = (b.take_chunk(), b.take_chunk());
         assert!(both.0.is_some() && both.1.is_some());
+    }
+
+    #[test]
+    fn steps_wait_for_each_other() {
+        let b = std::sync::Arc::new(Buffers::new(4096, 2));
+        let (one, two) = (b.step(), b.step());
+        let b2 = b.clone();
+        let third = std::thread::spawn(move || {
+            let _s = b2.step();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !third.is_finished(),
+            "a third step moved with two under way"
+        );
+        drop(one);
+        third.join().unwrap();
+        drop(two);
     }
 }

@@ -318,6 +318,19 @@ enum Stop {
     NoHelper,
 }
 
+/// Reads up to `max` bytes of `blob` from `at` into `buf`: one store call, as one of the steps
+/// the buffer budget lets move at once.
+fn read_step(
+    app: &App,
+    blob: BlobInfo,
+    at: u64,
+    max: u64,
+    buf: &mut Vec<u8>,
+) -> std::result::Result<(), StoreError> {
+    let _step = app.buffers.step();
+    app.store.read_blob(blob, at, max as usize, buf)
+}
+
 /// Reads `blob` from `from` to `end` in `step`-byte pieces into the buffers of `spare` (the
 /// two it starts with, then each the receiver gives back) and sends them down `full`; stops at
 /// the first error (sent too), when the receiver goes, or when the registry is stopping.
@@ -335,10 +348,7 @@ fn read_ahead(
         let Ok(mut buf) = spare.recv() else {
             return;
         };
-        match app
-            .store
-            .read_blob(blob, at, step.min(end - at) as usize, &mut buf)
-        {
+        match read_step(app, blob, at, step.min(end - at), &mut buf) {
             Ok(()) if buf.is_empty() => return,
             Ok(()) => {
                 at += buf.len() as u64;
@@ -409,10 +419,7 @@ fn stream_blob(
     let buf = &mut lease.buf;
     let end = start + len;
     if !head_only && len > 0 {
-        if let Err(e) = app
-            .store
-            .read_blob(blob, start, step.min(len) as usize, buf)
-        {
+        if let Err(e) = read_step(app, blob, start, step.min(len), buf) {
             return Err(Box::new((req, ApiError::from(e))));
         }
     }
@@ -472,9 +479,7 @@ fn stream_blob(
                     if app.stopping() {
                         return Err(Stop::Client(std::io::Error::other("shutting down")));
                     }
-                    app.store
-                        .read_blob(blob, at, step.min(end - at) as usize, buf)
-                        .map_err(Stop::Store)?;
+                    read_step(app, blob, at, step.min(end - at), buf).map_err(Stop::Store)?;
                     if buf.is_empty() {
                         break;
                     }

@@ -252,7 +252,10 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
         loop {
             let (n, eof, err) = fill(reader, &mut buf[..chunk]);
             if n > 0 {
-                match app.store.upload_append(name, id, at, &buf[..n]) {
+                let step = app.buffers.step();
+                let appended = app.store.upload_append(name, id, at, &buf[..n]);
+                drop(step);
+                match appended {
                     Ok(end) => {
                         if let Some(h) = hasher.as_mut() {
                             h.update(&buf[..n]);
