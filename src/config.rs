@@ -463,7 +463,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             data_dir: PathBuf::from("outpost-data"),
-            workers: 16,
+            workers: 8,
             cache_size: 4 << 20,
             chunk_size: 256 << 10,
             max_manifest_size: 4 << 20,

@@ -62,7 +62,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let admin = admin_socket(&socket_path);
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let tls_on = tls.is_some();
+    let scheme = if tls_on { "https" } else { "http" };
     log::info!(
         "listening on {local} ({scheme}, store {}, up to {} connections{})",
         db_path.display(),
@@ -135,7 +136,12 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start the mirror scheduler: {e}"))?
     };
 
-    let refusal = http::busy_response();
+    // A TLS client could not read a plain 503: it sees the connection close, and retries.
+    let refusal = if tls_on {
+        Vec::new()
+    } else {
+        http::busy_response()
+    };
     let heartbeat = Heartbeat::default();
     let (watchdog_stop, watchdog_wait) = mpsc::channel::<()>();
     let lost = thread::scope(|scope| {
@@ -179,6 +185,9 @@ pub fn run(config: Config) -> Result<(), String> {
             accept_loop(&l, &pool, &refusal, &stopping, &heartbeat)
         }))
         .unwrap_or_else(|_| Err("the accept loop panicked".into()));
+        // New clients are refused at once from here on, rather than left waiting in a backlog
+        // nobody reads (with socket activation, systemd keeps them for the next start).
+        drop(l);
         // Stopping (a signal), or the listener is gone: either way, wind down.
         stopping.store(true, Ordering::SeqCst);
         drop(watchdog_stop);

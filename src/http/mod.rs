@@ -17,7 +17,8 @@ pub use routes::percent_encode;
 
 use crate::config::Config;
 use crate::settings::Settings;
-use crate::storage::{BlobInfo, Store, StoreError};
+use crate::storage::{BlobInfo, ChunkHint, Store, StoreError};
+use buffers::{Lease, Pacer};
 use errors::{ApiError, Code};
 use routes::{Query, Route};
 use std::io::Write;
@@ -59,7 +60,11 @@ impl App {
                 .map_err(|e| format!("cannot read settings from the store: {e}"))?,
             gate,
             cache: crate::mirror::cache::PullThrough::new(&config.mirrors),
-            buffers: buffers::Buffers::new(store.chunk_payload(), config.workers),
+            buffers: buffers::Buffers::new(
+                store.chunk_payload(),
+                config.workers,
+                MANIFESTS_AT_ONCE * config.max_manifest_size as u64,
+            ),
             store,
             config,
             stopping,
@@ -72,6 +77,9 @@ impl App {
         self.stopping.load(Ordering::Relaxed)
     }
 }
+
+/// Manifests of the largest size that may be arriving at once (smaller ones share the room).
+const MANIFESTS_AT_ONCE: u64 = 4;
 
 /// A successful answer.
 pub struct Reply {
@@ -249,7 +257,7 @@ fn read_small_body(req: &mut Request, max: usize, what: &str, code: Code) -> Res
     if req.body_length().is_some_and(|n| n > max as u64) {
         return Err(too_big());
     }
-    let mut body = Vec::new();
+    let mut body = Vec::with_capacity(req.body_length().map_or(0, |n| n as usize + 1));
     req.as_reader()
         .take(max as u64 + 1)
         .read_to_end(&mut body)
@@ -322,13 +330,23 @@ enum Stop {
 /// the buffer budget lets move at once.
 fn read_step(
     app: &App,
-    blob: BlobInfo,
+    (blob, hint): (BlobInfo, &mut ChunkHint),
     at: u64,
     max: u64,
     buf: &mut Vec<u8>,
 ) -> std::result::Result<(), StoreError> {
-    let _step = app.buffers.step();
-    app.store.read_blob(blob, at, max as usize, buf)
+    let mut step = app.buffers.step();
+    if blob.domain == 0 || buf.capacity() > app.store.chunk_payload() {
+        return app.store.read_blob_on(blob, at, max as usize, buf, hint);
+    }
+    // A sealed chunk opens whole: a small step opens it in the step's scratch and keeps its
+    // part, so that the small buffer stays small.
+    let scratch = step.scratch();
+    app.store
+        .read_blob_on(blob, at, max as usize, scratch, hint)?;
+    buf.clear();
+    buf.extend_from_slice(scratch);
+    Ok(())
 }
 
 /// Reads `blob` from `from` to `end` in `step`-byte pieces into the buffers of `spare` (the
@@ -336,7 +354,7 @@ fn read_step(
 /// the first error (sent too), when the receiver goes, or when the registry is stopping.
 fn read_ahead(
     app: &App,
-    blob: BlobInfo,
+    (blob, mut hint): (BlobInfo, ChunkHint),
     from: u64,
     end: u64,
     step: u64,
@@ -348,7 +366,7 @@ fn read_ahead(
         let Ok(mut buf) = spare.recv() else {
             return;
         };
-        match read_step(app, blob, at, step.min(end - at), &mut buf) {
+        match read_step(app, (blob, &mut hint), at, step.min(end - at), &mut buf) {
             Ok(()) if buf.is_empty() => return,
             Ok(()) => {
                 at += buf.len() as u64;
@@ -393,12 +411,12 @@ fn response_head(
 }
 
 /// Streams a blob straight onto the connection: header, then one store read and one socket
-/// write per step (tiny_http's own body copy goes 8 KiB at a time). A step is a chunk when a
-/// chunk-sized buffer is free, else `buffers::SMALL` bytes (a sealed chunk opens whole, so an
-/// encrypted blob always goes a chunk at a time). The first step is read before the header is
-/// written, so a store failure there is still answered properly (`Err`); a failure after that
-/// shuts the connection down, so the client sees a truncated transfer rather than waiting for
-/// bytes that will never come.
+/// write per step (tiny_http's own body copy goes 8 KiB at a time). A step is a chunk while
+/// the client keeps up and a chunk-sized buffer is free, else `buffers::SMALL` bytes (see
+/// `buffers::Pacer`). The first step is read before the header is written, so a store
+/// failure there is still answered properly (`Err`); a failure after that shuts the
+/// connection down, so the client sees a truncated transfer rather than waiting for bytes
+/// that will never come.
 fn stream_blob(
     app: &App,
     mut req: Request,
@@ -410,22 +428,21 @@ fn stream_blob(
 ) -> std::result::Result<(), Box<(Request, ApiError)>> {
     let head_only = *req.method() == Method::Head;
     let sealed = blob.domain != 0;
-    let mut lease = app.buffers.take();
-    let step = if sealed {
-        app.store.chunk_payload()
-    } else {
-        lease.step
-    } as u64;
-    let buf = &mut lease.buf;
+    let mut pacer = app.buffers.pacer();
+    let mut lease = pacer.lease();
+    let mut hint = ChunkHint::default();
     let end = start + len;
     if !head_only && len > 0 {
-        if let Err(e) = read_step(app, blob, start, step.min(len), buf) {
+        let step = (lease.step as u64).min(len);
+        if let Err(e) = read_step(app, (blob, &mut hint), start, step, &mut lease.buf) {
             return Err(Box::new((req, ApiError::from(e))));
         }
     }
     let head = response_head(status, len, headers, req.closes_connection());
     let abort = req.abort_handle();
     let url = req.url().to_owned();
+    // Plaintext over plain HTTP: the body goes to the socket by hand (see `send_raw`).
+    let raw = if sealed { None } else { req.raw_body() };
     let mut w = req.into_writer();
     let mut at = start;
     let result = (|| -> std::io::Result<()> {
@@ -433,62 +450,22 @@ fn stream_blob(
         if head_only || len == 0 {
             return w.flush();
         }
-        if buf.is_empty() {
+        if lease.buf.is_empty() {
             return Err(std::io::Error::other("blob ended early"));
         }
-        w.write_all(buf)?;
-        at += buf.len() as u64;
-        // Sealed: the rest is read and opened on a helper thread while this one writes
-        // (opening a chunk costs about as much CPU as sending it), when two more chunk-sized
-        // buffers are free and a thread can be had.
-        let ahead = match (sealed && at < end, app.buffers.take_chunk()) {
-            (true, Some(one)) => app.buffers.take_chunk().map(|two| [one, two]),
-            _ => None,
-        };
-        let failed = match ahead {
-            Some(mut spares) => std::thread::scope(|scope| {
-                let (full, filled) = mpsc::sync_channel::<Result<Vec<u8>, StoreError>>(1);
-                let (give_back, spare) = mpsc::channel::<Vec<u8>>();
-                for l in &mut spares {
-                    let _ = give_back.send(std::mem::take(&mut l.buf));
-                }
-                let from = at;
-                let helper = std::thread::Builder::new()
-                    .name("read-ahead".into())
-                    .stack_size(256 << 10)
-                    .spawn_scoped(scope, move || {
-                        read_ahead(app, blob, from, end, step, &full, &spare)
-                    });
-                if helper.is_err() {
-                    return Err(Stop::NoHelper);
-                }
-                for chunk in filled {
-                    let chunk = chunk.map_err(Stop::Store)?;
-                    w.write_all(&chunk).map_err(Stop::Client)?;
-                    at += chunk.len() as u64;
-                    let _ = give_back.send(chunk);
-                }
-                Ok(())
-            }),
-            None => Err(Stop::NoHelper),
-        };
-        let failed = match failed {
-            // One buffer, one thread: read a step, write it.
-            Err(Stop::NoHelper) => (|| {
-                while at < end {
-                    if app.stopping() {
-                        return Err(Stop::Client(std::io::Error::other("shutting down")));
-                    }
-                    read_step(app, blob, at, step.min(end - at), buf).map_err(Stop::Store)?;
-                    if buf.is_empty() {
-                        break;
-                    }
-                    w.write_all(buf).map_err(Stop::Client)?;
-                    at += buf.len() as u64;
-                }
-                Ok(())
-            })(),
-            other => other,
+        let failed = match raw {
+            Some(raw) => {
+                w.flush()?;
+                send_raw(app, raw, (blob, &mut hint), lease, &mut at, end)
+            }
+            None => send_paced(
+                app,
+                &mut w,
+                (&mut pacer, lease),
+                (blob, &mut hint),
+                &mut at,
+                end,
+            ),
         };
         match failed {
             Ok(()) if at >= end => w.flush(),
@@ -516,6 +493,131 @@ fn stream_blob(
             a.abort();
         }
     }
+    Ok(())
+}
+
+/// Sends `[at, end)` of a blob through the response writer, the first step's bytes in
+/// `lease` already: each step in a buffer from `pacer`; sealed blobs for a client that keeps
+/// up are read and opened ahead on a helper thread.
+fn send_paced<'a>(
+    app: &'a App,
+    w: &mut impl Write,
+    (pacer, lease): (&mut Pacer<'a>, Lease<'a>),
+    (blob, hint): (BlobInfo, &mut ChunkHint),
+    at: &mut u64,
+    end: u64,
+) -> std::result::Result<(), Stop> {
+    let sealed = blob.domain != 0;
+    send_step(w, pacer, lease, at).map_err(Stop::Client)?;
+    // Sealed, for a client that keeps up: the rest is read and opened on a helper thread
+    // while this one writes (opening a chunk costs about as much CPU as sending it), when
+    // two more chunk-sized buffers are free and a thread can be had.
+    let ahead = match (
+        sealed && *at < end && pacer.fast(),
+        app.buffers.take_chunk(),
+    ) {
+        (true, Some(one)) => app.buffers.take_chunk().map(|two| [one, two]),
+        _ => None,
+    };
+    let step = app.store.chunk_payload() as u64;
+    let failed = match ahead {
+        Some(mut spares) => std::thread::scope(|scope| {
+            let (full, filled) = mpsc::sync_channel::<Result<Vec<u8>, StoreError>>(1);
+            let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+            for l in &mut spares {
+                let _ = give_back.send(std::mem::take(&mut l.buf));
+            }
+            let (from, h) = (*at, *hint);
+            let helper = std::thread::Builder::new()
+                .name("read-ahead".into())
+                .stack_size(256 << 10)
+                .spawn_scoped(scope, move || {
+                    read_ahead(app, (blob, h), from, end, step, &full, &spare)
+                });
+            if helper.is_err() {
+                return Err(Stop::NoHelper);
+            }
+            for chunk in filled {
+                let chunk = chunk.map_err(Stop::Store)?;
+                w.write_all(&chunk).map_err(Stop::Client)?;
+                *at += chunk.len() as u64;
+                let _ = give_back.send(chunk);
+            }
+            Ok(())
+        }),
+        None => Err(Stop::NoHelper),
+    };
+    match failed {
+        // One thread: read a step, write it.
+        Err(Stop::NoHelper) => {
+            while *at < end {
+                if app.stopping() {
+                    return Err(Stop::Client(std::io::Error::other("shutting down")));
+                }
+                let mut lease = pacer.lease();
+                let step = (lease.step as u64).min(end - *at);
+                read_step(app, (blob, &mut *hint), *at, step, &mut lease.buf)
+                    .map_err(Stop::Store)?;
+                if lease.buf.is_empty() {
+                    break;
+                }
+                send_step(w, pacer, lease, at).map_err(Stop::Client)?;
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Sends `[at, end)` of a plaintext blob to the socket by hand, the first step's bytes in
+/// `first` already. The socket is waited for with no buffer held; then a step is read into
+/// one of the budget's chunk-sized buffers and the socket takes what it can at once, and the
+/// buffer goes back (what it did not take is read again next time, from redb's page cache).
+/// So a slow client holds no buffer at all, and a few buffers serve every download.
+fn send_raw(
+    app: &App,
+    mut raw: tiny_http::RawBody,
+    (blob, hint): (BlobInfo, &mut ChunkHint),
+    first: Lease<'_>,
+    at: &mut u64,
+    end: u64,
+) -> std::result::Result<(), Stop> {
+    let mut first = Some(first);
+    while *at < end {
+        if app.stopping() {
+            return Err(Stop::Client(std::io::Error::other("shutting down")));
+        }
+        raw.wait_room().map_err(Stop::Client)?;
+        let lease = match first.take() {
+            Some(l) => l,
+            None => {
+                let mut l = app.buffers.take_brief();
+                let step = (l.step as u64).min(end - *at);
+                read_step(app, (blob, &mut *hint), *at, step, &mut l.buf).map_err(Stop::Store)?;
+                if l.buf.is_empty() {
+                    break;
+                }
+                l
+            }
+        };
+        *at += raw.send_some(&lease.buf).map_err(Stop::Client)? as u64;
+    }
+    Ok(())
+}
+
+/// Writes one step of a blob to the client (`at` moves on); the pacer learns how fast the
+/// client took it.
+fn send_step<'a>(
+    w: &mut impl Write,
+    pacer: &mut Pacer<'a>,
+    lease: Lease<'a>,
+    at: &mut u64,
+) -> std::io::Result<()> {
+    let t = Instant::now();
+    w.write_all(&lease.buf)?;
+    let n = lease.buf.len();
+    *at += n as u64;
+    pacer.done(lease, n, t.elapsed());
     Ok(())
 }
 

@@ -243,14 +243,17 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
         .take(id, at)
         .or_else(|| (at == 0).then(|| Hasher::new(Algorithm::Sha256)));
     let declared = req.body_length();
-    let mut lease = app.buffers.take();
-    let chunk = lease.step;
-    let buf = &mut lease.buf;
-    buf.resize(chunk, 0);
+    let mut pacer = app.buffers.pacer();
     let result = (|| -> Result<()> {
         let reader = req.as_reader();
         loop {
-            let (n, eof, err) = fill(reader, &mut buf[..chunk]);
+            // A step's buffer: chunk-sized while the client keeps up (see `Pacer`).
+            let mut lease = pacer.lease();
+            let buf = &mut lease.buf;
+            buf.resize(lease.step, 0);
+            let t = std::time::Instant::now();
+            let (n, eof, err) = fill(reader, buf);
+            let took = t.elapsed();
             if n > 0 {
                 let step = app.buffers.step();
                 let appended = app.store.upload_append(name, id, at, &buf[..n]);
@@ -268,6 +271,7 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
                     }
                 }
             }
+            pacer.done(lease, n, took);
             if let Some(e) = err {
                 return Err(ApiError::new(
                     400,

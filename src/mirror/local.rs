@@ -46,6 +46,7 @@ impl Source for LocalSource<'_> {
             at: offset,
             buf: Vec::new(),
             pos: 0,
+            hint: crate::storage::ChunkHint::default(),
         }))
     }
 }
@@ -71,6 +72,7 @@ struct StoredReader<'s> {
     at: u64,
     buf: Vec<u8>,
     pos: usize,
+    hint: crate::storage::ChunkHint,
 }
 
 impl Read for StoredReader<'_> {
@@ -81,7 +83,7 @@ impl Read for StoredReader<'_> {
             }
             let step = self.store.chunk_payload();
             self.store
-                .read_blob(self.blob, self.at, step, &mut self.buf)
+                .read_blob_on(self.blob, self.at, step, &mut self.buf, &mut self.hint)
                 .map_err(std::io::Error::other)?;
             if self.buf.is_empty() {
                 return Err(std::io::Error::other("stored blob ended early"));

@@ -120,8 +120,8 @@ fn ready(fd: RawFd) -> bool {
 }
 
 /// Accepts connections into `pool` until `stopping`; `refusal` is the whole HTTP response a
-/// connection gets when the pool has no room for it. Returns an error if the listener fails
-/// for good.
+/// connection gets when the pool has no room for it (empty: it is closed). Returns an error
+/// if the listener fails for good.
 pub fn accept_loop(
     listening: &Listening,
     pool: &Pool,
@@ -177,22 +177,25 @@ pub fn accept_loop(
                 THREAD.warn(|| {
                     format!(
                         "cannot start a thread for a connection: {e} (a thread or memory \
-                         limit, e.g. the unit's TasksMax); answering 503 and retrying"
+                         limit, e.g. the unit's TasksMax); answering 503 until threads free up"
                     )
                 });
                 refuse(conn, refusal, &lingerer);
-                std::thread::sleep(backoff.next());
             }
         }
     }
     Ok(())
 }
 
-/// Answers `refusal` and closes gently (through the lingerer).
+/// Answers `refusal` and closes gently (through the lingerer); with no refusal (a TLS port:
+/// a plain answer would only garble the handshake), just closes.
 fn refuse(conn: Incoming, refusal: &[u8], lingerer: &Lingerer) {
     let Incoming::Tcp(mut s) = conn else {
         return; // the admin socket's few clients just see it close
     };
+    if refusal.is_empty() {
+        return;
+    }
     // A fresh socket's send buffer takes a short answer at once; a peer that cannot take it
     // is not waited for.
     let _ = s.set_write_timeout(Some(Duration::from_millis(100)));

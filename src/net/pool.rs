@@ -123,7 +123,7 @@ impl Drop for Slot<'_> {
 pub struct Load {
     /// Connections served or queued.
     pub busy: usize,
-    /// Of those, connections waiting for their next request (they can be closed for others).
+    /// Of those, connections idle or stuck on their clients (they can be closed for others).
     pub idle: usize,
     /// The most served at once.
     pub max: usize,
@@ -189,6 +189,9 @@ impl Pool {
                 st.threads += 1;
                 Admission::Served
             }
+            // No thread to be had (a thread or memory limit): the thread of a connection
+            // closed to make room takes this one, if one can be closed.
+            Err(_) if reclaim_idle(&mut st) => Admission::Served,
             Err(e) => {
                 st.busy -= 1;
                 // Still ours: the lock was held since the push.
@@ -257,12 +260,28 @@ impl Pool {
     }
 }
 
-/// Closes the connection that has idled the longest, if one does; true if one was closed.
+/// A connection waiting this long on its client in the middle of a request (a head arriving
+/// a byte at a time, a body or a response that does not move) may be closed for a new one.
+const STUCK: Duration = Duration::from_secs(1);
+
+/// The time since which `w` can be closed to make room: it waits for a request that has not
+/// begun, or is stuck on its client; None if it is busy.
+fn reclaimable(w: &ConnectionWatch, now: Instant) -> Option<Instant> {
+    if let Some(t) = w.idle_since() {
+        return Some(t);
+    }
+    w.waiting_since()
+        .filter(|t| now.duration_since(*t) >= STUCK)
+}
+
+/// Closes the connection that has waited on its client the longest, if one can be closed
+/// (`reclaimable`); true if one was.
 fn reclaim_idle(st: &mut State) -> bool {
+    let now = Instant::now();
     let oldest = st
         .watches
         .iter()
-        .filter_map(|(id, w)| w.idle_since().map(|t| (t, *id)))
+        .filter_map(|(id, w)| reclaimable(w, now).map(|t| (t, *id)))
         .min();
     let Some((_, id)) = oldest else {
         return false;

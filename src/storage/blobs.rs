@@ -71,7 +71,14 @@ pub(super) fn stored_fingerprint(
     blob: BlobInfo,
 ) -> Result<u64, StoreError> {
     let mut head = Vec::with_capacity(FP_LEN + crate::crypto::SEAL_OVERHEAD);
-    read_chunks(chunks, key, blob, 0, FP_LEN, &mut head)?;
+    read_chunks(
+        chunks,
+        key,
+        blob,
+        (0, FP_LEN, 0),
+        &mut head,
+        &mut ChunkHint::default(),
+    )?;
     if head.len() < FP_LEN {
         return Err(StoreError::Corrupt(format!(
             "blob {} is shorter than its size",
@@ -115,38 +122,70 @@ pub(super) fn put_chunk(
     })
 }
 
+/// Where a sequential reader stands in a blob: the chunk it read last (its start, and its
+/// plaintext length), so that reading on costs one exact lookup of a chunk. A range search
+/// reads the leaves at both of its bounds: each a chunk-sized page read for nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChunkHint {
+    start: u64,
+    len: u64,
+}
+
+/// The start of the chunk of `blob` holding `offset`: from `hint` when it tells, else the last
+/// chunk starting at or before `offset`, looked for within `span` bytes (the largest chunk)
+/// first, then from the blob's start.
+fn chunk_holding(
+    chunks: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    blob: BlobInfo,
+    offset: u64,
+    span: u64,
+    hint: &ChunkHint,
+) -> Result<u64, StoreError> {
+    let next = hint.start + hint.len;
+    if hint.len > 0 && (hint.start..=next).contains(&offset) {
+        return Ok(if offset == next { next } else { hint.start });
+    }
+    if offset == 0 {
+        return Ok(0);
+    }
+    let near = offset.saturating_sub(span);
+    for low in [near, 0] {
+        let found = chunks
+            .range((blob.id, low)..=(blob.id, offset))?
+            .next_back()
+            .transpose()?;
+        if let Some((k, _)) = found {
+            return Ok(k.value().1);
+        }
+        if low == 0 {
+            break;
+        }
+    }
+    Err(StoreError::BlobUnknown)
+}
+
 /// Replaces `buf` with up to `max` bytes of `blob` from `offset`, opening sealed chunks
-/// with `key`. A chunk that does not open is an integrity error; nothing of it is returned.
+/// with `key`; `span` is the largest chunk, `hint` where the reader stood (updated). A chunk
+/// that does not open is an integrity error; nothing of it is returned.
 fn read_chunks(
     chunks: &impl ReadableTable<(u64, u64), &'static [u8]>,
     key: Option<&Domain>,
     blob: BlobInfo,
-    offset: u64,
-    max: usize,
+    (offset, max, span): (u64, usize, u64),
     buf: &mut Vec<u8>,
+    hint: &mut ChunkHint,
 ) -> Result<(), StoreError> {
     buf.clear();
     let end = blob.size.min(offset.saturating_add(max as u64));
     if offset >= end {
         return Ok(());
     }
-    // The chunk holding `offset` is the last one starting at or before it.
-    let first = chunks
-        .range((blob.id, 0)..=(blob.id, offset))?
-        .next_back()
-        .transpose()?;
-    let mut pos = match first {
-        Some((k, _)) => k.value().1,
-        None => return Err(StoreError::BlobUnknown),
-    };
-    for entry in chunks.range((blob.id, pos)..=(blob.id, u64::MAX))? {
-        let (k, v) = entry?;
-        if k.value().1 != pos {
-            return Err(StoreError::Corrupt(format!(
-                "blob {} has a gap at {pos}",
-                blob.id
-            )));
-        }
+    let mut pos = chunk_holding(chunks, blob, offset, span, hint)?;
+    loop {
+        // A chunk missing where the last one ended: the blob went (deleted meanwhile).
+        let Some(v) = chunks.get((blob.id, pos))? else {
+            return Err(StoreError::BlobUnknown);
+        };
         let want = offset + buf.len() as u64;
         let data = v.value();
         let chunk_end = match key {
@@ -182,12 +221,21 @@ fn read_chunks(
                 chunk_end
             }
         };
+        if chunk_end <= pos {
+            return Err(StoreError::Corrupt(format!(
+                "blob {} has an empty chunk at {pos}",
+                blob.id
+            )));
+        }
+        *hint = ChunkHint {
+            start: pos,
+            len: chunk_end - pos,
+        };
         pos = chunk_end;
         if pos >= end {
             return Ok(());
         }
     }
-    Err(StoreError::BlobUnknown)
 }
 
 thread_local! {
@@ -254,15 +302,28 @@ impl Store {
         max: usize,
         buf: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
+        self.read_blob_on(blob, offset, max, buf, &mut ChunkHint::default())
+    }
+
+    /// `read_blob` for a reader going through the blob in order: `hint` says where it stood,
+    /// and is moved on.
+    pub fn read_blob_on(
+        &self,
+        blob: BlobInfo,
+        offset: u64,
+        max: usize,
+        buf: &mut Vec<u8>,
+        hint: &mut ChunkHint,
+    ) -> Result<(), StoreError> {
         let key = self.domain_key(blob.domain)?;
         let tx = self.read()?;
         read_chunks(
             &tx.open_table(CHUNKS)?,
             key.as_deref(),
             blob,
-            offset,
-            max,
+            (offset, max, self.chunk_payload as u64),
             buf,
+            hint,
         )
     }
 
@@ -294,9 +355,9 @@ impl Store {
     /// received) to `hasher`, one short read transaction per step.
     pub fn hash_into(&self, blob: BlobInfo, hasher: &mut Hasher) -> Result<(), StoreError> {
         let mut buf = Vec::with_capacity(REHASH_STEP);
-        let mut at = 0;
+        let (mut at, mut hint) = (0, ChunkHint::default());
         while at < blob.size {
-            self.read_blob(blob, at, REHASH_STEP, &mut buf)?;
+            self.read_blob_on(blob, at, REHASH_STEP, &mut buf, &mut hint)?;
             if buf.is_empty() {
                 return Err(StoreError::Corrupt(format!("blob {} ends early", blob.id)));
             }

@@ -13,7 +13,7 @@ mod settings;
 mod uploads;
 mod users;
 
-pub use blobs::{trim_thread_buffers, BlobInfo, MountFrom, MountRefused};
+pub use blobs::{trim_thread_buffers, BlobInfo, ChunkHint, MountFrom, MountRefused};
 pub use domains::KeyInfo;
 pub use manifests::NewManifest;
 

@@ -239,11 +239,11 @@ impl Store {
         let step = self.chunk_payload;
         let key = self.domain_key(domain)?;
         let mut buf = Vec::with_capacity(step + crate::crypto::SEAL_OVERHEAD);
-        let mut at = 0;
+        let (mut at, mut hint) = (0, super::ChunkHint::default());
         while at < len {
             // (not `as usize`: on 32-bit ARM the rest of a >4 GiB blob would wrap)
             let want = usize::try_from(len - at).map_or(step, |rest| step.min(rest));
-            self.read_blob(src, at, want, &mut buf)?;
+            self.read_blob_on(src, at, want, &mut buf, &mut hint)?;
             if buf.is_empty() {
                 return Err(StoreError::BlobUnknown);
             }

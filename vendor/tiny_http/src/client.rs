@@ -19,6 +19,9 @@ use crate::Request;
 const MAX_LINE_LEN: usize = 16 * 1024;
 /// Most header lines accepted in one request (Outpost patch).
 const MAX_HEADERS: usize = 128;
+/// Most bytes of a whole request head (Outpost patch): what a connection may make the server
+/// hold before its request is even known (a bearer token is a few KiB).
+const MAX_HEAD: usize = 64 * 1024;
 
 /// What Go's HTTPS server answers a plain-HTTP request with, turned around (Outpost patch):
 /// a client probing with a TLS ClientHello reads this as "server gave HTTP response to HTTPS
@@ -65,6 +68,9 @@ pub struct ClientConnection {
     // Outpost patch: the connection's phase and timers
     pace: Arc<Pace>,
 
+    // Outpost patch: the socket, for plain connections (`Request::raw_body`)
+    plain: Option<crate::pace::PacedStream>,
+
     // Outpost patch: no request has been read yet
     first: bool,
 
@@ -103,6 +109,7 @@ impl ClientConnection {
         let remote_addr = read_socket.peer_addr().ok().flatten();
         let abort = read_socket.abort_handle();
         let secure = read_socket.secure();
+        let plain = read_socket.plain();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -116,6 +123,7 @@ impl ClientConnection {
             secure,
             abort,
             pace,
+            plain,
             first: true,
             linger: false,
         }
@@ -135,7 +143,11 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self, request_line: bool) -> Result<AsciiString, ReadError> {
+    fn read_next_line(
+        &mut self,
+        request_line: bool,
+        budget: &mut usize,
+    ) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -154,6 +166,12 @@ impl ClientConnection {
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
+                // Outpost patch: a bare CR or LF, NUL or another control character (tab
+                // aside) inside a line is refused: a proxy in front may split lines or end
+                // strings differently, and then disagree about the headers.
+                if buf.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                    return Err(ReadError::WrongRequestLine);
+                }
                 return AsciiString::from_ascii(buf).map_err(|_| ReadError::WrongRequestLine);
             }
 
@@ -166,10 +184,12 @@ impl ClientConnection {
 
             prev_byte_was_cr = byte == b'\r';
 
-            // Outpost patch: a header line is bounded (upstream grew it without limit).
-            if buf.len() >= MAX_LINE_LEN {
+            // Outpost patch: a header line is bounded (upstream grew it without limit), and so
+            // is the whole head.
+            if buf.len() >= MAX_LINE_LEN || *budget == 0 {
                 return Err(ReadError::WrongRequestLine);
             }
+            *budget -= 1;
             buf.push(byte);
         }
     }
@@ -179,8 +199,9 @@ impl ClientConnection {
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            let mut budget = MAX_HEAD;
             let (method, path, version) = {
-                let line = self.read_next_line(true)?;
+                let line = self.read_next_line(true, &mut budget)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -200,7 +221,7 @@ impl ClientConnection {
                 let mut headers = Vec::new();
                 loop {
                     let line = self
-                        .read_next_line(false)
+                        .read_next_line(false, &mut budget)
                         .map_err(|e| match e {
                             ReadError::WrongRequestLine => ReadError::WrongHeader(version.clone()),
                             e => e,
@@ -209,8 +230,12 @@ impl ClientConnection {
                     if line.is_empty() {
                         break;
                     };
-                    // Outpost patch: so is the number of header lines.
-                    if headers.len() >= MAX_HEADERS {
+                    // Outpost patch: so is the number of header lines; a line folded onto the
+                    // one before (obsolete, RFC 9112 section 5.2) is refused, not read as a
+                    // header of its own.
+                    if headers.len() >= MAX_HEADERS
+                        || line.as_bytes().first().is_some_and(|b| *b == b' ' || *b == b'\t')
+                    {
                         return Err(ReadError::WrongHeader(version));
                     }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
@@ -249,6 +274,7 @@ impl ClientConnection {
             Some(self.abort.clone()),
             Some(self.pace.clone()),
         )
+        .map(|rq| rq.with_plain(self.plain.clone()))
         .map_err(|e| {
             use crate::request;
             match e {
@@ -404,6 +430,10 @@ fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadE
     let method = parts.next().and_then(|w| w.parse().ok());
     let path = parts.next().map(ToOwned::to_owned);
     let version = parts.next().and_then(|w| parse_http_version(w).ok());
+    // Outpost patch: exactly three words (upstream ignored whatever followed the version).
+    if parts.next().is_some() {
+        return Err(ReadError::WrongRequestLine);
+    }
 
     method
         .and_then(|method| Some((method, path?, version?)))
@@ -422,5 +452,6 @@ mod test {
 
         assert!(super::parse_request_line("GET /hello").is_err());
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
+        assert!(super::parse_request_line("GET /hello HTTP/1.1 x").is_err());
     }
 }

@@ -51,6 +51,16 @@ impl Connection {
         }
     }
 
+    /// Outpost patch: the descriptor (for poll(2) and send(2) in `pace.rs`).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Tcp(s) => s.as_raw_fd(),
+            #[cfg(unix)]
+            Self::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     /// Outpost patch: the socket's read timeout (`pace.rs` sets it per phase).
     pub(crate) fn set_read_timeout(&self, t: std::time::Duration) -> std::io::Result<()> {
         match self {

@@ -5,7 +5,9 @@
 //! under per-phase time limits ([`Limits`]); see PATCHES.md. Upstream's `Server` (an accept
 //! thread, a thread per connection without bound, and a queue of requests for worker threads)
 //! is gone.
-#![forbid(unsafe_code)]
+// Outpost patch: `deny`, not `forbid`, so that pace.rs may call poll(2) and send(2) (two
+// narrow `allow`s); nothing else is unsafe.
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
@@ -21,7 +23,7 @@ use util::RefinedTcpStream;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::ConnectionAbort;
-pub use pace::Limits;
+pub use pace::{Limits, RawBody};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 #[cfg(feature = "ssl-rustls")]
@@ -61,6 +63,12 @@ impl ConnectionWatch {
     /// for a first request), if it does.
     pub fn idle_since(&self) -> Option<Instant> {
         self.pace.idle_since()
+    }
+
+    /// Since when the connection waits on its client without a byte moving (for a request
+    /// that has not begun, or in the middle of one), if it does.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.pace.waiting_since()
     }
 
     /// Shuts the connection down: a blocked read or write on it returns at once.

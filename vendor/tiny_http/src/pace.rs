@@ -70,6 +70,8 @@ struct State {
     phase: Phase,
     read: Window,
     write: Window,
+    /// Since when a read or write waits on the peer without a byte moving, if one does.
+    waiting: Option<Instant>,
 }
 
 /// The phase and timers of one connection, shared by its read and write halves.
@@ -95,6 +97,7 @@ impl Pace {
                 phase: Phase::Idle(now, now + limits.head),
                 read: Window::default(),
                 write: Window::default(),
+                waiting: None,
             }),
             close: AtomicBool::new(false),
         }
@@ -123,12 +126,27 @@ impl Pace {
         st.read = Window::default();
     }
 
+    /// Reads must end within `limit` from now (draining a body before an answer).
+    pub(crate) fn deadline(&self, limit: Duration) {
+        self.lock().phase = Phase::Head(Instant::now() + limit);
+    }
+
     /// Since when the connection waits for a request that has not begun (the accept, for a
     /// first request), if it does.
     pub(crate) fn idle_since(&self) -> Option<Instant> {
         match self.lock().phase {
             Phase::Idle(since, _) => Some(since),
             _ => None,
+        }
+    }
+
+    /// Since when the connection waits on its peer without a byte moving: a request that has
+    /// not begun, or a read or write of one that is stuck.
+    pub(crate) fn waiting_since(&self) -> Option<Instant> {
+        let st = self.lock();
+        match st.phase {
+            Phase::Idle(since, _) => Some(since),
+            _ => st.waiting,
         }
     }
 
@@ -168,6 +186,11 @@ impl Pace {
             return Err(expired("time limit reached"));
         }
         Ok(left)
+    }
+
+    /// A read or write begins to wait on the peer (`Some`), or moved bytes or ended (`None`).
+    fn wait(&self, since: Option<Instant>) {
+        self.lock().waiting = since;
     }
 
     /// Counts a call in `dir` that waited `waited` and moved `n` bytes.
@@ -266,20 +289,113 @@ impl PacedStream {
         mut io: impl FnMut(&Connection) -> io::Result<T>,
         moved: impl Fn(&T) -> usize,
     ) -> io::Result<T> {
-        loop {
-            let budget = self.pace.budget(dir)?;
-            self.arm(dir, budget)?;
+        self.pace.wait(Some(Instant::now()));
+        let result = loop {
+            let budget = match self.pace.budget(dir) {
+                Ok(b) => b,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = self.arm(dir, budget) {
+                break Err(e);
+            }
             let t0 = Instant::now();
             match io(&self.conn) {
                 Ok(v) => {
                     self.pace.account(dir, t0.elapsed(), moved(&v));
-                    return Ok(v);
+                    break Ok(v);
                 }
                 Err(e) if is_timeout(&e) => self.pace.account(dir, t0.elapsed(), 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.pace.wait(None);
+        result
+    }
+}
+
+/// Outpost patch: the socket of a plain-HTTP response, for a body sent in steps that never
+/// hold data while the client is slow: `wait_room` blocks until the socket can take more
+/// (that wait counts against the minimum transfer rate like a blocked write), `send_some`
+/// writes what it takes now. The response's head must have been written and flushed first.
+pub struct RawBody(PacedStream);
+
+impl RawBody {
+    pub(crate) fn new(stream: PacedStream) -> RawBody {
+        RawBody(stream)
+    }
+
+    /// Waits until the client's socket can take more bytes, within the write window.
+    pub fn wait_room(&mut self) -> io::Result<()> {
+        let s = &mut self.0;
+        s.pace.wait(Some(Instant::now()));
+        let result = loop {
+            let budget = match s.pace.budget(Dir::Write) {
+                Ok(b) => b,
+                Err(e) => break Err(e),
+            };
+            let t0 = Instant::now();
+            match poll_out(s.conn.raw_fd(), budget) {
+                Ok(true) => break Ok(()),
+                Ok(false) => s.pace.account(Dir::Write, t0.elapsed(), 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        s.pace.wait(None);
+        result
+    }
+
+    /// Writes as much of `buf` as the socket takes without waiting; 0 if it takes nothing now.
+    pub fn send_some(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let s = &mut self.0;
+        loop {
+            match send_now(s.conn.raw_fd(), buf) {
+                Ok(n) => {
+                    s.pace.account(Dir::Write, Duration::ZERO, n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// poll(2) for `POLLOUT` on `fd` for at most `limit`; true if the socket can take bytes (or
+/// has an error or hang-up for the next write to report).
+#[allow(unsafe_code)]
+fn poll_out(fd: std::os::fd::RawFd, limit: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    // SAFETY: one pollfd, valid for the call.
+    match unsafe { libc::poll(&mut p, 1, ms) } {
+        -1 => Err(io::Error::last_os_error()),
+        n => Ok(n > 0),
+    }
+}
+
+/// send(2) without waiting (and without SIGPIPE).
+#[allow(unsafe_code)]
+fn send_now(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for its length for the call.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

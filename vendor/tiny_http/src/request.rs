@@ -78,6 +78,9 @@ pub struct Request {
     // Outpost patch: the connection's phase and timers (None for tests)
     pace: Option<Arc<Pace>>,
 
+    // Outpost patch: the socket of a plain connection (`raw_body`)
+    plain: Option<crate::pace::PacedStream>,
+
     // true if a `100 Continue` response must be sent when `as_reader()` is called
     must_send_continue: bool,
 
@@ -111,6 +114,9 @@ impl<R> Drop for NotifyOnDrop<R> {
         self.sender.send(()).unwrap();
     }
 }
+
+/// Outpost patch: how long the rest of a small unread body may take to arrive to be drained.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Error that can happen when building a `Request` object.
 #[derive(Debug)]
@@ -243,6 +249,7 @@ where
         body_length: content_length,
         unread,
         pace,
+        plain: None,
         must_send_continue: expects_continue,
         notify_when_responded: None,
         abort,
@@ -305,12 +312,27 @@ impl Request {
         } else if self.must_send_continue || (unread != u64::MAX && unread > drain) {
             p.set_close();
         } else if let Some(body) = self.data_reader.as_mut() {
+            // What is owed must come at once: a client that holds it back holds the
+            // connection for nothing, so it gets the answer and the connection closes.
+            p.deadline(DRAIN_WAIT);
             let left = io::copy(&mut body.take(drain + 1), &mut io::sink());
             if !matches!(left, Ok(n) if n <= drain) || self.unread.load(Ordering::Relaxed) != 0 {
                 p.set_close();
             }
         }
         p.closing()
+    }
+
+    pub(crate) fn with_plain(mut self, plain: Option<crate::pace::PacedStream>) -> Self {
+        self.plain = plain;
+        self
+    }
+
+    /// Outpost patch: the socket for sending the body by hand, on a plain connection (None
+    /// over TLS): write and flush the head through `into_writer` first, then the body's bytes
+    /// through the `RawBody` only.
+    pub fn raw_body(&self) -> Option<crate::pace::RawBody> {
+        self.plain.clone().map(crate::pace::RawBody::new)
     }
 
     /// Outpost patch: a handle that shuts this request's connection down, for a response that
@@ -556,6 +578,9 @@ impl<R: Read> Read for DrainOnDrop<R> {
 
 impl<R: Read> Drop for DrainOnDrop<R> {
     fn drop(&mut self) {
+        if self.pace.as_ref().is_some_and(|p| p.closing()) {
+            return; // the connection closes: nothing to keep in step
+        }
         let mut budget = self.pace.as_ref().map_or(u64::MAX, |p| p.limits().drain);
         let mut buf = [0u8; 8192];
         while !self.ended {
@@ -580,6 +605,9 @@ fn framing(
     headers: &[Header],
     version: &HTTPVersion,
 ) -> Result<(Option<u64>, bool), RequestCreationError> {
+    if headers.iter().filter(|h| h.field.equiv("Host")).count() > 1 {
+        return Err(RequestCreationError::BadFraming("more than one Host header"));
+    }
     let mut lengths = headers.iter().filter(|h| h.field.equiv("Content-Length"));
     let mut codings = headers.iter().filter(|h| h.field.equiv("Transfer-Encoding"));
     let (length, second_length) = (lengths.next(), lengths.next());

@@ -69,7 +69,7 @@ where
         // client's word; upstream allocated it), and only a little: a client declaring a large
         // body nobody reads is not waited for, its connection closes after the response.
         if let Some(p) = &self.pace {
-            if self.size > p.limits().drain {
+            if p.closing() || self.size > p.limits().drain {
                 p.set_close();
                 return;
             }

@@ -105,6 +105,15 @@ impl RefinedTcpStream {
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }
+
+    /// Outpost patch: the paced socket of a plain (not TLS) connection.
+    pub(crate) fn plain(&self) -> Option<PacedStream> {
+        match &self.stream {
+            Stream::Http(s) => Some(s.clone()),
+            #[cfg(feature = "ssl-rustls")]
+            Stream::Https(_) => None,
+        }
+    }
 }
 
 impl Read for RefinedTcpStream {
