@@ -4,3 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 tests/deps.sh
 cargo test --locked "$@"
+# The whole suite also runs the vendored tiny_http's unit tests (pace, chunked bodies).
+if [ $# -eq 0 ]; then cargo test --locked -p tiny_http --lib; fi

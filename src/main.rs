@@ -58,8 +58,8 @@ Options for serve (flags override the config file, which overrides the defaults)
   --io-timeout DURATION     bodies and responses must move at least the minimum
                             rate in every such window of waiting [default: 2m]
   --min-transfer-rate SIZE  that minimum, bytes per second [default: 1KiB]
-  --workers N               transfers given a whole chunk buffer at once; more
-                            move in 64KiB steps            [default: 16]
+  --workers N               chunk-sized buffers every transfer steps through
+                            (memory: N x chunk size)       [default: 8]
   --cache-size SIZE         database page cache           [default: 4MiB]
   --chunk-size SIZE         stored chunk size, a power of two [default: 256KiB]
   --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]

@@ -531,8 +531,24 @@ fn malformed_framing_is_refused_and_the_connection_closed() {
             "{headers:?} not closed at once"
         );
     }
-    // Nothing was created by any of them; a well-framed request still works.
+    // A chunk size another parser might read differently (`+3`, `3 `) fails the body and
+    // closes the connection: the bytes after it are never taken for a request.
     let c = reg.client();
+    for size in ["+3", "3 ", " 3", "0x3"] {
+        let loc = c.start_upload("f");
+        let mut s = raw(reg.addr);
+        write!(
+            s,
+            "PATCH {loc} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {size}\r\nabc\r\n0\r\n\r\n{smuggled}"
+        )
+        .unwrap();
+        let all = until_closed(&mut s);
+        assert!(all.starts_with("HTTP/1.1 400 "), "{size:?}: {all}");
+        assert_eq!(all.matches("HTTP/1.1 ").count(), 1, "{size:?}: {all}");
+        assert_eq!(c.get(&loc).header("Range"), Some("0-0"));
+    }
+    // Nothing was created by any of them; a well-framed request still works.
     assert_eq!(
         c.get("/v2/_catalog").json()["repositories"],
         serde_json::json!([])
@@ -630,4 +646,228 @@ fn an_upgrade_offer_is_ignored_and_the_body_framed_as_usual() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "{out:?}");
+}
+
+#[test]
+fn connections_stuck_on_their_clients_make_room() {
+    // A slowloris that keeps every connection inside a request (a head a byte now and then,
+    // a body that does not come) holds no slot another client needs.
+    let dir = TempDir::new("stuck");
+    let reg = Registry::start_with(dir.path(), &["--max-connections", "4"]);
+    let c = reg.client();
+    let sessions: Vec<_> = (0..2).map(|_| c.start_upload("stuck/app")).collect();
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = raw(reg.addr);
+            s.write_all(b"GET /v2/ HTTP/1.1\r\nHo").unwrap();
+            s
+        })
+        .collect();
+    for loc in &sessions {
+        let mut s = raw(reg.addr);
+        write!(
+            s,
+            "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123"
+        )
+        .unwrap();
+        held.push(s);
+    }
+    thread::sleep(Duration::from_millis(1500));
+    // Four newcomers, each kept open after its answer (the stuck ones, waiting longer, go
+    // before them).
+    let newcomers: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let t = Instant::now();
+            let mut s = raw(reg.addr);
+            s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let r = common::read_response(&mut BufReader::new(&s), false);
+            assert_eq!(r.status, 200);
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            s
+        })
+        .collect();
+    // Each newcomer closed one of them.
+    let mut cut = 0;
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut b = [0u8; 256];
+        let open =
+            matches!(s.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        cut += usize::from(!open);
+    }
+    assert_eq!(cut, 4);
+    drop(newcomers);
+    // A cut upload kept what arrived.
+    assert_eq!(c.get(&sessions[0]).header("Range"), Some("0-3"));
+}
+
+#[test]
+fn hostile_heads_are_bounded_and_strict() {
+    let dir = TempDir::new("heads");
+    let reg = Registry::start(dir.path());
+    let pad = "a".repeat(15_000);
+    let huge: String = (0..5).map(|i| format!("X-Pad-{i}: {pad}\r\n")).collect();
+    let smuggled = "GET /v2/_catalog HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (what, head) in [
+        // 75 KB of headers: over the 64 KiB a head may take.
+        ("huge head", format!("GET /v2/ HTTP/1.1\r\nHost: x\r\n{huge}\r\n")),
+        // A folded line is not a header of its own.
+        ("obs-fold", format!("POST /v2/f/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nX-A: b\r\n Content-Length: 5\r\n\r\nAAAAA{smuggled}")),
+        // A bare LF (another parser's line end) inside a line.
+        ("bare LF", format!("POST /v2/f/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nX: a\nContent-Length: 5\r\n\r\nAAAAA{smuggled}")),
+        ("NUL", "GET /v2/ HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n".to_owned()),
+        ("extra word", "GET /v2/ HTTP/1.1 x\r\nHost: x\r\n\r\n".to_owned()),
+        ("two hosts", "GET /v2/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_owned()),
+    ] {
+        let mut s = raw(reg.addr);
+        let _ = s.write_all(head.as_bytes());
+        let all = until_closed(&mut s);
+        assert!(all.starts_with("HTTP/1.1 400 "), "{what}: {all}");
+        assert_eq!(all.matches("HTTP/1.1 ").count(), 1, "{what}: {all}");
+    }
+    let c = reg.client();
+    assert_eq!(
+        c.get("/v2/_catalog").json()["repositories"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn manifests_arriving_at_once_share_a_bound() {
+    // Each manifest being read is held whole: a crowd of stalled 4 MiB manifests would hold
+    // gigabytes. Beyond 4 x maxManifestSize in flight, one waits a moment, then gets 503.
+    let dir = TempDir::new("manifests");
+    let reg = Registry::start_with(dir.path(), &["--max-manifest-size", "64KiB"]);
+    let put = |n: usize| {
+        format!(
+            "PUT /v2/m/app/manifests/t{n} HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 65536\r\n\r\n{{"
+        )
+    };
+    let stalled: Vec<TcpStream> = (0..4)
+        .map(|n| {
+            let mut s = raw(reg.addr);
+            s.write_all(put(n).as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let mut s = raw(reg.addr);
+    let t = Instant::now();
+    s.write_all(put(9).as_bytes()).unwrap();
+    let r = common::read_response(&mut BufReader::new(&s), false);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    drop(stalled);
+    // Room again once they are gone.
+    let m = common::push_image(&reg.client(), "m/app", 5, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reg
+        .client()
+        .put_manifest("m/app", "ok", common::OCI_MANIFEST, &m)
+        .status
+        != 201
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no room after the stalled manifests went"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_stopping_registry_refuses_new_connections_at_once() {
+    let dir = TempDir::new("stopping");
+    let mut reg = Registry::start(dir.path());
+    let c = reg.client();
+    // An upload in progress keeps the registry in its grace period.
+    let loc = c.start_upload("stop/app");
+    let mut busy = raw(reg.addr);
+    write!(
+        busy,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+    )
+    .unwrap();
+    let feeding = Arc::new(AtomicBool::new(true));
+    let feeder = {
+        let (feeding, mut busy) = (feeding.clone(), busy.try_clone().unwrap());
+        thread::spawn(move || {
+            while feeding.load(Ordering::Relaxed) && busy.write_all(&[1u8; 65536]).is_ok() {
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    common::signal(reg.child.id(), "TERM");
+    reg.log_with("finishing in-flight requests");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match TcpStream::connect(reg.addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {
+                assert!(Instant::now() < deadline, "new connections still accepted");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    feeding.store(false, Ordering::Relaxed);
+    feeder.join().unwrap();
+    drop(busy);
+    let st = common::wait_timeout(&mut reg.child, Duration::from_secs(30)).expect("stopped");
+    assert!(st.success());
+}
+
+#[test]
+fn a_full_tls_port_closes_new_connections_without_plain_bytes() {
+    let tmp = TempDir::new("tls-full");
+    let t = tmp.path();
+    let tls = t.join("tls");
+    let out = common::outpost_stdin(
+        &[
+            "tls",
+            "self-signed",
+            "--host",
+            "127.0.0.1",
+            "--out",
+            tls.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let cfg = t.join("outpost.json");
+    let config = serde_json::json!({"tls": {"certFile": tls.join("outpost.crt"), "keyFile": tls.join("outpost.key")}});
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let reg = Registry::start_with(
+        &t.join("data"),
+        &["--config", cfg.to_str().unwrap(), "--max-connections", "1"],
+    );
+    // The one connection busy with an upload that keeps moving (at 200 KB/s).
+    let body = t.join("body");
+    std::fs::write(&body, bytes(4, 4 << 20)).unwrap();
+    let digest = common::sha256(&bytes(4, 4 << 20));
+    let mut upload = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(tls.join("outpost.crt"))
+        .args(["--limit-rate", "200K", "-X", "POST", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!(
+            "https://{}/v2/t/app/blobs/uploads/?digest={digest}",
+            reg.addr
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    // A newcomer is closed: no plain-text 503 garbling its handshake.
+    let mut s = raw(reg.addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    let _ = upload.kill();
+    let _ = upload.wait();
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use crate::pace::Pace;
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
 
 /// Represents an HTTP request made by a client.
 ///
@@ -224,7 +223,7 @@ where
         // over the message (RFC2616 #3.6)
         unread.store(u64::MAX, Ordering::Relaxed);
         Box::new(FusedReader::new(DrainOnDrop {
-            inner: Decoder::new(source_data),
+            inner: crate::util::ChunkedDecoder::new(source_data),
             ended: false,
             unread: unread.clone(),
             pace: pace.clone(),
@@ -567,7 +566,12 @@ impl<R: Read> Read for DrainOnDrop<R> {
         if self.ended {
             return Ok(0);
         }
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| {
+            // Malformed or cut short: where the next request would start is unknown.
+            if let Some(p) = &self.pace {
+                p.set_close();
+            }
+        })?;
         self.ended = n == 0 && !buf.is_empty();
         if self.ended {
             self.unread.store(0, Ordering::Relaxed);

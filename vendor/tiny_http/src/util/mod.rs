@@ -1,3 +1,4 @@
+pub use self::chunked::ChunkedDecoder;
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
@@ -7,6 +8,7 @@ pub use self::sequential::{SequentialWriter, SequentialWriterBuilder};
 
 use std::str::FromStr;
 
+mod chunked;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
