@@ -6,8 +6,9 @@
 //!
 //! Moving a step into or out of the store takes scratch memory of a chunk's size inside the
 //! store (a page read, a sealed copy; a sealed chunk opened whole for a small step) for a
-//! moment: at most `workers` steps move at once, so a fleet starting 200 downloads in the same
-//! instant does not hold 200 chunks of it.
+//! moment: at most `workers` steps move at once (and no more than there are cores: a store
+//! call is work for a core), so a fleet starting 200 downloads in the same instant does not
+//! hold 200 chunks of it.
 
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -30,8 +31,10 @@ pub const SMALL: usize = (64 << 10) - crate::storage::CHUNK_ROW_OVERHEAD;
 pub struct Buffers {
     /// Bytes of a chunk-sized buffer (the store's chunk payload).
     size: usize,
-    /// Chunk-sized buffers that may be lent at once; steps that may move at once.
+    /// Chunk-sized buffers that may be lent at once.
     max: usize,
+    /// Steps that may move at once: store calls are work for a core, so no more than cores.
+    steps: usize,
     state: Mutex<State>,
     /// Signalled when a chunk-sized buffer comes back, a step ends, a body's room is let go.
     chunk_back: Condvar,
@@ -120,6 +123,10 @@ impl Buffers {
             size,
             bodies,
             max: max.max(1),
+            steps: max.clamp(
+                1,
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             state: Mutex::new(State {
                 lent: 0,
                 spare: Vec::new(),
@@ -141,7 +148,7 @@ impl Buffers {
     /// writes a chunk); hold it for that call only, never while waiting on a client.
     pub fn step(&self) -> Step<'_> {
         let mut st = self.lock();
-        while st.moving >= self.max {
+        while st.moving >= self.steps {
             st = self.step_done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st.moving += 1;
@@ -376,19 +383,15 @@ mod tests {
 
     #[test]
     fn steps_wait_for_each_other() {
-        let b = std::sync::Arc::new(Buffers::new(4096, 2, 0));
-        let (one, two) = (b.step(), b.step());
+        let b = std::sync::Arc::new(Buffers::new(4096, 64, 0));
+        let under_way: Vec<_> = (0..b.steps).map(|_| b.step()).collect();
         let b2 = b.clone();
-        let third = std::thread::spawn(move || {
+        let next = std::thread::spawn(move || {
             let _s = b2.step();
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(
-            !third.is_finished(),
-            "a third step moved with two under way"
-        );
-        drop(one);
-        third.join().unwrap();
-        drop(two);
+        assert!(!next.is_finished(), "a step moved with all under way");
+        drop(under_way);
+        next.join().unwrap();
     }
 }

@@ -570,10 +570,11 @@ fn send_paced<'a>(
 }
 
 /// Sends `[at, end)` of a plaintext blob to the socket by hand, the first step's bytes in
-/// `first` already. The socket is waited for with no buffer held; then a step is read into
-/// one of the budget's chunk-sized buffers and the socket takes what it can at once, and the
-/// buffer goes back (what it did not take is read again next time, from redb's page cache).
-/// So a slow client holds no buffer at all, and a few buffers serve every download.
+/// `first` already. A step is read into one of the budget's chunk-sized buffers and the socket
+/// takes what it can at once; when it is full, the buffer is kept for a moment (`HOLD`: a
+/// client that keeps up drains it by then) and then given back, and the socket is waited for
+/// with no buffer held (what it did not take is read again, from redb's page cache, when it
+/// can take more). So a slow client holds no buffer, and a few buffers serve every download.
 fn send_raw(
     app: &App,
     mut raw: tiny_http::RawBody,
@@ -582,25 +583,31 @@ fn send_raw(
     at: &mut u64,
     end: u64,
 ) -> std::result::Result<(), Stop> {
-    let mut first = Some(first);
+    const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
+    let (mut lease, mut sent) = (Some(first), 0);
     while *at < end {
         if app.stopping() {
             return Err(Stop::Client(std::io::Error::other("shutting down")));
         }
-        raw.wait_room().map_err(Stop::Client)?;
-        let lease = match first.take() {
+        let step = match &mut lease {
             Some(l) => l,
             None => {
+                raw.wait_room(None).map_err(Stop::Client)?;
                 let mut l = app.buffers.take_brief();
                 let step = (l.step as u64).min(end - *at);
                 read_step(app, (blob, &mut *hint), *at, step, &mut l.buf).map_err(Stop::Store)?;
                 if l.buf.is_empty() {
                     break;
                 }
-                l
+                sent = 0;
+                lease.insert(l)
             }
         };
-        *at += raw.send_some(&lease.buf).map_err(Stop::Client)? as u64;
+        let n = raw.send_some(&step.buf[sent..]).map_err(Stop::Client)?;
+        (sent, *at) = (sent + n, *at + n as u64);
+        if sent == step.buf.len() || !raw.wait_room(Some(HOLD)).map_err(Stop::Client)? {
+            lease = None;
+        }
     }
     Ok(())
 }

@@ -325,18 +325,26 @@ impl RawBody {
         RawBody(stream)
     }
 
-    /// Waits until the client's socket can take more bytes, within the write window.
-    pub fn wait_room(&mut self) -> io::Result<()> {
+    /// Waits until the client's socket can take more bytes, within the write window, for at
+    /// most `limit` if given; false if `limit` passed first.
+    pub fn wait_room(&mut self, limit: Option<Duration>) -> io::Result<bool> {
         let s = &mut self.0;
+        let until = limit.map(|l| Instant::now() + l);
         s.pace.wait(Some(Instant::now()));
         let result = loop {
-            let budget = match s.pace.budget(Dir::Write) {
+            let mut budget = match s.pace.budget(Dir::Write) {
                 Ok(b) => b,
                 Err(e) => break Err(e),
             };
+            if let Some(until) = until {
+                match until.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => budget = budget.min(left),
+                    _ => break Ok(false),
+                }
+            }
             let t0 = Instant::now();
             match poll_out(s.conn.raw_fd(), budget) {
-                Ok(true) => break Ok(()),
+                Ok(true) => break Ok(true),
                 Ok(false) => s.pace.account(Dir::Write, t0.elapsed(), 0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break Err(e),
