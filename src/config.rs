@@ -23,9 +23,8 @@ pub struct Config {
     pub max_manifest_size: usize,
     /// Upload sessions idle longer than this are cancelled and their data dropped.
     pub upload_ttl: Duration,
-    /// The window of the minimum transfer rate; also how long pull-through waiters wait.
-    pub io_timeout: Duration,
-    /// `maxConnections`, `headerTimeout`, `idleTimeout`, `ioTimeout`, `minTransferRate`.
+    /// `maxConnections`, `headerTimeout`, `idleTimeout`, `ioTimeout` (the window of the
+    /// minimum transfer rate; also how long pull-through waiters wait), `minTransferRate`.
     pub connections: crate::net::Limits,
     /// Upload data is refused (507) while less than this would stay free on the disk, so
     /// that manifests, deletes and the database's own commits always have room.
@@ -469,7 +468,6 @@ impl Default for Config {
             max_manifest_size: 4 << 20,
             upload_ttl: Duration::from_secs(24 * 3600),
             min_free_space: 64 << 20,
-            io_timeout: crate::net::Limits::default().phases.window,
             connections: crate::net::Limits::default(),
             blob_mounting: true,
             automatic_mount: true,
@@ -683,16 +681,20 @@ impl Overrides {
         };
         let size =
             |v: Option<Size>, default: usize, what: &str| v.map_or(Ok(default), |s| s.bytes(what));
+        // Connection timeouts: 1 s to a day (a day is as good as never, and stays far from
+        // the end of the clock).
         let duration = |v: Option<String>, default: Duration, what: &str| match v {
             None => Ok(default),
             Some(t) => match parse_duration(&t) {
-                Ok(d) if d.is_zero() => Err(format!("{what}: must be longer than 0s")),
+                Ok(d) if d.is_zero() || d > Duration::from_secs(86400) => {
+                    Err(format!("{what}: {t:?} is out of range (1s to 1d)"))
+                }
                 Ok(d) => Ok(d),
                 Err(e) => Err(format!("{what}: {e}")),
             },
         };
-        let io_timeout = duration(self.io_timeout, d.io_timeout, "ioTimeout")?;
         let dc = d.connections;
+        let io_timeout = duration(self.io_timeout, dc.phases.window, "ioTimeout")?;
         let connections = crate::net::Limits {
             max_connections: self.max_connections.unwrap_or(dc.max_connections),
             phases: tiny_http::Limits {
@@ -707,7 +709,7 @@ impl Overrides {
                         as u64,
                     Some(Size::Bytes(n)) => n,
                 },
-                drain: crate::net::DRAIN_LIMIT,
+                drain: dc.phases.drain,
             },
         };
         let c = Config {
@@ -722,7 +724,6 @@ impl Overrides {
                 "maxManifestSize",
             )?,
             min_free_space: size(self.min_free_space, d.min_free_space, "minFreeSpace")?,
-            io_timeout,
             connections,
             upload_ttl: match self.upload_ttl {
                 None => d.upload_ttl,
@@ -969,5 +970,43 @@ mod tests {
         }
         .resolve()
         .is_err());
+    }
+
+    #[test]
+    fn connection_limits() {
+        let limits = |json: &str| {
+            serde_json::from_str::<Overrides>(json)
+                .unwrap()
+                .resolve()
+                .map(|c| c.connections)
+        };
+        let d = limits("{}").unwrap();
+        assert_eq!(d.max_connections, 256);
+        assert_eq!(d.phases, tiny_http::Limits::default());
+        let c = limits(
+            r#"{"maxConnections": 800, "headerTimeout": "5s", "idleTimeout": "2m",
+                "ioTimeout": "30s", "minTransferRate": "2KiB/s"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_connections, 800);
+        assert_eq!(c.phases.head, Duration::from_secs(5));
+        assert_eq!(c.phases.idle, Duration::from_secs(120));
+        assert_eq!(c.phases.window, Duration::from_secs(30));
+        assert_eq!(c.phases.min_rate, 2048);
+        assert_eq!(
+            limits(r#"{"minTransferRate": 0}"#).unwrap().phases.min_rate,
+            0
+        );
+        for (bad, says) in [
+            (r#"{"maxConnections": 0}"#, "maxConnections"),
+            (r#"{"maxConnections": 100000}"#, "maxConnections"),
+            (r#"{"headerTimeout": "0s"}"#, "headerTimeout"),
+            (r#"{"idleTimeout": "2d"}"#, "idleTimeout"),
+            (r#"{"ioTimeout": "99999999999999999s"}"#, "ioTimeout"),
+            (r#"{"minTransferRate": "fast"}"#, "minTransferRate"),
+        ] {
+            let e = limits(bad).unwrap_err();
+            assert!(e.starts_with(says), "{bad}: {e}");
+        }
     }
 }

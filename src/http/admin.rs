@@ -21,7 +21,7 @@ pub fn settings(app: &App) -> Result<Reply> {
 
 /// `PATCH /admin/settings` with a JSON merge patch, e.g. `{"blobMounting": "disabled"}`.
 pub fn settings_patch(app: &App, req: &mut Request) -> Result<Reply> {
-    let body = read_small_body(req, MAX_PATCH, "settings patch", Code::Unsupported)?;
+    let body = read_small_body(req, MAX_PATCH, ("settings patch", Code::Unsupported), None)?;
     let patch: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(400, Code::Unsupported, format!("body is not JSON: {e}")))?;
     match app.settings.apply(&app.store, &patch) {
@@ -82,7 +82,7 @@ pub fn keys(app: &App) -> Result<Reply> {
 /// `PUT /admin/repositories/<name>` with `{"key": K, "algorithm": A}` (both optional; no key:
 /// plaintext): creates the repository with that key. 201, or 409 if it exists.
 pub fn repo_create(app: &App, req: &mut Request, name: &str) -> Result<Reply> {
-    let body = read_small_body(req, MAX_PATCH, "repository", Code::Unsupported)?;
+    let body = read_small_body(req, MAX_PATCH, ("repository", Code::Unsupported), None)?;
     let spec: serde_json::Value = if body.is_empty() {
         serde_json::json!({})
     } else {
@@ -184,7 +184,7 @@ pub fn users(app: &App) -> Result<Reply> {
 /// `POST /admin/users/NAME` (`create`) or `PUT` (new password), body `{"password": "..."}`;
 /// the password is hashed here and never logged.
 pub fn user_put(app: &App, req: &mut Request, name: &str, create: bool) -> Result<Reply> {
-    let body = read_small_body(req, MAX_USER_BODY, "user", Code::Unsupported)?;
+    let body = read_small_body(req, MAX_USER_BODY, ("user", Code::Unsupported), None)?;
     let password = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v["password"].as_str().map(str::to_owned))

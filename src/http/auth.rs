@@ -360,7 +360,7 @@ impl Gate {
     fn token(&self, store: &Store, req: &mut Request, query: &Query) -> Result<Reply> {
         let post = *req.method() == Method::Post;
         let (user, scopes): (Option<String>, Vec<String>) = if post {
-            let body = read_small_body(req, 16 << 10, "token request", Code::Unsupported)?;
+            let body = read_small_body(req, 16 << 10, ("token request", Code::Unsupported), None)?;
             let form = Query::parse(&format!("?{}", String::from_utf8_lossy(&body)))?;
             match form.get("grant_type") {
                 Some("password") => {}

@@ -130,10 +130,13 @@ pub fn get_cached(
         Err(StoreError::BlobUnknown | StoreError::RepoUnknown) => {}
         Err(e) => return Err(e.into()),
     }
-    match app
-        .cache
-        .blob(&app.store, route, name, &d, app.config.io_timeout)
-    {
+    match app.cache.blob(
+        &app.store,
+        route,
+        name,
+        &d,
+        app.config.connections.phases.window,
+    ) {
         Ok(None) => get(app, req, name, digest),
         Ok(Some(relay)) => Ok(Reply {
             status: 200,

@@ -29,17 +29,13 @@ pub fn put(
     query: &Query,
 ) -> Result<Reply> {
     let reference = Reference::parse(reference)?;
-    let max = app.config.max_manifest_size;
-    let expected = req.body_length().map_or(max as u64, |n| n.min(max as u64));
-    let _room = app.buffers.body_room(expected).ok_or_else(|| {
-        ApiError::new(
-            503,
-            Code::Unavailable,
-            "too many large manifests are arriving at once: retry in a moment",
-        )
-        .header("Retry-After", "1".to_owned())
-    })?;
-    let body = read_small_body(req, max, "manifest", Code::ManifestInvalid)?;
+    let mut room = app.buffers.body_room();
+    let body = read_small_body(
+        req,
+        app.config.max_manifest_size,
+        ("manifest", Code::ManifestInvalid),
+        Some(&mut room),
+    )?;
     let digest = match &reference {
         Reference::Digest(d) => {
             let mut h = Hasher::new(d.algorithm());

@@ -8,6 +8,7 @@ mod errors;
 mod manifests;
 mod routes;
 mod stats;
+mod stream;
 mod tags;
 mod uploads;
 
@@ -17,13 +18,11 @@ pub use routes::percent_encode;
 
 use crate::config::Config;
 use crate::settings::Settings;
-use crate::storage::{BlobInfo, ChunkHint, Store, StoreError};
-use buffers::{Lease, Pacer};
+use crate::storage::{BlobInfo, Store};
 use errors::{ApiError, Code};
 use routes::{Query, Route};
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::{Header, Method, Request, Response};
 
@@ -78,7 +77,8 @@ impl App {
     }
 }
 
-/// Manifests of the largest size that may be arriving at once (smaller ones share the room).
+/// Manifests of the largest size that may be arriving at once (smaller ones share the room:
+/// each holds what it has received).
 const MANIFESTS_AT_ONCE: u64 = 4;
 
 /// A successful answer.
@@ -244,9 +244,17 @@ fn header<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
 }
 
 /// Reads a small request body of at most `max` bytes: `Err(413 SIZE_INVALID)` beyond it
-/// (checked against Content-Length first), a read failure as `code`.
-fn read_small_body(req: &mut Request, max: usize, what: &str, code: Code) -> Result<Vec<u8>> {
+/// (checked against Content-Length first), a read failure as `code`. With `room`, the bytes
+/// are held under the budget for bodies read whole, as they arrive (`Err(503)` if there is no
+/// room for them).
+fn read_small_body(
+    req: &mut Request,
+    max: usize,
+    (what, code): (&str, Code),
+    mut room: Option<&mut buffers::BodyRoom<'_>>,
+) -> Result<Vec<u8>> {
     use std::io::Read;
+    const PIECE: usize = 64 << 10;
     let too_big = || {
         ApiError::new(
             413,
@@ -257,15 +265,32 @@ fn read_small_body(req: &mut Request, max: usize, what: &str, code: Code) -> Res
     if req.body_length().is_some_and(|n| n > max as u64) {
         return Err(too_big());
     }
-    let mut body = Vec::with_capacity(req.body_length().map_or(0, |n| n as usize + 1));
-    req.as_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::new(400, code, format!("reading {what}: {e}")))?;
-    if body.len() > max {
-        return Err(too_big());
+    let mut body = Vec::new();
+    let reader = req.as_reader();
+    loop {
+        // One more byte than allowed tells a body over the limit.
+        let piece = PIECE.min(max + 1 - body.len()) as u64;
+        if let Some(room) = room.as_deref_mut() {
+            if !room.grow(piece) {
+                return Err(ApiError::new(
+                    503,
+                    Code::Unavailable,
+                    format!("too many large {what}s are arriving at once: retry in a moment"),
+                )
+                .header("Retry-After", "1".to_owned()));
+            }
+        }
+        let n = reader
+            .take(piece)
+            .read_to_end(&mut body)
+            .map_err(|e| ApiError::new(400, code, format!("reading {what}: {e}")))?;
+        if body.len() > max {
+            return Err(too_big());
+        }
+        if (n as u64) < piece {
+            return Ok(body);
+        }
     }
-    Ok(body)
 }
 
 /// True if the request carries a body (declared length > 0 or chunked).
@@ -283,7 +308,7 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
     headers.push(("Docker-Distribution-API-Version", "registry/2.0".to_owned()));
     match body {
         Body::Blob { blob, start, len } => {
-            match stream_blob(app, req, status, &headers, blob, start, len) {
+            match stream::blob(app, req, status, &headers, (blob, start, len)) {
                 Ok(()) => status,
                 // Failed before anything was sent: still time for a proper error.
                 Err(failed) => {
@@ -292,7 +317,7 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
                 }
             }
         }
-        Body::Relay(relay) => relay_blob(app, req, status, &headers, relay),
+        Body::Relay(relay) => stream::relay(app, req, status, &headers, relay),
         Body::Empty => send_bytes(req, status, headers, Vec::new()),
         Body::Bytes(data) => send_bytes(req, status, headers, data),
     }
@@ -314,377 +339,6 @@ fn send_bytes(
     }
     if let Err(e) = req.respond(response) {
         log::debug!("response not delivered: {e}");
-    }
-    status
-}
-
-/// Why a blob transfer stopped early: the client's connection, or the store; or why it does
-/// not read ahead.
-enum Stop {
-    Client(std::io::Error),
-    Store(StoreError),
-    NoHelper,
-}
-
-/// Reads up to `max` bytes of `blob` from `at` into `buf`: one store call, as one of the steps
-/// the buffer budget lets move at once.
-fn read_step(
-    app: &App,
-    (blob, hint): (BlobInfo, &mut ChunkHint),
-    at: u64,
-    max: u64,
-    buf: &mut Vec<u8>,
-) -> std::result::Result<(), StoreError> {
-    let mut step = app.buffers.step();
-    if blob.domain == 0 || buf.capacity() > app.store.chunk_payload() {
-        return app.store.read_blob_on(blob, at, max as usize, buf, hint);
-    }
-    // A sealed chunk opens whole: a small step opens it in the step's scratch and keeps its
-    // part, so that the small buffer stays small.
-    let scratch = step.scratch();
-    app.store
-        .read_blob_on(blob, at, max as usize, scratch, hint)?;
-    buf.clear();
-    buf.extend_from_slice(scratch);
-    Ok(())
-}
-
-/// Reads `blob` from `from` to `end` in `step`-byte pieces into the buffers of `spare` (the
-/// two it starts with, then each the receiver gives back) and sends them down `full`; stops at
-/// the first error (sent too), when the receiver goes, or when the registry is stopping.
-fn read_ahead(
-    app: &App,
-    (blob, mut hint): (BlobInfo, ChunkHint),
-    from: u64,
-    end: u64,
-    step: u64,
-    full: &mpsc::SyncSender<Result<Vec<u8>, StoreError>>,
-    spare: &mpsc::Receiver<Vec<u8>>,
-) {
-    let mut at = from;
-    while at < end && !app.stopping() {
-        let Ok(mut buf) = spare.recv() else {
-            return;
-        };
-        match read_step(app, (blob, &mut hint), at, step.min(end - at), &mut buf) {
-            Ok(()) if buf.is_empty() => return,
-            Ok(()) => {
-                at += buf.len() as u64;
-                if full.send(Ok(buf)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = full.send(Err(e));
-                return;
-            }
-        }
-    }
-}
-
-/// The status line and headers of a blob response of `len` bytes, written by hand because
-/// the body goes straight onto the connection; `closes`: the connection ends after it.
-fn response_head(
-    status: u16,
-    len: u64,
-    headers: &[(&'static str, String)],
-    closes: bool,
-) -> String {
-    let reason = match status {
-        200 => "OK",
-        206 => "Partial Content",
-        _ => "",
-    };
-    let mut head =
-        format!("HTTP/1.1 {status} {reason}\r\nServer: outpost\r\nContent-Length: {len}\r\n");
-    if closes {
-        head.push_str("Connection: close\r\n");
-    }
-    for (name, value) in headers {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    head
-}
-
-/// Streams a blob straight onto the connection: header, then one store read and one socket
-/// write per step (tiny_http's own body copy goes 8 KiB at a time). A step is a chunk while
-/// the client keeps up and a chunk-sized buffer is free, else `buffers::SMALL` bytes (see
-/// `buffers::Pacer`). The first step is read before the header is written, so a store
-/// failure there is still answered properly (`Err`); a failure after that shuts the
-/// connection down, so the client sees a truncated transfer rather than waiting for bytes
-/// that will never come.
-fn stream_blob(
-    app: &App,
-    mut req: Request,
-    status: u16,
-    headers: &[(&'static str, String)],
-    blob: BlobInfo,
-    start: u64,
-    len: u64,
-) -> std::result::Result<(), Box<(Request, ApiError)>> {
-    let head_only = *req.method() == Method::Head;
-    let sealed = blob.domain != 0;
-    let mut pacer = app.buffers.pacer();
-    let mut lease = pacer.lease();
-    let mut hint = ChunkHint::default();
-    let end = start + len;
-    if !head_only && len > 0 {
-        let step = (lease.step as u64).min(len);
-        if let Err(e) = read_step(app, (blob, &mut hint), start, step, &mut lease.buf) {
-            return Err(Box::new((req, ApiError::from(e))));
-        }
-    }
-    let head = response_head(status, len, headers, req.closes_connection());
-    let abort = req.abort_handle();
-    let url = req.url().to_owned();
-    // Plaintext over plain HTTP: the body goes to the socket by hand (see `send_raw`).
-    let raw = if sealed { None } else { req.raw_body() };
-    let mut w = req.into_writer();
-    let mut at = start;
-    let result = (|| -> std::io::Result<()> {
-        w.write_all(head.as_bytes())?;
-        if head_only || len == 0 {
-            return w.flush();
-        }
-        if lease.buf.is_empty() {
-            return Err(std::io::Error::other("blob ended early"));
-        }
-        let failed = match raw {
-            Some(raw) => {
-                w.flush()?;
-                send_raw(app, raw, (blob, &mut hint), lease, &mut at, end)
-            }
-            None => send_paced(
-                app,
-                &mut w,
-                (&mut pacer, lease),
-                (blob, &mut hint),
-                &mut at,
-                end,
-            ),
-        };
-        match failed {
-            Ok(()) if at >= end => w.flush(),
-            Ok(()) => Err(std::io::Error::other("blob ended early")),
-            Err(Stop::Client(e)) => Err(e),
-            Err(Stop::Store(StoreError::Integrity(m))) => {
-                // Headers are out: the connection is cut, and the bad chunk unsent.
-                log::error!("integrity error serving {url}: {m}");
-                Err(std::io::Error::other(format!(
-                    "integrity check failed: {m}"
-                )))
-            }
-            Err(Stop::Store(e)) => Err(std::io::Error::other(e)),
-            Err(Stop::NoHelper) => unreachable!("handled above"),
-        }
-    })();
-    if let Err(e) = result {
-        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-        if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) {
-            log::debug!("client left blob {} at byte {at} of {end}", blob.id);
-        } else {
-            log::warn!("blob {} cut short at byte {at} of {end}: {e}", blob.id);
-        }
-        if let Some(a) = abort {
-            a.abort();
-        }
-    }
-    Ok(())
-}
-
-/// Sends `[at, end)` of a blob through the response writer, the first step's bytes in
-/// `lease` already: each step in a buffer from `pacer`; sealed blobs for a client that keeps
-/// up are read and opened ahead on a helper thread.
-fn send_paced<'a>(
-    app: &'a App,
-    w: &mut impl Write,
-    (pacer, lease): (&mut Pacer<'a>, Lease<'a>),
-    (blob, hint): (BlobInfo, &mut ChunkHint),
-    at: &mut u64,
-    end: u64,
-) -> std::result::Result<(), Stop> {
-    let sealed = blob.domain != 0;
-    send_step(w, pacer, lease, at).map_err(Stop::Client)?;
-    // Sealed, for a client that keeps up: the rest is read and opened on a helper thread
-    // while this one writes (opening a chunk costs about as much CPU as sending it), when
-    // two more chunk-sized buffers are free and a thread can be had.
-    let ahead = match (
-        sealed && *at < end && pacer.fast(),
-        app.buffers.take_chunk(),
-    ) {
-        (true, Some(one)) => app.buffers.take_chunk().map(|two| [one, two]),
-        _ => None,
-    };
-    let step = app.store.chunk_payload() as u64;
-    let failed = match ahead {
-        Some(mut spares) => std::thread::scope(|scope| {
-            let (full, filled) = mpsc::sync_channel::<Result<Vec<u8>, StoreError>>(1);
-            let (give_back, spare) = mpsc::channel::<Vec<u8>>();
-            for l in &mut spares {
-                let _ = give_back.send(std::mem::take(&mut l.buf));
-            }
-            let (from, h) = (*at, *hint);
-            let helper = std::thread::Builder::new()
-                .name("read-ahead".into())
-                .stack_size(256 << 10)
-                .spawn_scoped(scope, move || {
-                    read_ahead(app, (blob, h), from, end, step, &full, &spare)
-                });
-            if helper.is_err() {
-                return Err(Stop::NoHelper);
-            }
-            for chunk in filled {
-                let chunk = chunk.map_err(Stop::Store)?;
-                w.write_all(&chunk).map_err(Stop::Client)?;
-                *at += chunk.len() as u64;
-                let _ = give_back.send(chunk);
-            }
-            Ok(())
-        }),
-        None => Err(Stop::NoHelper),
-    };
-    match failed {
-        // One thread: read a step, write it.
-        Err(Stop::NoHelper) => {
-            while *at < end {
-                if app.stopping() {
-                    return Err(Stop::Client(std::io::Error::other("shutting down")));
-                }
-                let mut lease = pacer.lease();
-                let step = (lease.step as u64).min(end - *at);
-                read_step(app, (blob, &mut *hint), *at, step, &mut lease.buf)
-                    .map_err(Stop::Store)?;
-                if lease.buf.is_empty() {
-                    break;
-                }
-                send_step(w, pacer, lease, at).map_err(Stop::Client)?;
-            }
-            Ok(())
-        }
-        other => other,
-    }
-}
-
-/// Sends `[at, end)` of a plaintext blob to the socket by hand, the first step's bytes in
-/// `first` already. A step is read into one of the budget's chunk-sized buffers and the socket
-/// takes what it can at once; when it is full, the buffer is kept for a moment (`HOLD`: a
-/// client that keeps up drains it by then) and then given back, and the socket is waited for
-/// with no buffer held (what it did not take is read again, from redb's page cache, when it
-/// can take more). So a slow client holds no buffer, and a few buffers serve every download.
-fn send_raw(
-    app: &App,
-    mut raw: tiny_http::RawBody,
-    (blob, hint): (BlobInfo, &mut ChunkHint),
-    first: Lease<'_>,
-    at: &mut u64,
-    end: u64,
-) -> std::result::Result<(), Stop> {
-    const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
-    let (mut lease, mut sent) = (Some(first), 0);
-    while *at < end {
-        if app.stopping() {
-            return Err(Stop::Client(std::io::Error::other("shutting down")));
-        }
-        let step = match &mut lease {
-            Some(l) => l,
-            None => {
-                raw.wait_room(None).map_err(Stop::Client)?;
-                let mut l = app.buffers.take_brief();
-                let step = (l.step as u64).min(end - *at);
-                read_step(app, (blob, &mut *hint), *at, step, &mut l.buf).map_err(Stop::Store)?;
-                if l.buf.is_empty() {
-                    break;
-                }
-                sent = 0;
-                lease.insert(l)
-            }
-        };
-        let n = raw.send_some(&step.buf[sent..]).map_err(Stop::Client)?;
-        (sent, *at) = (sent + n, *at + n as u64);
-        if sent == step.buf.len() || !raw.wait_room(Some(HOLD)).map_err(Stop::Client)? {
-            lease = None;
-        }
-    }
-    Ok(())
-}
-
-/// Writes one step of a blob to the client (`at` moves on); the pacer learns how fast the
-/// client took it.
-fn send_step<'a>(
-    w: &mut impl Write,
-    pacer: &mut Pacer<'a>,
-    lease: Lease<'a>,
-    at: &mut u64,
-) -> std::io::Result<()> {
-    let t = Instant::now();
-    w.write_all(&lease.buf)?;
-    let n = lease.buf.len();
-    *at += n as u64;
-    pacer.done(lease, n, t.elapsed());
-    Ok(())
-}
-
-/// Sends a blob as it arrives from a pull-through cache's upstream, storing each piece
-/// before passing it on. If the client goes, the fetch still completes into the store
-/// (other clients may be waiting for it); the blob is committed only if its digest verifies.
-fn relay_blob(
-    app: &App,
-    mut req: Request,
-    status: u16,
-    headers: &[(&'static str, String)],
-    mut relay: crate::mirror::cache::Relay,
-) -> u16 {
-    let head_only = *req.method() == Method::Head;
-    let size = relay.size;
-    let head = response_head(status, size, headers, req.closes_connection());
-    let abort = req.abort_handle();
-    let mut w = Some(req.into_writer());
-    let mut client = |bytes: &[u8]| {
-        if let Some(out) = &mut w {
-            if out.write_all(bytes).is_err() {
-                w = None;
-            }
-        }
-    };
-    client(head.as_bytes());
-    let mut hasher = crate::digest::Hasher::new(relay.digest.algorithm());
-    let mut at = 0u64;
-    let mut lease = app.buffers.take();
-    let buf = &mut lease.buf;
-    buf.resize(lease.step, 0);
-    let result = loop {
-        if app.stopping() {
-            break Err("shutting down".to_owned());
-        }
-        match relay.next(&app.store, at, &mut hasher, buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if !head_only {
-                    client(&buf[..n]);
-                }
-                at += n as u64;
-            }
-            Err(e) => break Err(e.to_string()),
-        }
-    };
-    let digest = relay.digest.clone();
-    let outcome = result.and_then(|()| relay.finish(&app.store, at, hasher));
-    match outcome {
-        Ok(()) => {
-            if let Some(out) = &mut w {
-                let _ = out.flush();
-            }
-        }
-        Err(e) => {
-            log::warn!("pull-through of blob {digest}: {e}");
-            if let Some(a) = abort {
-                a.abort();
-            }
-        }
     }
     status
 }

@@ -255,9 +255,9 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
             let (n, eof, err) = fill(reader, buf);
             let took = t.elapsed();
             if n > 0 {
-                let step = app.buffers.step();
+                let turn = app.buffers.turn(super::buffers::Way::Write);
                 let appended = app.store.upload_append(name, id, at, &buf[..n]);
-                drop(step);
+                drop(turn);
                 match appended {
                     Ok(end) => {
                         if let Some(h) = hasher.as_mut() {

@@ -18,8 +18,10 @@ const TICK: Duration = Duration::from_millis(500);
 /// A refused connection is read and dropped for this long before it is closed, so the client
 /// reads the 503 instead of a reset.
 const LINGER: Duration = Duration::from_secs(2);
-/// Refused connections lingering at once; more are closed at once.
+/// Refused connections lingering at once (held, and handed over but not yet taken); more are
+/// closed at once.
 const MAX_LINGERING: usize = 256;
+const MAX_HANDED: usize = 64;
 
 /// A listening socket of either kind.
 pub enum Listening {
@@ -163,12 +165,11 @@ pub fn accept_loop(
         match pool.admit(conn) {
             Admission::Served => backoff.reset(),
             Admission::Full(conn) => {
-                let load = pool.load();
                 FULL.warn(|| {
                     format!(
-                        "{} connections are open (maxConnections), none idle: new ones get 503 \
-                         until some end",
-                        load.busy
+                        "{} connections are open (maxConnections), none idle or behind: new \
+                         ones are refused until some end",
+                        pool.load().busy
                     )
                 });
                 refuse(conn, refusal, &lingerer);
@@ -217,7 +218,7 @@ struct Lingerer(Option<mpsc::SyncSender<TcpStream>>);
 
 impl Lingerer {
     fn start() -> Lingerer {
-        let (tx, rx) = mpsc::sync_channel::<TcpStream>(MAX_LINGERING);
+        let (tx, rx) = mpsc::sync_channel::<TcpStream>(MAX_HANDED);
         let started = std::thread::Builder::new()
             .name("linger".into())
             .stack_size(64 << 10)

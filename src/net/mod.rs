@@ -23,21 +23,12 @@ pub struct Limits {
     pub phases: tiny_http::Limits,
 }
 
-/// Unread body bytes drained to keep a connection open after an answer that did not read them
-/// (e.g. a 401 to an upload); with more left the connection closes instead.
-pub const DRAIN_LIMIT: u64 = 64 * 1024;
-
 impl Default for Limits {
+    /// 256 connections; heads within 10 s, 60 s idle, 1 KiB/s over 2 min, 64 KiB drained.
     fn default() -> Limits {
         Limits {
             max_connections: 256,
-            phases: tiny_http::Limits {
-                head: Duration::from_secs(10),
-                idle: Duration::from_secs(60),
-                window: Duration::from_secs(120),
-                min_rate: 1024,
-                drain: DRAIN_LIMIT,
-            },
+            phases: tiny_http::Limits::default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tiny_http::ConnectionWatch;
@@ -68,6 +68,8 @@ struct Inner {
     /// Requests answered and connections ended, for the watchdog: a full pool where neither
     /// happens for long is wedged.
     progress: AtomicU64,
+    /// Set by `stop` (read on every request, without the lock).
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -108,7 +110,7 @@ impl Slot<'_> {
 
     /// True once the pool stops: finish the current request, then end the connection.
     pub fn stopping(&self) -> bool {
-        self.inner.lock().stopping
+        self.inner.stopping.load(Ordering::Relaxed)
     }
 }
 
@@ -123,7 +125,7 @@ impl Drop for Slot<'_> {
 pub struct Load {
     /// Connections served or queued.
     pub busy: usize,
-    /// Of those, connections idle or stuck on their clients (they can be closed for others).
+    /// Of those, connections idle or behind (they can be closed for others).
     pub idle: usize,
     /// The most served at once.
     pub max: usize,
@@ -152,6 +154,7 @@ impl Pool {
                 work: Condvar::new(),
                 ended: Condvar::new(),
                 progress: AtomicU64::new(0),
+                stopping: AtomicBool::new(false),
             }),
         }
     }
@@ -220,16 +223,13 @@ impl Pool {
     /// Stops taking connections: idle ones are closed now, the others after their current
     /// request; queued ones are dropped.
     pub fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
         let mut st = self.inner.lock();
         st.stopping = true;
         let queued = st.queue.len();
         st.queue.clear();
         st.busy -= queued;
-        for w in st.watches.values() {
-            if w.idle_since().is_some() {
-                w.abort();
-            }
-        }
+        close_idle(&st);
         self.inner.work.notify_all();
         self.inner.ended.notify_all();
     }
@@ -242,6 +242,7 @@ impl Pool {
     }
 
     /// Waits until every connection has ended, or `limit` has passed; true if they all did.
+    /// Connections that finish their request meanwhile and go idle are closed as they do.
     pub fn drain(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         let mut st = self.inner.lock();
@@ -249,10 +250,11 @@ impl Pool {
             let Some(left) = until.checked_duration_since(Instant::now()) else {
                 return false;
             };
+            close_idle(&st);
             st = self
                 .inner
                 .ended
-                .wait_timeout(st, left)
+                .wait_timeout(st, left.min(Duration::from_millis(200)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -260,37 +262,29 @@ impl Pool {
     }
 }
 
-/// A connection waiting this long on its client in the middle of a request (a head arriving
-/// a byte at a time, a body or a response that does not move) may be closed for a new one.
-const STUCK: Duration = Duration::from_secs(1);
-
-/// The time since which `w` can be closed to make room: it waits for a request that has not
-/// begun, or is stuck on its client; None if it is busy.
-fn reclaimable(w: &ConnectionWatch, now: Instant) -> Option<Instant> {
-    if let Some(t) = w.idle_since() {
-        return Some(t);
+/// Closes the connections that wait for a request (at shutdown).
+fn close_idle(st: &State) {
+    for w in st.watches.values() {
+        if w.idle_since().is_some() {
+            w.abort();
+        }
     }
-    w.waiting_since()
-        .filter(|t| now.duration_since(*t) >= STUCK)
 }
 
-/// Closes the connection that has waited on its client the longest, if one can be closed
-/// (`reclaimable`); true if one was.
+/// Closes the connection that has held its place without earning it the longest (idle, a
+/// head arriving slowly, a transfer behind the minimum rate: `ConnectionWatch::behind_since`),
+/// if there is one; true if one was closed.
 fn reclaim_idle(st: &mut State) -> bool {
-    let now = Instant::now();
     let oldest = st
         .watches
         .iter()
-        .filter_map(|(id, w)| reclaimable(w, now).map(|t| (t, *id)))
+        .filter_map(|(id, w)| w.behind_since().map(|t| (t, *id)))
         .min();
     let Some((_, id)) = oldest else {
         return false;
     };
     if let Some(w) = st.watches.remove(&id) {
-        log::debug!(
-            "closing a connection idle since {:?} to make room",
-            w.idle_since()
-        );
+        log::debug!("closing a connection that is idle or behind to make room");
         w.abort();
     }
     true

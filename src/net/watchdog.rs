@@ -16,8 +16,9 @@ pub struct Checks<'a> {
     pub heartbeat: &'a Heartbeat,
     /// Its connection threads.
     pub pool: &'a Pool,
-    /// A full pool without an idle connection that neither answers a request nor ends a
-    /// connection for this long is wedged (a transfer is cut when it stalls for `ioTimeout`).
+    /// A full pool without an idle connection that neither answers a request, nor ends a
+    /// connection, nor moves a byte for this long is wedged (a transfer is cut when it stalls
+    /// for `ioTimeout`).
     pub stall: Duration,
     /// The store answers a read.
     pub store: &'a (dyn Fn() -> Result<(), String> + Sync),
@@ -28,7 +29,7 @@ pub struct Checks<'a> {
 pub fn run(interval: Duration, checks: &Checks<'_>, stop: &mpsc::Receiver<()>) {
     static UNWELL: Throttled = Throttled::new(Duration::from_secs(10));
     let every = (interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let mut seen = (checks.pool.load().progress, Instant::now());
+    let mut seen = (progress(checks), Instant::now());
     loop {
         match health(checks, &mut seen) {
             Ok(()) => crate::systemd::notify("WATCHDOG=1"),
@@ -42,6 +43,12 @@ pub fn run(interval: Duration, checks: &Checks<'_>, stop: &mpsc::Receiver<()>) {
     }
 }
 
+/// Requests answered, connections ended and bytes moved so far: it changes while anything
+/// gets done.
+fn progress(checks: &Checks<'_>) -> u64 {
+    checks.pool.load().progress + tiny_http::bytes_moved()
+}
+
 /// Why the registry cannot serve, if it cannot. `seen`: the pool's progress counter and when
 /// it last moved.
 fn health(checks: &Checks<'_>, seen: &mut (u64, Instant)) -> Result<(), String> {
@@ -50,11 +57,12 @@ fn health(checks: &Checks<'_>, seen: &mut (u64, Instant)) -> Result<(), String> 
         return Err(format!("the accept loop has not run for {age:?}"));
     }
     let load = checks.pool.load();
-    if load.progress != seen.0 || load.busy < load.max || load.idle > 0 {
-        *seen = (load.progress, Instant::now());
+    let now = progress(checks);
+    if now != seen.0 || load.busy < load.max || load.idle > 0 {
+        *seen = (now, Instant::now());
     } else if seen.1.elapsed() > checks.stall {
         return Err(format!(
-            "all {} connections are taken and none has answered or ended for {:?}",
+            "all {} connections are taken and none has answered, ended or moved a byte for {:?}",
             load.busy,
             seen.1.elapsed()
         ));

@@ -127,8 +127,18 @@ pub(super) fn put_chunk(
 /// reads the leaves at both of its bounds: each a chunk-sized page read for nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ChunkHint {
+    blob: u64,
     start: u64,
     len: u64,
+}
+
+impl ChunkHint {
+    /// Bytes of the chunk holding `offset` of `blob` from `offset` on, if this hint knows it.
+    pub fn left_in_chunk(&self, blob: BlobInfo, offset: u64) -> Option<u64> {
+        let end = self.start + self.len;
+        (self.blob == blob.id && self.len > 0 && (self.start..end).contains(&offset))
+            .then(|| end - offset)
+    }
 }
 
 /// The start of the chunk of `blob` holding `offset`: from `hint` when it tells, else the last
@@ -142,7 +152,7 @@ fn chunk_holding(
     hint: &ChunkHint,
 ) -> Result<u64, StoreError> {
     let next = hint.start + hint.len;
-    if hint.len > 0 && (hint.start..=next).contains(&offset) {
+    if hint.blob == blob.id && hint.len > 0 && (hint.start..=next).contains(&offset) {
         return Ok(if offset == next { next } else { hint.start });
     }
     if offset == 0 {
@@ -228,6 +238,7 @@ fn read_chunks(
             )));
         }
         *hint = ChunkHint {
+            blob: blob.id,
             start: pos,
             len: chunk_end - pos,
         };

@@ -71,6 +71,16 @@ pub fn outpost() -> Command {
     }
 }
 
+/// A time bound for what should happen promptly: `d` natively, five times `d` when the binary
+/// runs under an emulator (`$OUTPOST_RUNNER`, e.g. qemu in cross/test.sh).
+pub fn bound(d: Duration) -> Duration {
+    if std::env::var("OUTPOST_RUNNER").is_ok_and(|r| !r.trim().is_empty()) {
+        d * 5
+    } else {
+        d
+    }
+}
+
 /// `outpost serve --listen LISTEN --data-dir DATA` logging at info to a piped stderr.
 pub fn serve(data: &Path, listen: &str) -> Command {
     let mut c = outpost();

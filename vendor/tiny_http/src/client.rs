@@ -320,14 +320,15 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
+        // Outpost patch: the previous request left its body unread, or broke off (checked
+        // first: the close must then be gentle, whatever the client said).
+        if self.pace.closing() {
+            self.linger = true;
+            return None;
+        }
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
-            return None;
-        }
-        // Outpost patch: the previous request left its body unread, or broke off.
-        if self.pace.closing() {
-            self.linger = true;
             return None;
         }
         if !self.first {

@@ -5,8 +5,8 @@
 //! under per-phase time limits ([`Limits`]); see PATCHES.md. Upstream's `Server` (an accept
 //! thread, a thread per connection without bound, and a queue of requests for worker threads)
 //! is gone.
-// Outpost patch: `deny`, not `forbid`, so that pace.rs may call poll(2) and send(2) (two
-// narrow `allow`s); nothing else is unsafe.
+// Outpost patch: `deny`, not `forbid`, so that raw.rs may call poll(2), send(2) and ioctl(2)
+// (three narrow `allow`s); nothing else is unsafe.
 #![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
@@ -23,7 +23,8 @@ use util::RefinedTcpStream;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::ConnectionAbort;
-pub use pace::{Limits, RawBody};
+pub use pace::{bytes_moved, Limits};
+pub use raw::RawBody;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 #[cfg(feature = "ssl-rustls")]
@@ -34,6 +35,7 @@ mod client;
 mod common;
 mod connection;
 mod pace;
+mod raw;
 mod request;
 mod response;
 mod ssl;
@@ -65,10 +67,11 @@ impl ConnectionWatch {
         self.pace.idle_since()
     }
 
-    /// Since when the connection waits on its client without a byte moving (for a request
-    /// that has not begun, or in the middle of one), if it does.
-    pub fn waiting_since(&self) -> Option<Instant> {
-        self.pace.waiting_since()
+    /// Since when the connection holds its place without earning it (waiting for a request
+    /// that has not begun, a head arriving slowly, a transfer behind the minimum rate), if it
+    /// does: it may be closed for another.
+    pub fn behind_since(&self) -> Option<Instant> {
+        self.pace.behind_since()
     }
 
     /// Shuts the connection down: a blocked read or write on it returns at once.
@@ -137,7 +140,7 @@ impl HttpConnection {
         let Some(client) = self.client.take() else {
             return;
         };
-        let linger = client.lingers();
+        let linger = client.lingers() || self.pace.closing();
         drop(client); // flushes the last response
         let _ = self.conn.shutdown(Shutdown::Write);
         if !linger {

@@ -6,11 +6,26 @@
 //! no-progress timer at most, so one byte per interval held a connection (and a thread) forever.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
+
+/// Bytes all connections moved (a sign of life for a watchdog).
+static MOVED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes all connections of this process have moved so far.
+pub fn bytes_moved() -> u64 {
+    MOVED.load(Ordering::Relaxed)
+}
+
+/// Longest a single socket call blocks: a long wait is made of such slices, so that progress
+/// within it (the client taking bytes from the send queue) is seen while it lasts.
+pub(crate) const SLICE: Duration = Duration::from_millis(500);
+/// A connection behind its minimum rate for this long (or in a head this long: a client sends
+/// its head at once) may be closed to make room for another.
+const BEHIND: Duration = Duration::from_secs(1);
 
 /// How long a connection may take in each phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +59,8 @@ impl Default for Limits {
 
 #[derive(Clone, Copy, Debug)]
 enum Phase {
-    /// Reading a request head, until the deadline.
-    Head(Instant),
+    /// Reading a request head since the first instant, until the second.
+    Head(Instant, Instant),
     /// Waiting for a request since the first instant, until the second (its first byte
     /// starts `Head`).
     Idle(Instant, Instant),
@@ -60,7 +75,7 @@ struct Window {
     bytes: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dir {
     Read,
     Write,
@@ -70,8 +85,10 @@ struct State {
     phase: Phase,
     read: Window,
     write: Window,
-    /// Since when a read or write waits on the peer without a byte moving, if one does.
-    waiting: Option<Instant>,
+    /// The socket call waiting on the peer now, and since when, if one is.
+    call: Option<(Dir, Instant)>,
+    /// No request has begun yet: the first one's head is due by the accept's deadline.
+    first: bool,
 }
 
 /// The phase and timers of one connection, shared by its read and write halves.
@@ -88,7 +105,7 @@ fn expired(what: &str) -> io::Error {
 }
 
 impl Pace {
-    /// A connection accepted now: its first request is due to begin within `limits.head`.
+    /// A connection accepted now: its first request is due within `limits.head`.
     pub(crate) fn new(limits: Limits) -> Pace {
         let now = Instant::now();
         Pace {
@@ -97,7 +114,8 @@ impl Pace {
                 phase: Phase::Idle(now, now + limits.head),
                 read: Window::default(),
                 write: Window::default(),
-                waiting: None,
+                call: None,
+                first: true,
             }),
             close: AtomicBool::new(false),
         }
@@ -117,6 +135,7 @@ impl Pace {
         let now = Instant::now();
         st.phase = Phase::Idle(now, now + self.limits.idle);
         st.write = Window::default();
+        st.first = false;
     }
 
     /// The head is in: from now on the body and the response run on rate windows.
@@ -128,7 +147,8 @@ impl Pace {
 
     /// Reads must end within `limit` from now (draining a body before an answer).
     pub(crate) fn deadline(&self, limit: Duration) {
-        self.lock().phase = Phase::Head(Instant::now() + limit);
+        let now = Instant::now();
+        self.lock().phase = Phase::Head(now, now + limit);
     }
 
     /// Since when the connection waits for a request that has not begun (the accept, for a
@@ -140,13 +160,27 @@ impl Pace {
         }
     }
 
-    /// Since when the connection waits on its peer without a byte moving: a request that has
-    /// not begun, or a read or write of one that is stuck.
-    pub(crate) fn waiting_since(&self) -> Option<Instant> {
+    /// Since when the connection holds its place without earning it, if it does: it waits for
+    /// a request that has not begun, or a head has been arriving for `BEHIND`, or its body or
+    /// response has moved less than the minimum rate over at least `BEHIND` of waiting.
+    pub(crate) fn behind_since(&self) -> Option<Instant> {
+        let now = Instant::now();
         let st = self.lock();
         match st.phase {
             Phase::Idle(since, _) => Some(since),
-            _ => st.waiting,
+            Phase::Head(since, _) => (now.duration_since(since) >= BEHIND).then_some(since),
+            Phase::Transfer => [(Dir::Read, st.read), (Dir::Write, st.write)]
+                .iter()
+                .find_map(|&(dir, w)| {
+                    let in_call = match st.call {
+                        Some((d, t)) if d == dir => now.duration_since(t),
+                        _ => Duration::ZERO,
+                    };
+                    let waited = w.waited + in_call;
+                    let owed = (self.limits.min_rate as f64 * waited.as_secs_f64()).max(1.0);
+                    (waited >= BEHIND && (w.bytes as f64) < owed)
+                        .then(|| now.checked_sub(waited).unwrap_or(now))
+                }),
         }
     }
 
@@ -160,11 +194,11 @@ impl Pace {
     }
 
     /// How long the next call in `dir` may block, or the error if its phase ran out.
-    fn budget(&self, dir: Dir) -> io::Result<Duration> {
+    pub(crate) fn budget(&self, dir: Dir) -> io::Result<Duration> {
         let now = Instant::now();
         let st = self.lock();
         let left = match (dir, st.phase) {
-            (Dir::Read, Phase::Head(deadline)) => deadline
+            (Dir::Read, Phase::Head(_, until)) => until
                 .checked_duration_since(now)
                 .ok_or_else(|| expired("request head not received in time"))?,
             (Dir::Read, Phase::Idle(_, until)) => until
@@ -188,19 +222,29 @@ impl Pace {
         Ok(left)
     }
 
-    /// A read or write begins to wait on the peer (`Some`), or moved bytes or ended (`None`).
-    fn wait(&self, since: Option<Instant>) {
-        self.lock().waiting = since;
+    /// A socket call in `dir` begins to wait on the peer (`Some`), or ended (`None`).
+    pub(crate) fn call(&self, call: Option<(Dir, Instant)>) {
+        self.lock().call = call;
     }
 
     /// Counts a call in `dir` that waited `waited` and moved `n` bytes.
-    fn account(&self, dir: Dir, waited: Duration, n: usize) {
+    pub(crate) fn account(&self, dir: Dir, waited: Duration, n: usize) {
+        MOVED.fetch_add(n as u64, Ordering::Relaxed);
         let mut st = self.lock();
         match (dir, st.phase) {
-            (Dir::Read, Phase::Idle(..)) if n > 0 => {
-                st.phase = Phase::Head(Instant::now() + self.limits.head)
+            (Dir::Read, Phase::Idle(_, until)) if n > 0 => {
+                let now = Instant::now();
+                // A first request's head is due by the accept's deadline; a later one's
+                // from its first byte.
+                let due = if st.first {
+                    until
+                } else {
+                    now + self.limits.head
+                };
+                st.phase = Phase::Head(now, due);
+                st.first = false;
             }
-            (Dir::Read, Phase::Head(_) | Phase::Idle(..)) => {}
+            (Dir::Read, Phase::Head(..) | Phase::Idle(..)) => {}
             _ => {
                 let need = self
                     .limits
@@ -226,8 +270,8 @@ impl Pace {
 /// current phase allows. Cloning shares the socket (no `dup`) and the pace.
 #[derive(Clone)]
 pub(crate) struct PacedStream {
-    conn: Arc<Connection>,
-    pace: Arc<Pace>,
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) pace: Arc<Pace>,
     /// Socket timeouts this handle last set (each direction is set by one handle only).
     read_set: Option<Duration>,
     write_set: Option<Duration>,
@@ -289,121 +333,31 @@ impl PacedStream {
         mut io: impl FnMut(&Connection) -> io::Result<T>,
         moved: impl Fn(&T) -> usize,
     ) -> io::Result<T> {
-        self.pace.wait(Some(Instant::now()));
-        let result = loop {
-            let budget = match self.pace.budget(dir) {
-                Ok(b) => b,
-                Err(e) => break Err(e),
-            };
-            if let Err(e) = self.arm(dir, budget) {
-                break Err(e);
-            }
+        let mut queue = crate::raw::QueueWatch::default();
+        loop {
+            let budget = self.pace.budget(dir)?;
+            self.arm(dir, budget.min(SLICE))?;
             let t0 = Instant::now();
-            match io(&self.conn) {
+            self.pace.call(Some((dir, t0)));
+            let result = io(&self.conn);
+            self.pace.call(None);
+            match result {
                 Ok(v) => {
                     self.pace.account(dir, t0.elapsed(), moved(&v));
-                    break Ok(v);
+                    return Ok(v);
                 }
-                Err(e) if is_timeout(&e) => self.pace.account(dir, t0.elapsed(), 0),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        self.pace.wait(None);
-        result
-    }
-}
-
-/// Outpost patch: the socket of a plain-HTTP response, for a body sent in steps that never
-/// hold data while the client is slow: `wait_room` blocks until the socket can take more
-/// (that wait counts against the minimum transfer rate like a blocked write), `send_some`
-/// writes what it takes now. The response's head must have been written and flushed first.
-pub struct RawBody(PacedStream);
-
-impl RawBody {
-    pub(crate) fn new(stream: PacedStream) -> RawBody {
-        RawBody(stream)
-    }
-
-    /// Waits until the client's socket can take more bytes, within the write window, for at
-    /// most `limit` if given; false if `limit` passed first.
-    pub fn wait_room(&mut self, limit: Option<Duration>) -> io::Result<bool> {
-        let s = &mut self.0;
-        let until = limit.map(|l| Instant::now() + l);
-        s.pace.wait(Some(Instant::now()));
-        let result = loop {
-            let mut budget = match s.pace.budget(Dir::Write) {
-                Ok(b) => b,
-                Err(e) => break Err(e),
-            };
-            if let Some(until) = until {
-                match until.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => budget = budget.min(left),
-                    _ => break Ok(false),
+                Err(e) if is_timeout(&e) => {
+                    // A blocked write still moves on while the client takes what is queued.
+                    let drained = match dir {
+                        Dir::Write => queue.drained(&self.conn),
+                        Dir::Read => 0,
+                    };
+                    self.pace.account(dir, t0.elapsed(), drained);
                 }
-            }
-            let t0 = Instant::now();
-            match poll_out(s.conn.raw_fd(), budget) {
-                Ok(true) => break Ok(true),
-                Ok(false) => s.pace.account(Dir::Write, t0.elapsed(), 0),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        s.pace.wait(None);
-        result
-    }
-
-    /// Writes as much of `buf` as the socket takes without waiting; 0 if it takes nothing now.
-    pub fn send_some(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let s = &mut self.0;
-        loop {
-            match send_now(s.conn.raw_fd(), buf) {
-                Ok(n) => {
-                    s.pace.account(Dir::Write, Duration::ZERO, n);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-    }
-}
-
-/// poll(2) for `POLLOUT` on `fd` for at most `limit`; true if the socket can take bytes (or
-/// has an error or hang-up for the next write to report).
-#[allow(unsafe_code)]
-fn poll_out(fd: std::os::fd::RawFd, limit: Duration) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let ms = limit.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-    // SAFETY: one pollfd, valid for the call.
-    match unsafe { libc::poll(&mut p, 1, ms) } {
-        -1 => Err(io::Error::last_os_error()),
-        n => Ok(n > 0),
-    }
-}
-
-/// send(2) without waiting (and without SIGPIPE).
-#[allow(unsafe_code)]
-fn send_now(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for its length for the call.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
@@ -480,5 +434,35 @@ mod tests {
         p.account(Dir::Read, Duration::ZERO, 1);
         assert!(p.idle_since().is_none());
         assert!(p.budget(Dir::Read).unwrap() <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_first_head_is_due_by_the_accept_deadline() {
+        let p = Pace::new(limits(10, 0));
+        std::thread::sleep(Duration::from_millis(100));
+        p.account(Dir::Read, Duration::ZERO, 1);
+        // Not a fresh five seconds from the first byte: what is left of the accept's.
+        assert!(p.budget(Dir::Read).unwrap() <= Duration::from_millis(4900));
+    }
+
+    #[test]
+    fn behind_means_idle_a_slow_head_or_under_the_rate() {
+        let p = Pace::new(limits(10, 100));
+        assert!(p.behind_since().is_some(), "waiting for a first request");
+        p.account(Dir::Read, Duration::ZERO, 1);
+        assert!(p.behind_since().is_none(), "a head that just began");
+        p.transfer();
+        // 2 s of waiting for 150 bytes at 100 bytes/s owed: behind.
+        p.account(Dir::Read, Duration::from_secs(2), 150);
+        assert!(p.behind_since().is_some());
+        // 300 more: on pace again.
+        p.account(Dir::Read, Duration::ZERO, 300);
+        assert!(p.behind_since().is_none());
+        // A write blocked for a while without a byte counts while it lasts.
+        let now = Instant::now();
+        p.call(Some((Dir::Write, now - Duration::from_secs(3))));
+        assert!(p.behind_since().is_some());
+        p.call(None);
+        assert!(p.behind_since().is_none());
     }
 }

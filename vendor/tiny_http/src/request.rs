@@ -330,8 +330,8 @@ impl Request {
     /// Outpost patch: the socket for sending the body by hand, on a plain connection (None
     /// over TLS): write and flush the head through `into_writer` first, then the body's bytes
     /// through the `RawBody` only.
-    pub fn raw_body(&self) -> Option<crate::pace::RawBody> {
-        self.plain.clone().map(crate::pace::RawBody::new)
+    pub fn raw_body(&self) -> Option<crate::raw::RawBody> {
+        self.plain.clone().map(crate::raw::RawBody::new)
     }
 
     /// Outpost patch: a handle that shuts this request's connection down, for a response that
@@ -531,11 +531,6 @@ impl Request {
             ErrorKind::ConnectionReset => Ok(()),
             _ => Err(err),
         })
-    }
-
-    pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
-        self.notify_when_responded = Some(sender);
-        self
     }
 }
 

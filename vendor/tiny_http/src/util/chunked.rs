@@ -19,6 +19,8 @@ enum State {
     /// The last chunk was read: trailer lines up to an empty one.
     Trailers,
     Done,
+    /// The body was malformed or cut short: every read says so again.
+    Failed(io::ErrorKind),
 }
 
 /// Reads the data of a chunked body from `inner`, checking its framing strictly.
@@ -140,6 +142,9 @@ impl<R: Read> ChunkedDecoder<R> {
                     self.state = State::Done;
                 }
                 State::Done => return Ok(0),
+                State::Failed(kind) => {
+                    return Err(io::Error::new(kind, "chunked body: unreadable"))
+                }
             }
         }
     }
@@ -151,9 +156,10 @@ impl<R: Read> Read for ChunkedDecoder<R> {
             return Ok(0);
         }
         let result = self.step(buf);
-        if result.is_err() {
-            // Where the next request would start is unknown: nothing more is read.
-            self.state = State::Done;
+        if let Err(e) = &result {
+            // Where the next request would start is unknown: nothing more is read, and the
+            // body never looks complete.
+            self.state = State::Failed(e.kind());
         }
         result
     }
