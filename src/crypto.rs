@@ -82,6 +82,11 @@ impl Algorithm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenFailed;
 
+/// True if `a` and `b` are equal, in time that depends only on their lengths (for secrets).
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Fresh random bytes.
 pub fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];

@@ -1,5 +1,6 @@
 //! Who may do what, free of HTTP: access rules, password hashes, signed bearer tokens.
 
+pub mod limiter;
 pub mod passwords;
 pub mod rules;
 pub mod tokens;

@@ -5,8 +5,9 @@ use base64::Engine;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// PBKDF2 rounds for new hashes (OWASP's 2023 figure for HMAC-SHA256). Each hash records
 /// its own count, so raising this later does not lock anyone out.
@@ -75,12 +76,51 @@ pub fn verify(stored: &str, password: &str) -> bool {
     is_bcrypt(stored) && bcrypt::verify(password, stored).unwrap_or(false)
 }
 
-/// Spends the time a real verification would, so an unknown user name answers no faster
-/// than a wrong password (user names do not leak through timing).
-pub fn verify_nobody(password: &str) {
+/// Spends the time a real verification would (for a user whose name is unknown).
+fn verify_nobody(password: &str) {
     static DUMMY: OnceLock<String> = OnceLock::new();
     let dummy = DUMMY.get_or_init(|| hash_with("not a password", PBKDF2_ITERATIONS));
     let _ = verify(dummy, password);
+}
+
+/// The longest a password check has taken here, nanoseconds (0: not measured yet).
+static FLOOR_NANOS: AtomicU64 = AtomicU64::new(0);
+/// A check that took longer than this (a hash with an extreme cost, a stalled machine) does
+/// not make every later failure wait as long.
+const FLOOR_CAP: Duration = Duration::from_secs(10);
+
+/// True if `password` matches `stored` (`None`: no such user). A failure takes as long as the
+/// slowest check seen so far, whether the user is unknown, kept in the store (PBKDF2) or in
+/// an htpasswd file (bcrypt of any cost): neither a user name nor how its password is hashed
+/// shows in the time a failed login takes. A success answers at once.
+pub fn check(stored: Option<&str>, password: &str) -> bool {
+    if FLOOR_NANOS.load(Ordering::Relaxed) == 0 {
+        // Calibrated on first use (a start must stay quick): one verification of our own.
+        let started = Instant::now();
+        verify_nobody(password);
+        raise_floor(started.elapsed());
+    }
+    let started = Instant::now();
+    let ok = match stored {
+        Some(hash) => verify(hash, password),
+        None => {
+            verify_nobody(password);
+            false
+        }
+    };
+    let took = started.elapsed();
+    let floor = raise_floor(took);
+    if !ok {
+        std::thread::sleep(floor.saturating_sub(started.elapsed()));
+    }
+    ok
+}
+
+/// Raises the floor to `took` (capped); returns the floor.
+fn raise_floor(took: Duration) -> Duration {
+    let took = took.min(FLOOR_CAP).as_nanos() as u64;
+    let before = FLOOR_NANOS.fetch_max(took, Ordering::Relaxed);
+    Duration::from_nanos(before.max(took))
 }
 
 fn is_bcrypt(h: &str) -> bool {

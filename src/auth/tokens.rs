@@ -13,15 +13,23 @@ const MAX_TOKEN_LEN: usize = 16 << 10;
 /// Most scopes one token request may ask for.
 pub const MAX_SCOPES: usize = 32;
 
+/// The scope that grants the admin API (to admins only).
+pub const ADMIN_SCOPE: &str = "registry:admin:*";
+
 /// What a token grants: who it was issued to, until when, and which scopes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Grant {
     /// The user; `None` for an anonymous token.
     pub sub: Option<String>,
+    /// The user's credentials when the token was issued (`TokenKey::stamp`): a token stops
+    /// working when its user is removed or changes password.
+    pub stamp: Option<String>,
     /// Unix seconds after which the token is refused.
     pub exp: u64,
     /// Repositories and the actions granted in each.
     pub repositories: Vec<(String, Vec<Action>)>,
+    /// The admin API (`registry:admin:*`), asked for by an admin.
+    pub admin: bool,
 }
 
 impl Grant {
@@ -34,9 +42,11 @@ impl Grant {
 
     /// The scopes as Docker writes them: `repository:NAME:pull,push` separated by spaces.
     pub fn scope_text(&self) -> String {
+        let admin = self.admin.then(|| ADMIN_SCOPE.to_owned());
         self.repositories
             .iter()
             .map(|(r, a)| scope(r, a))
+            .chain(admin)
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -90,9 +100,21 @@ impl TokenKey {
         TokenKey(hmac::Key::new(hmac::HMAC_SHA256, &raw))
     }
 
+    /// A short keyed digest of `user`'s stored password hash: what a token remembers of its
+    /// user's credentials (it reveals nothing about the hash, and cannot be made without
+    /// the key).
+    pub fn stamp(&self, user: &str, hash: &str) -> String {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        for part in [b"user-stamp".as_slice(), user.as_bytes(), hash.as_bytes()] {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part);
+        }
+        B64URL.encode(&ctx.sign().as_ref()[..16])
+    }
+
     /// The signed token for `grant`, issued at `now` (unix seconds).
     pub fn issue(&self, grant: &Grant, now: u64) -> String {
-        let access: Vec<Value> = grant
+        let mut access: Vec<Value> = grant
             .repositories
             .iter()
             .map(|(name, acts)| {
@@ -100,7 +122,11 @@ impl TokenKey {
                        "actions": acts.iter().map(|a| a.word()).collect::<Vec<_>>()})
             })
             .collect();
-        let claims = json!({"sub": grant.sub, "iat": now, "exp": grant.exp, "access": access});
+        if grant.admin {
+            access.push(json!({"type": "registry", "name": "admin", "actions": ["*"]}));
+        }
+        let claims = json!({"sub": grant.sub, "stamp": grant.stamp, "iat": now,
+                            "exp": grant.exp, "access": access});
         let body = B64URL.encode(claims.to_string());
         let tag = hmac::sign(&self.0, body.as_bytes());
         format!("{body}.{}", B64URL.encode(tag.as_ref()))
@@ -123,10 +149,13 @@ impl TokenKey {
         if now > exp {
             return Err(TokenError::Expired);
         }
-        let repositories = claims["access"]
-            .as_array()
-            .ok_or(TokenError::Invalid)?
+        let access = claims["access"].as_array().ok_or(TokenError::Invalid)?;
+        let admin = access
             .iter()
+            .any(|a| a["type"] == "registry" && a["name"] == "admin");
+        let repositories = access
+            .iter()
+            .filter(|a| a["type"] == "repository")
             .filter_map(|a| {
                 let acts = a["actions"].as_array()?;
                 Some((
@@ -139,8 +168,10 @@ impl TokenKey {
             .collect();
         Ok(Grant {
             sub: claims["sub"].as_str().map(str::to_owned),
+            stamp: claims["stamp"].as_str().map(str::to_owned),
             exp,
             repositories,
+            admin,
         })
     }
 }
@@ -154,9 +185,19 @@ mod tests {
         let key = TokenKey::generate();
         let grant = Grant {
             sub: Some("alice".into()),
+            stamp: Some(key.stamp("alice", "$hash")),
             exp: 1000,
             repositories: vec![("team/app".into(), vec![Action::Pull, Action::Push])],
+            admin: false,
         };
+        assert_ne!(key.stamp("alice", "$hash"), key.stamp("alice", "$other"));
+        assert_ne!(key.stamp("alice", "$hash"), key.stamp("alicE", "$hash"));
+        let admin = Grant {
+            admin: true,
+            ..grant.clone()
+        };
+        assert_eq!(key.verify(&key.issue(&admin, 900), 900), Ok(admin.clone()));
+        assert!(admin.scope_text().ends_with(" registry:admin:*"));
         let t = key.issue(&grant, 900);
         assert_eq!(key.verify(&t, 1000), Ok(grant.clone()));
         assert_eq!(key.verify(&t, 1001), Err(TokenError::Expired));

@@ -7,6 +7,7 @@
 use super::errors::{ApiError, Code};
 use super::routes::{Query, Route};
 use super::{header, read_small_body, Reply, Result};
+use crate::auth::limiter::Limiter;
 use crate::auth::passwords::{self, Htpasswd};
 use crate::auth::tokens::{self, Grant, TokenError, TokenKey};
 use crate::auth::Action;
@@ -59,13 +60,9 @@ enum Need<'r> {
     Admin,
 }
 
-/// Failed logins a client address may make before it must wait.
-const LOGIN_BURST: f64 = 10.0;
-/// How often one more failed login is forgiven.
-const LOGIN_REFILL: Duration = Duration::from_secs(6);
 /// How long verified Basic credentials are trusted without hashing the password again.
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
-/// Entries kept in the verified-credentials cache and the failed-login table.
+/// Entries kept in the verified-credentials cache.
 const TABLE_CAP: usize = 4096;
 
 /// The access gate of a registry with auth on.
@@ -77,8 +74,8 @@ pub struct Gate {
     /// sha256(salt, user, password) -> (user, verified at). Never the password itself.
     verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
     salt: [u8; 32],
-    /// Client address -> (failed logins still counted, when last updated).
-    failures: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// Failed logins per client network and user.
+    limiter: Limiter,
 }
 
 impl Gate {
@@ -95,7 +92,7 @@ impl Gate {
             htpasswd,
             verified: Mutex::new(HashMap::new()),
             salt: crate::crypto::random(),
-            failures: Mutex::new(HashMap::new()),
+            limiter: Limiter::default(),
         })
     }
 
@@ -128,16 +125,13 @@ impl Gate {
             };
         }
         if scheme.eq_ignore_ascii_case("bearer") {
-            return match self.tokens.verify(rest.trim(), crate::clock::unix_now()) {
-                Ok(grant) => Ok(Caller::Token(grant)),
-                Err(e) => {
-                    let why = match e {
-                        TokenError::Expired => "the token has expired: fetch a new one",
-                        TokenError::Invalid => "the token is not valid here",
-                    };
-                    Err(self.challenge(req, need, Some("invalid_token"), why))
-                }
+            let why = match self.tokens.verify(rest.trim(), crate::clock::unix_now()) {
+                Ok(grant) if self.stamp_holds(store, &grant) => return Ok(Caller::Token(grant)),
+                Ok(_) => "the token's user was removed or changed password: sign in again",
+                Err(TokenError::Expired) => "the token has expired: fetch a new one",
+                Err(TokenError::Invalid) => "the token is not valid here",
             };
+            return Err(self.challenge(req, need, Some("invalid_token"), why));
         }
         Err(self.challenge(
             req,
@@ -147,8 +141,35 @@ impl Gate {
         ))
     }
 
-    /// Verifies `user`'s `password`: from the cache if verified lately, else against the
-    /// store's hash or the htpasswd file's, counting failures per client address.
+    /// True if `grant`'s user still exists with the credentials it had when the token was
+    /// issued (anonymous tokens have no user to lose).
+    fn stamp_holds(&self, store: &Store, grant: &Grant) -> bool {
+        let Some(user) = &grant.sub else {
+            return true;
+        };
+        let (Some(hash), Some(stamp)) = (self.user_hash(store, user), &grant.stamp) else {
+            return false;
+        };
+        let current = self.tokens.stamp(user, &hash);
+        crate::crypto::same_bytes(current.as_bytes(), stamp.as_bytes())
+    }
+
+    /// `user`'s password hash: from the store, else from the htpasswd file.
+    fn user_hash(&self, store: &Store, user: &str) -> Option<String> {
+        match store.user_hash(user) {
+            Ok(Some(h)) => Some(h),
+            Ok(None) => self.htpasswd.as_ref().and_then(|h| lock(h).lookup(user)),
+            Err(e) => {
+                log::warn!("reading user {user:?}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Verifies `user`'s `password`. An address over its failed-login limit is refused before
+    /// anything about the password is looked at; otherwise from the cache if verified lately,
+    /// else against the store's hash or the htpasswd file's, a failure counted per client
+    /// network and user.
     fn check_password(
         &self,
         store: &Store,
@@ -157,6 +178,9 @@ impl Gate {
         from: Option<IpAddr>,
     ) -> std::result::Result<(), Refused> {
         use sha2::Digest as _;
+        if let Some(wait) = from.and_then(|ip| self.limiter.wait(ip, user)) {
+            return Err(Refused::Limited(wait));
+        }
         let mut h = sha2::Sha256::new();
         h.update(self.salt);
         h.update(user.as_bytes());
@@ -175,27 +199,10 @@ impl Gate {
                 None => {}
             }
         }
-        if let Some(wait) = from.and_then(|ip| self.limited(ip)) {
-            return Err(Refused::Limited(wait));
-        }
-        let stored = match store.user_hash(user) {
-            Ok(Some(h)) => Some(h),
-            Ok(None) => self.htpasswd.as_ref().and_then(|h| lock(h).lookup(user)),
-            Err(e) => {
-                log::warn!("reading user {user:?}: {e}");
-                None
-            }
-        };
-        let ok = match &stored {
-            Some(hash) => passwords::verify(hash, password),
-            None => {
-                passwords::verify_nobody(password);
-                false
-            }
-        };
-        if !ok {
+        let stored = self.user_hash(store, user);
+        if !passwords::check(stored.as_deref(), password) {
             if let Some(ip) = from {
-                self.failed(ip);
+                self.limiter.failed(ip, user);
             }
             log::warn!(
                 "failed login for user {user:?} from {}",
@@ -218,30 +225,6 @@ impl Gate {
     /// next password check; cached verifications of the old file no longer count).
     fn htpasswd_changed(&self) -> bool {
         self.htpasswd.as_ref().is_some_and(|h| lock(h).changed())
-    }
-
-    /// How long `ip` must wait before its next password check, if it failed too often.
-    fn limited(&self, ip: IpAddr) -> Option<Duration> {
-        let failures = lock(&self.failures);
-        let (level, at) = failures.get(&ip)?;
-        let level = decayed(*level, *at);
-        (level + 1.0 > LOGIN_BURST).then(|| {
-            LOGIN_REFILL
-                .mul_f64(level + 1.0 - LOGIN_BURST)
-                .max(Duration::from_secs(1))
-        })
-    }
-
-    fn failed(&self, ip: IpAddr) {
-        let mut failures = lock(&self.failures);
-        if failures.len() >= TABLE_CAP {
-            failures.retain(|_, (level, at)| decayed(*level, *at) > 0.0);
-            if failures.len() >= TABLE_CAP {
-                failures.clear();
-            }
-        }
-        let entry = failures.entry(ip).or_insert((0.0, Instant::now()));
-        *entry = (decayed(entry.0, entry.1) + 1.0, Instant::now());
     }
 
     /// True if `caller` may do `action` in `repo`. Tokens carry their scopes; everyone else
@@ -282,7 +265,16 @@ impl Gate {
             Need::SignedIn | Need::Catalog => {
                 Err(self.challenge(req, need, None, "authentication required"))
             }
-            Need::Admin if self.config.access.is_admin(sub) => Ok(()),
+            // A token opens the admin API only if it was asked for it (by an admin).
+            Need::Admin if self.config.access.is_admin(sub) => match caller {
+                Caller::Token(g) if !g.admin => Err(self.challenge(
+                    req,
+                    need,
+                    Some("insufficient_scope"),
+                    "the token does not cover the admin API",
+                )),
+                _ => Ok(()),
+            },
             Need::Admin if sub.is_some() => Err(denied("the admin API is for admins")),
             Need::Admin => Err(self.challenge(req, need, None, "authentication required")),
             Need::Repo(repo, action) if self.may(caller, repo, *action) => Ok(()),
@@ -325,6 +317,7 @@ impl Gate {
         let scope = match need {
             Need::Repo(repo, action) => Some(tokens::scope(repo, &scope_actions(*action))),
             Need::Catalog => Some("registry:catalog:*".to_owned()),
+            Need::Admin => Some(tokens::ADMIN_SCOPE.to_owned()),
             _ => None,
         };
         if let Some(s) = scope {
@@ -414,8 +407,14 @@ impl Gate {
         }
         let now = crate::clock::unix_now();
         let ttl = self.config.token_ttl.as_secs();
+        let stamp = user
+            .as_deref()
+            .and_then(|u| Some(self.tokens.stamp(u, &self.user_hash(store, u)?)));
         let mut grant = Grant {
+            admin: scopes.iter().any(|s| s == tokens::ADMIN_SCOPE)
+                && self.config.access.is_admin(user.as_deref()),
             sub: user,
+            stamp,
             exp: now + ttl,
             repositories: Vec::new(),
         };
@@ -576,11 +575,6 @@ fn limited(wait: Duration) -> ApiError {
     .header("Retry-After", secs.to_string())
 }
 
-/// `level` failed logins counted at `at`, less those forgiven since.
-fn decayed(level: f64, at: Instant) -> f64 {
-    (level - at.elapsed().as_secs_f64() / LOGIN_REFILL.as_secs_f64()).max(0.0)
-}
-
 /// Locks `m`, recovering from a panicked holder (the tables stay usable).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -598,12 +592,5 @@ mod tests {
         );
         assert_eq!(basic("!!"), None);
         assert_eq!(basic(&B64.encode("nocolon")), None);
-    }
-
-    #[test]
-    fn failed_logins_decay() {
-        let at = Instant::now() - LOGIN_REFILL * 3;
-        assert!((decayed(10.0, at) - 7.0).abs() < 0.1);
-        assert_eq!(decayed(1.0, at), 0.0);
     }
 }
