@@ -28,7 +28,7 @@ const STOP_GRACE: Duration = Duration::from_secs(60);
 pub fn run(config: Config) -> Result<(), String> {
     // First, while this is the only thread: the socket systemd may have passed.
     let activated = systemd::activated_listener()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+    crate::storage::private_dir(&config.data_dir).map_err(|e| {
         format!(
             "cannot create data directory {}: {e}",
             config.data_dir.display()
@@ -213,8 +213,8 @@ pub fn run(config: Config) -> Result<(), String> {
     if socket_path.exists() {
         let _ = std::fs::remove_file(&socket_path);
     }
-    if let Err(e) = app.store.flush() {
-        log::error!("flushing the store at shutdown: {e}");
+    if let Err(e) = app.store.save_progress() {
+        log::error!("saving upload progress at shutdown: {e}");
     }
     match Arc::try_unwrap(app) {
         Ok(app) => drop(app), // closes the database cleanly

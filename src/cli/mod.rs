@@ -77,7 +77,7 @@ fn reach_or_create(config: &Config, server: Option<&str>, create: bool) -> Resul
                 path.display()
             ));
         }
-        std::fs::create_dir_all(&config.data_dir)
+        crate::storage::private_dir(&config.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
         eprintln!(
             "there is no store at {}: creating it for the registry's first start",

@@ -47,8 +47,8 @@ pub fn stats(app: &App) -> Result<Reply> {
     Ok(json(&out))
 }
 
-/// `GET /admin/check`: verifies the store's reference counts in one snapshot; 200 with
-/// `{"ok": true}`, or 500 with the problems found (each also logged).
+/// `GET /admin/check`: verifies the store's reference counts and manifest records in one
+/// snapshot; 200 with `{"ok": true}`, or 500 with the problems found (each also logged).
 pub fn check(app: &App) -> Result<Reply> {
     let problems = app.store.check()?;
     for p in &problems {

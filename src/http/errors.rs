@@ -136,7 +136,9 @@ impl From<StoreError> for ApiError {
                 ),
             )
             .detail(serde_json::json!({ "digest": d })),
-            StoreError::ManifestRefMismatch(m) => ApiError::new(400, Code::ManifestInvalid, m),
+            StoreError::ManifestRefMismatch(m) | StoreError::ManifestInvalid(m) => {
+                ApiError::new(400, Code::ManifestInvalid, m)
+            }
             StoreError::Full => {
                 log::warn!("storage full: refusing upload data");
                 ApiError::new(

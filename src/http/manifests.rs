@@ -10,9 +10,17 @@ use crate::registry::Reference;
 use crate::storage::NewManifest;
 use tiny_http::Request;
 
-/// `GET`/`HEAD` a manifest by tag or digest.
+/// `GET`/`HEAD` a manifest by tag or digest. A reference that is neither names no manifest:
+/// 404, as the distribution spec requires (a PUT to it is refused with 400).
 pub fn get(app: &App, name: &str, reference: &str) -> Result<Reply> {
-    let m = match Reference::parse(reference)? {
+    let parsed = Reference::parse(reference).map_err(|_| {
+        ApiError::new(
+            404,
+            Code::ManifestUnknown,
+            format!("manifest unknown: {reference:?} is neither a valid tag nor a digest"),
+        )
+    })?;
+    let m = match parsed {
         Reference::Tag(t) => app.store.manifest_by_tag(name, &t)?,
         Reference::Digest(d) => app.store.manifest_by_digest(name, &d)?,
     };

@@ -306,6 +306,17 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
         body,
     } = reply;
     headers.push(("Docker-Distribution-API-Version", "registry/2.0".to_owned()));
+    // Header values come from requests and from stored data: whatever let a control
+    // character through upstream, it never reaches the wire (no response splitting).
+    if let Some((name, _)) = headers.iter().find(|(_, v)| !header_value_safe(v)) {
+        log::error!("refused to send a {name} header holding a control character");
+        let e = ApiError::new(
+            500,
+            Code::Unknown,
+            format!("the response's {name} header would hold a control character"),
+        );
+        return send(app, req, e.into());
+    }
     match body {
         Body::Blob { blob, start, len } => {
             match stream::blob(app, req, status, &headers, (blob, start, len)) {
@@ -321,6 +332,11 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
         Body::Empty => send_bytes(req, status, headers, Vec::new()),
         Body::Bytes(data) => send_bytes(req, status, headers, data),
     }
+}
+
+/// True if `v` may be sent as a header value: visible ASCII, spaces and tabs only.
+fn header_value_safe(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 /// Writes a small, fully known response through tiny_http; returns the status.

@@ -209,17 +209,17 @@ fn append_body(app: &App, req: &mut Request, name: &str, id: &str) -> Result<u64
         ApiError::from(StoreError::UploadOffset(received)).header("Location", location(name, id))
     };
     if let Some(value) = header(req, "Content-Range") {
-        let (first, last) = parse_content_range(value).ok_or_else(|| {
+        let (first, len) = parse_content_range(value).ok_or_else(|| {
             ApiError::new(
                 400,
                 Code::BlobUploadInvalid,
-                "Content-Range must be <first>-<last>",
+                "Content-Range must be <first>-<last>, with first <= last < 2^64 - 1",
             )
         })?;
         if first != up.received {
             return Err(out_of_order(up.received));
         }
-        if req.body_length().is_some_and(|n| n != last - first + 1) {
+        if req.body_length().is_some_and(|n| n != len) {
             return Err(ApiError::new(
                 400,
                 Code::SizeInvalid,
@@ -351,7 +351,8 @@ fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
         .header("Docker-Content-Digest", digest.as_str()))
 }
 
-/// `first-last`, optionally as `bytes first-last/total` or `bytes=first-last`.
+/// `first-last`, optionally as `bytes first-last/total` or `bytes=first-last`, as (first,
+/// length); `None` also for a range whose length does not fit 64 bits.
 fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     let v = v.trim();
     let v = v
@@ -363,8 +364,8 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     if !digits(a) || !digits(b) {
         return None;
     }
-    let (a, b) = (a.parse().ok()?, b.parse().ok()?);
-    (b >= a).then_some((a, b))
+    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+    Some((a, b.checked_sub(a)?.checked_add(1)?))
 }
 
 #[cfg(test)]
@@ -373,10 +374,20 @@ mod tests {
 
     #[test]
     fn content_ranges() {
-        assert_eq!(p("0-99"), Some((0, 99)));
-        assert_eq!(p("bytes 100-199/1000"), Some((100, 199)));
-        assert_eq!(p("bytes=5-5"), Some((5, 5)));
-        for bad in ["", "5-1", "-5", "a-b", "1-", "1--2"] {
+        assert_eq!(p("0-99"), Some((0, 100)));
+        assert_eq!(p("bytes 100-199/1000"), Some((100, 100)));
+        assert_eq!(p("bytes=5-5"), Some((5, 1)));
+        assert_eq!(p("1-18446744073709551615"), Some((1, u64::MAX)));
+        for bad in [
+            "",
+            "5-1",
+            "-5",
+            "a-b",
+            "1-",
+            "1--2",
+            "0-18446744073709551615",
+            "0-18446744073709551616",
+        ] {
             assert_eq!(p(bad), None, "{bad}");
         }
     }

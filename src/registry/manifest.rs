@@ -49,6 +49,38 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, ManifestError> {
     Err(ManifestError::Invalid(msg.into()))
 }
 
+/// True if `t` is a media type as RFC 6838 section 4.2 defines it, without parameters:
+/// `type/subtype`, each a restricted name of 1 to 127 characters. This is what we serve as a
+/// `Content-Type` and store in a bounded record field: no control character gets through.
+pub fn valid_media_type(t: &str) -> bool {
+    fn restricted_name(n: &str) -> bool {
+        let b = n.as_bytes();
+        (1..=127).contains(&b.len())
+            && b[0].is_ascii_alphanumeric()
+            && b.iter().all(|&c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(
+                        c,
+                        b'!' | b'#' | b'$' | b'&' | b'-' | b'^' | b'_' | b'.' | b'+'
+                    )
+            })
+    }
+    t.split_once('/')
+        .is_some_and(|(ty, sub)| restricted_name(ty) && restricted_name(sub))
+}
+
+/// `t` if it is a valid media type, else the error naming `what` (shown shortened).
+fn checked_media_type<'t>(t: &'t str, what: &str) -> Result<&'t str, ManifestError> {
+    if valid_media_type(t) {
+        return Ok(t);
+    }
+    let shown: String = t.chars().take(64).collect();
+    invalid(format!(
+        "{what} {shown:?}{} is not a media type (RFC 6838: type/subtype, letters, digits and !#$&-^_.+, at most 127 each)",
+        if shown.len() < t.len() { "..." } else { "" }
+    ))
+}
+
 impl Manifest {
     /// Validates `body` sent with `content_type` (the request's, parameters stripped, if any).
     pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, ManifestError> {
@@ -61,12 +93,14 @@ impl Manifest {
         };
         let declared = match obj.get("mediaType") {
             None => None,
-            Some(Value::String(s)) => Some(s.as_str()),
+            Some(Value::String(s)) => Some(checked_media_type(s, "mediaType")?),
             Some(_) => return invalid("mediaType is not a string"),
         };
         // A generic or absent Content-Type defers to the document's own mediaType.
         let header = content_type
-            .filter(|t| !matches!(*t, "application/json" | "application/octet-stream" | ""));
+            .filter(|t| !matches!(*t, "application/json" | "application/octet-stream" | ""))
+            .map(|t| checked_media_type(t, "Content-Type"))
+            .transpose()?;
         if let (Some(h), Some(d)) = (header, declared) {
             if h != d {
                 return invalid(format!(
@@ -136,7 +170,9 @@ impl Manifest {
         }
         match obj.get("artifactType") {
             None => {}
-            Some(Value::String(s)) => m.artifact_type = Some(s.clone()),
+            Some(Value::String(s)) => {
+                m.artifact_type = Some(checked_media_type(s, "artifactType")?.to_owned())
+            }
             Some(_) => return invalid("artifactType is not a string"),
         }
         if let Some(s) = obj.get("subject") {
@@ -236,6 +272,31 @@ mod tests {
                 "{body}"
             );
         }
+        for bad in [
+            "application/vnd.oci.image.manifest.v1+json\r\nX-Evil: 1",
+            "text",
+            "/json",
+            "a/",
+            "a/b/c",
+            "a/ b",
+            "a/b; charset=utf-8",
+            "a/\u{0}",
+        ] {
+            let json = serde_json::to_string(bad).unwrap();
+            let body = format!(r#"{{"schemaVersion":2,"mediaType":{json},"manifests":[]}}"#);
+            assert!(
+                matches!(
+                    Manifest::parse(Some("application/json"), body.as_bytes()),
+                    Err(ManifestError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let long = format!("application/{}", "x".repeat(70_000));
+        assert!(!valid_media_type(&long));
+        assert!(valid_media_type(&format!("a/{}", "b".repeat(127))));
+        assert!(!valid_media_type(&format!("a/{}", "b".repeat(128))));
+        assert!(valid_media_type(OCI_MANIFEST) && valid_media_type(DOCKER_LIST));
         let v1 = "application/vnd.docker.distribution.manifest.v1+prettyjws";
         assert!(matches!(
             Manifest::parse(Some(v1), b"{}"),

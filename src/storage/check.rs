@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 impl Store {
     /// Checks, in one snapshot, that every blob's count equals the links and shadowing
     /// uploads that hold it, that every link points at a stored blob, and that every link and
-    /// shadow belongs to a known repository or upload. Returns the problems found (none: ok).
+    /// shadow belongs to a known repository or upload, and that every manifest record opens,
+    /// decodes and matches its digest. Returns the problems found (none: ok).
     pub fn check(&self) -> Result<Vec<String>, StoreError> {
         let tx = self.read()?;
         let mut problems = Vec::new();
@@ -57,6 +58,7 @@ impl Store {
                 "{n} links to {digest} (domain {domain}), which is not stored"
             ));
         }
+        self.check_manifests(&tx, &names, &mut problems)?;
         Ok(problems)
     }
 }

@@ -53,9 +53,47 @@ impl Tx<'_, WriteTransaction> {
 }
 
 fn open_db(path: &Path, cache_size: usize) -> Result<Database, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Created 0600 whatever the umask: the store holds password hashes and plaintext images.
+    // (redb initialises an empty file as a new database.)
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(StoreError::Db(redb::Error::Io(e))),
+    }
     Ok(Database::builder()
         .set_cache_size(cache_size)
         .create(path)?)
+}
+
+/// Creates data directory `dir` (mode 0700 whatever the umask) if it is not there, and warns
+/// when it, or the store in it, can be read by other users.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    for path in [dir.to_owned(), dir.join("outpost.redb")] {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "{} has mode {mode:03o}: other users of this host may read it (password \
+                 hashes, images); chmod {} it",
+                path.display(),
+                if meta.is_dir() { "700" } else { "600" }
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Handle {

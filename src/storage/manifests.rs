@@ -118,16 +118,24 @@ impl<'a> NewManifest<'a> {
 }
 
 // Value layout: version 1, u16 media type length, media type, u8 subject length, subject, body.
-fn encode(media_type: &str, subject: Option<&Digest>, body: &[u8]) -> Vec<u8> {
+// A field too long for its length prefix is refused, never wrapped (the handlers bound media
+// types to 255 bytes and digests are at most 135).
+fn encode(media_type: &str, subject: Option<&Digest>, body: &[u8]) -> Result<Vec<u8>, StoreError> {
     let subject = subject.map_or("", |d| d.as_str());
+    let too_long = |what: &str, n: usize| {
+        StoreError::ManifestInvalid(format!("manifest {what} of {n} bytes is too long to store"))
+    };
+    let mt_len =
+        u16::try_from(media_type.len()).map_err(|_| too_long("media type", media_type.len()))?;
+    let subj_len = u8::try_from(subject.len()).map_err(|_| too_long("subject", subject.len()))?;
     let mut v = Vec::with_capacity(4 + media_type.len() + subject.len() + body.len());
     v.push(1);
-    v.extend_from_slice(&(media_type.len() as u16).to_le_bytes());
+    v.extend_from_slice(&mt_len.to_le_bytes());
     v.extend_from_slice(media_type.as_bytes());
-    v.push(subject.len() as u8);
+    v.push(subj_len);
     v.extend_from_slice(subject.as_bytes());
     v.extend_from_slice(body);
-    v
+    Ok(v)
 }
 
 /// (media type, subject, body) of a stored value.
@@ -163,7 +171,7 @@ impl Store {
             }
             let subject = m.referrer.as_ref().map(|(s, _)| *s);
             let digest = m.digest.as_str();
-            let value = encode(m.media_type, subject, m.body);
+            let value = encode(m.media_type, subject, m.body)?;
             let value = seal_record(key, &manifest_at(repo.id, digest), value);
             tx.open_table(MANIFESTS)?
                 .insert((repo.id, digest), value.as_slice())?;
@@ -364,6 +372,56 @@ fn open_manifest<'a>(
     })
 }
 
+impl Store {
+    /// Adds to `problems` every manifest record in `tx` that does not open with its
+    /// repository's key, does not decode, or does not hash to its digest, and every tag that
+    /// points at no stored manifest. `repos` maps repository ids to (name, domain).
+    pub(super) fn check_manifests(
+        &self,
+        tx: &redb::ReadTransaction,
+        repos: &std::collections::HashMap<u64, (String, u64)>,
+        problems: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let manifests = tx.open_table(MANIFESTS)?;
+        for row in manifests.iter()? {
+            let (k, v) = row?;
+            let (repo, digest) = k.value();
+            let Some((name, domain)) = repos.get(&repo) else {
+                problems.push(format!("manifest {digest} in unknown repository {repo}"));
+                continue;
+            };
+            let verified = self.domain_key(*domain).and_then(|key| {
+                let record = open_manifest(key.as_deref(), repo, digest, v.value())?;
+                let (_, _, body) = decode(&record)?;
+                let expected = Digest::parse(digest)
+                    .map_err(|e| StoreError::Corrupt(format!("its key is not a digest: {e}")))?;
+                let mut h = crate::digest::Hasher::new(expected.algorithm());
+                h.update(body);
+                let actual = h.finish();
+                if actual != expected {
+                    return Err(StoreError::Corrupt(format!("its body hashes to {actual}")));
+                }
+                Ok(())
+            });
+            if let Err(e) = verified {
+                problems.push(format!("manifest {digest} of {name}: {e}"));
+            }
+        }
+        for row in tx.open_table(TAGS)?.iter()? {
+            let (k, v) = row?;
+            let (repo, tag) = k.value();
+            if manifests.get((repo, v.value()))?.is_none() {
+                let name = repos.get(&repo).map_or("an unknown repository", |r| &r.0);
+                problems.push(format!(
+                    "tag {tag} of {name} points at missing manifest {}",
+                    v.value()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn check_references(
     tx: &WriteTransaction,
     repo: Repo,
@@ -399,4 +457,78 @@ fn check_references(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StoreOptions;
+
+    fn store(dir: &std::path::Path) -> Store {
+        let options = StoreOptions {
+            cache_size: 1 << 20,
+            chunk_size: 64 << 10,
+            min_free_space: 0,
+            master_key: None,
+            encryption: Vec::new(),
+            settle_master_key: false,
+        };
+        Store::open(&dir.join("outpost.redb"), options).unwrap()
+    }
+
+    #[test]
+    fn a_field_too_long_for_its_prefix_is_refused_not_wrapped() {
+        let long = "a/".to_owned() + &"b".repeat(70_000);
+        assert!(matches!(
+            encode(&long, None, b"{}"),
+            Err(StoreError::ManifestInvalid(_))
+        ));
+        let v = encode("a/b", None, b"{}").unwrap();
+        assert_eq!(decode(&v).unwrap(), ("a/b", "", &b"{}"[..]));
+    }
+
+    #[test]
+    fn the_check_decodes_and_hashes_every_manifest_record() {
+        let dir = std::env::temp_dir().join(format!("outpost-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = store(&dir);
+        let body = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let digest = Digest::sha256_of(body);
+        let tags = ["v1".to_owned()];
+        let m = NewManifest {
+            digest: &digest,
+            media_type: "application/vnd.oci.image.index.v1+json",
+            body,
+            blobs: Vec::new(),
+            children: Vec::new(),
+            tags: &tags,
+            referrer: None,
+            lazy: false,
+        };
+        s.manifest_put("r", &m).unwrap();
+        assert_eq!(s.check().unwrap(), Vec::<String>::new());
+        // Rot: the body changes under its digest, then the record stops decoding.
+        for value in [
+            encode(
+                m.media_type,
+                None,
+                br#"{"schemaVersion":2,"manifests":[ ]}"#,
+            )
+            .unwrap(),
+            vec![1, 0xff, 0xff, b'a'],
+        ] {
+            let tx = s.write(true).unwrap();
+            let id = find_repo_w(&tx, "r").unwrap().id;
+            tx.open_table(MANIFESTS)
+                .unwrap()
+                .insert((id, digest.as_str()), value.as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+            let problems = s.check().unwrap();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains(digest.as_str()), "{problems:?}");
+        }
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

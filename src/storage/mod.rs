@@ -15,6 +15,7 @@ mod users;
 
 pub use blobs::{trim_thread_buffers, BlobInfo, ChunkHint, MountFrom, MountRefused};
 pub use domains::KeyInfo;
+pub use handle::private_dir;
 pub use manifests::NewManifest;
 
 use crate::clock::unix_now as now;
@@ -82,6 +83,8 @@ pub enum StoreError {
     ManifestBlobUnknown(String),
     /// A manifest's descriptor disagrees with what is stored (size).
     ManifestRefMismatch(String),
+    /// A manifest the store cannot hold as it is (a field beyond its record's bound).
+    ManifestInvalid(String),
     /// The disk is full, or would fall below the free-space reserve.
     Full,
     /// The database is being reopened after an I/O failure; retry shortly.
@@ -113,7 +116,7 @@ impl fmt::Display for StoreError {
             StoreError::UploadUnknown => f.write_str("upload unknown"),
             StoreError::UploadOffset(n) => write!(f, "upload is at offset {n}"),
             StoreError::ManifestBlobUnknown(d) => write!(f, "referenced content {d} unknown"),
-            StoreError::ManifestRefMismatch(m) => f.write_str(m),
+            StoreError::ManifestRefMismatch(m) | StoreError::ManifestInvalid(m) => f.write_str(m),
             StoreError::Full => f.write_str("no space left on the storage device"),
             StoreError::Unavailable => f.write_str("store is reopening after an I/O failure"),
             StoreError::Corrupt(m) => write!(f, "store unusable: {m}"),

@@ -162,6 +162,32 @@ impl Store {
         Ok(())
     }
 
+    /// Writes where every shadowing upload stands into its session, durably (their progress
+    /// is otherwise kept in memory between checkpoints): after a graceful stop each resumes
+    /// where it was. One durable commit, which also covers every earlier non-durable one.
+    pub fn save_progress(&self) -> Result<(), StoreError> {
+        let progress: Vec<(String, u64)> = self
+            .progress()
+            .iter()
+            .map(|(id, (at, _))| (id.clone(), *at))
+            .collect();
+        let tx = self.write(true)?;
+        {
+            let mut uploads = tx.open_table(UPLOADS)?;
+            for (id, at) in progress {
+                let row = uploads.get(id.as_str())?.map(|v| {
+                    let (repo, domain, blob, _, active) = v.value();
+                    (repo.to_owned(), domain, blob, active)
+                });
+                if let Some((repo, domain, blob, active)) = row {
+                    uploads.insert(id.as_str(), (repo.as_str(), domain, blob, at, active))?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub(super) fn progress(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
