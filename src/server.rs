@@ -58,6 +58,10 @@ pub fn run(config: Config) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     warn_if_exposed(&config, local);
+    // From here `listen` is where the registry really listens (a port 0 became a port): what
+    // `/admin/stats` tells the commands that reach it through the admin socket.
+    let mut config = config;
+    config.listen = local;
     let app = Arc::new(App::new(store, config, stopping.clone())?);
     let admin = admin_socket(&socket_path);
     let mut signals = Signals::new([SIGTERM, SIGINT])

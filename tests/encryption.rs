@@ -454,9 +454,22 @@ fn tampered_data_is_never_served_and_is_logged() {
         log.lines().any(|l| l.contains(&ds) && l.contains("500")),
         "{log}"
     );
-    // A damaged blob can still be deleted, and the store stays consistent.
+    // The check finds the altered manifest (it opens every manifest record)...
+    let check = c.get("/admin/check");
+    assert_eq!(check.status, 500, "{check:?}");
+    let problems = check.json()["problems"].to_string();
+    assert!(
+        problems.contains(&md) && problems.contains("does not open"),
+        "{problems}"
+    );
+    // ...and damaged data can still be deleted, after which the store is consistent.
     assert_eq!(c.delete(&format!("/v2/plant-a/app/blobs/{ds}")).status, 202);
-    assert!(c.get("/admin/check").json()["ok"].as_bool().unwrap());
+    assert_eq!(
+        c.delete(&format!("/v2/plant-a/img/manifests/{md}")).status,
+        202
+    );
+    let check = c.get("/admin/check");
+    assert!(check.json()["ok"].as_bool().unwrap(), "{check:?}");
 }
 
 #[test]

@@ -272,3 +272,87 @@ fn numbers_from_requests_never_wrap() {
     }
     assert!(!reg.log_text().contains("panicked"), "{}", reg.log_text());
 }
+
+#[test]
+fn a_command_acts_on_the_registry_it_names_and_says_which() {
+    let dir = TempDir::new("cli-names");
+    let (data_a, data_b, data_c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let a = Registry::start(&data_a);
+    let b = Registry::start(&data_b);
+    let body = push_image(&a.client(), "site/app", 5, 1);
+    assert_eq!(
+        a.client()
+            .put_manifest("site/app", "v1", OCI_MANIFEST, &body)
+            .status,
+        201
+    );
+    // A config whose listen address is registry b: the data directory still decides.
+    let cfg = dir.path().join("outpost.json");
+    let listen = b.addr.to_string();
+    std::fs::write(
+        &cfg,
+        serde_json::json!({ "listen": listen, "dataDir": data_a }).to_string(),
+    )
+    .unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        let mut all = args.to_vec();
+        all.extend(["--config", cfg.to_str().unwrap()]);
+        outpost_stdin(&all, stdin)
+    };
+    let c = data_c.to_str().unwrap();
+    let out = run(&["user", "add", "zed", "--data-dir", c], "zed-password-1\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("using the store {c}/outpost.redb")),
+        "{}",
+        text(&out)
+    );
+    for (data, has) in [(&data_a, false), (&data_b, false), (&data_c, true)] {
+        let out = run(&["user", "list", "--data-dir", data.to_str().unwrap()], "");
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(
+            text(&out).contains("zed"),
+            has,
+            "{}: {}",
+            data.display(),
+            text(&out)
+        );
+    }
+    // An export from the registry serving a's store goes to a's HTTP API (it says where it
+    // listens through its admin socket), never to whatever the config's listen names.
+    let tar = dir.path().join("app.tar");
+    let out = run(&["export", "site/app:v1", "-o", tar.to_str().unwrap()], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("using the registry serving"),
+        "{}",
+        text(&out)
+    );
+    assert!(std::fs::metadata(&tar).unwrap().len() > body.len() as u64);
+    // Every connection error names the address.
+    for args in [
+        &["settings", "--server", "127.0.0.1:1"][..],
+        &[
+            "export",
+            "site/app:v1",
+            "-o",
+            "x.tar",
+            "--server",
+            "127.0.0.1:1",
+        ],
+        &["user", "list", "--server", "http://127.0.0.1:1"],
+    ] {
+        let out = run(args, "");
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            text(&out).contains("127.0.0.1:1"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    drop((a, b));
+}

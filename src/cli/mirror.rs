@@ -43,21 +43,10 @@ fn target(config: &Config, login: &Login, create: bool) -> Result<Target, String
     };
     let url = match reached {
         Some(Reach::Offline(store, _)) => return Ok(Target::Store(store)),
-        Some(Reach::Online(_)) => {
-            // Copying needs HTTP: the registry serving the store, at its listen address.
-            let addr = super::local_addr(config.listen);
-            if addr.port() == 0 {
-                return Err(format!(
-                    "a registry serves {}, but the listen port is 0 (any free port): pass \
-                     --server with the address it logged",
-                    config.data_dir.display()
-                ));
-            }
-            let scheme = if config.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
+        Some(Reach::Online(at)) => {
+            // Copying needs HTTP: the registry serving the store, where it says it listens.
+            let (addr, tls) = super::http_addr(&at, config)?;
+            let scheme = if tls { "https" } else { "http" };
             format!("{scheme}://{addr}")
         }
         None => url.expect("set when not reached"),
@@ -108,7 +97,9 @@ pub fn export(
         Target::Http(r) => r.as_ref(),
     };
     let list_tags = |repo: &str| match &target {
-        Target::Store(s) => LocalSource(s).tags(repo).map_err(|e| e.message),
+        Target::Store(s) => LocalSource(s)
+            .tags(repo)
+            .map_err(|e| format!("tags of {repo}: {}", e.message)),
         Target::Http(r) => r.tags(repo).map_err(|e| e.message),
     };
     let mut writer = LayoutWriter::create(out).map_err(|e| e.message)?;
@@ -120,7 +111,7 @@ pub fn export(
         for n in &names {
             let refs = match &n.reference {
                 Some(r) => vec![r.clone()],
-                None => list_tags(&n.repo).map_err(|e| format!("tags of {}: {e}", n.repo))?,
+                None => list_tags(&n.repo).map_err(|e| e.to_string())?,
             };
             if refs.is_empty() {
                 return Err(format!("{} has no tags: name an image by digest", n.repo));

@@ -49,6 +49,24 @@ fn reach(config: &Config, server: Option<&str>) -> Result<Reach, String> {
 /// `reach`, creating the store if there is none (`create`): users set up before the first
 /// start, a gateway's first mirror pass.
 fn reach_or_create(config: &Config, server: Option<&str>, create: bool) -> Result<Reach, String> {
+    let reached = find(config, server, create)?;
+    // Which registry a command acts on is never left to guess.
+    match &reached {
+        Reach::Online(Endpoint::Socket(p)) => eprintln!(
+            "using the registry serving {} (through its admin socket {})",
+            config.data_dir.display(),
+            p.display()
+        ),
+        Reach::Online(Endpoint::Tcp(a)) => eprintln!("using the registry at {a}"),
+        Reach::Offline(_, path) => {
+            eprintln!("using the store {} (no registry serves it)", path.display())
+        }
+    }
+    Ok(reached)
+}
+
+/// `reach_or_create` without saying which.
+fn find(config: &Config, server: Option<&str>, create: bool) -> Result<Reach, String> {
     if let Some(s) = server {
         let addr = server_addr(s)?;
         TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -492,6 +510,23 @@ fn print_settings(v: &Value) {
 
 fn open_offline(config: &Config, path: &Path) -> Result<Store, String> {
     crate::server::open_store(config, path, false)
+}
+
+/// Where the registry at `at` listens for HTTP, and whether with TLS: what it says through
+/// its admin socket, else (a registry reached at an address) that address.
+fn http_addr(at: &Endpoint, config: &Config) -> Result<(SocketAddr, bool), String> {
+    match at {
+        Endpoint::Tcp(a) => Ok((*a, config.tls.is_some())),
+        Endpoint::Socket(_) => {
+            let stats = call(at, "GET", "/admin/stats", None, 200)?;
+            let listen = &stats["listen"];
+            let addr = listen["address"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("outpost at {at} did not say where it listens"))?;
+            Ok((local_addr(addr), listen["tls"] == true))
+        }
+    }
 }
 
 /// Where a registry listening on `listen` is reached from this machine.

@@ -40,11 +40,12 @@ pub struct Remote {
     pending: Mutex<HashMap<(String, String), String>>,
 }
 
-fn net(what: &str, e: ureq::Error) -> MirrorError {
-    MirrorError::new(format!("{what}: {e}"))
-}
-
 impl Remote {
+    /// A transport failure, naming the registry it was talking to.
+    fn net(&self, what: &str, e: ureq::Error) -> MirrorError {
+        MirrorError::new(format!("{what} at {}: {e}", self.base))
+    }
+
     /// A client of the registry at `base` (`http(s)://host[:port]`), trusting the CA
     /// certificates in `ca_file` (PEM) instead of the built-in roots if given.
     pub fn new(
@@ -237,7 +238,7 @@ impl Remote {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let scope = Self::scope(repo, false);
         self.send(method, &path, &scope, &[("Accept", ACCEPT.into())], || ())
-            .map_err(|e| net(&path, e))
+            .map_err(|e| self.net(&path, e))
     }
 
     /// The digest `reference` of `repo` resolves to (HEAD), if the registry has it.
@@ -257,7 +258,7 @@ impl Remote {
         for _ in 0..1000 {
             let mut resp = self
                 .send("GET", &path, &Self::scope(repo, false), &[], || ())
-                .map_err(|e| net(&path, e))?;
+                .map_err(|e| self.net(&path, e))?;
             if resp.status() != 200 {
                 return Err(self.refused(&format!("tags of {repo}"), resp));
             }
@@ -297,7 +298,7 @@ impl Remote {
         }
         let resp = self
             .send("GET", &path, &Self::scope(repo, false), &headers, || ())
-            .map_err(|e| net(&path, e))?;
+            .map_err(|e| self.net(&path, e))?;
         match resp.status().as_u16() {
             200 => Ok((resp, 0)),
             206 => {
@@ -363,7 +364,7 @@ impl Remote {
             .got
             .take()
             .or_else(|| hashing.hasher.take().map(Hasher::finish));
-        let resp = resp.map_err(|e| net(&format!("blob {digest}"), e))?;
+        let resp = resp.map_err(|e| self.net(&format!("blob {digest}"), e))?;
         if got.as_ref() != Some(digest) && hashing.read == size {
             return Err(MirrorError::integrity(format!(
                 "blob {digest}: content has digest {}: refused (tampered or corrupt)",
@@ -425,7 +426,7 @@ fn small_body(resp: &mut Response<Body>, what: &str) -> Result<Vec<u8>> {
         .with_config()
         .limit(SMALL_LIMIT)
         .read_to_vec()
-        .map_err(|e| net(what, e))
+        .map_err(|e| MirrorError::new(format!("{what}: {e}")))
 }
 
 /// `key="value", key=value` pairs of a challenge.
@@ -577,7 +578,7 @@ impl Sink for Remote {
         let scope = Self::scope(repo, true);
         let resp = self
             .send("HEAD", &path, &scope, &[], || ())
-            .map_err(|e| net(&path, e))?;
+            .map_err(|e| self.net(&path, e))?;
         if resp.status() == 200 {
             return Ok(true);
         }
@@ -585,7 +586,7 @@ impl Sink for Remote {
         let path = format!("/v2/{repo}/blobs/uploads/?mount={digest}");
         let resp = self
             .send("POST", &path, &scope, &[], || &b""[..])
-            .map_err(|e| net(&path, e))?;
+            .map_err(|e| self.net(&path, e))?;
         match resp.status().as_u16() {
             201 => Ok(true),
             202 => {
@@ -619,7 +620,7 @@ impl Sink for Remote {
                 let path = format!("/v2/{repo}/blobs/uploads/");
                 let resp = self
                     .send("POST", &path, &Self::scope(repo, true), &[], || &b""[..])
-                    .map_err(|e| net(&path, e))?;
+                    .map_err(|e| self.net(&path, e))?;
                 if resp.status() != 202 {
                     return Err(self.refused(&format!("blob {digest}"), resp));
                 }
@@ -659,7 +660,7 @@ impl Sink for Remote {
                 &[("Content-Type", m.media_type.clone())],
                 || m.body.as_slice(),
             )
-            .map_err(|e| net(&path, e))?;
+            .map_err(|e| self.net(&path, e))?;
         if resp.status() != 201 {
             return Err(self.refused(&format!("manifest {repo}:{reference}"), resp));
         }
