@@ -1,4 +1,4 @@
-//! Failed-login limits: per (client network, user) and per client network, where a client
+//! Failed-login limits: per (client address, user) and per client network, where a client
 //! network is an IPv4 /24 or an IPv6 /64 (one host rarely has just one address of those).
 //!
 //! Each key has a leaky bucket of failures: every failed login adds one, one is forgiven per
@@ -20,7 +20,7 @@ pub struct Bucket {
     pub refill: Duration,
 }
 
-/// Guesses at one user's password from one network: ten, then one per 6 s.
+/// Guesses at one user's password from one address: ten, then one per 6 s.
 pub const PER_USER: Bucket = Bucket {
     burst: 10.0,
     refill: Duration::from_secs(6),
@@ -38,7 +38,7 @@ const CAPACITY: usize = 8192;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Network([u8; 8]),
-    User([u8; 8], String),
+    User(IpAddr, String),
 }
 
 /// The failed-login table of a registry.
@@ -69,7 +69,7 @@ impl Limiter {
     /// How long `ip` must wait before it may try `user`'s password (or any password), if it
     /// failed too often. Asked before anything about the password is looked at.
     pub fn wait(&self, ip: IpAddr, user: &str) -> Option<Duration> {
-        let net = network(ip);
+        let (ip, net) = (canonical(ip), network(ip));
         let table = lock(&self.table);
         let over = |key: &Key, b: Bucket| {
             let (level, at) = table.get(key)?;
@@ -77,17 +77,17 @@ impl Limiter {
             (level + 1.0 > b.burst).then(|| b.refill.mul_f64(level + 1.0 - b.burst))
         };
         let a = over(&Key::Network(net), self.per_network);
-        let b = over(&Key::User(net, user.to_owned()), self.per_user);
+        let b = over(&Key::User(ip, user.to_owned()), self.per_user);
         a.max(b).map(|w| w.max(Duration::from_secs(1)))
     }
 
     /// Counts a failed login for `user` from `ip`.
     pub fn failed(&self, ip: IpAddr, user: &str) {
-        let net = network(ip);
+        let (ip, net) = (canonical(ip), network(ip));
         let mut table = lock(&self.table);
         for (key, b) in [
             (Key::Network(net), self.per_network),
-            (Key::User(net, user.to_owned()), self.per_user),
+            (Key::User(ip, user.to_owned()), self.per_user),
         ] {
             if !table.contains_key(&key) && table.len() >= self.capacity {
                 make_room(&mut table, self.per_user);
@@ -116,13 +116,17 @@ fn make_room(table: &mut HashMap<Key, (f64, Instant)>, slowest: Bucket) {
     }
 }
 
-/// The network `ip` counts in: its /24 (IPv4, also when mapped into IPv6) or its /64.
-fn network(ip: IpAddr) -> [u8; 8] {
-    let ip = match ip {
+/// `ip`, an IPv4 address mapped into IPv6 as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
-    };
-    match ip {
+    }
+}
+
+/// The network `ip` counts in: its /24 (IPv4, also when mapped into IPv6) or its /64.
+fn network(ip: IpAddr) -> [u8; 8] {
+    match canonical(ip) {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             [4, o[0], o[1], o[2], 0, 0, 0, 0]
@@ -169,7 +173,9 @@ mod tests {
             assert_eq!(l.wait(ip("10.0.0.1"), "alice"), None);
             l.failed(ip("10.0.0.1"), "alice");
         }
-        assert!(l.wait(ip("10.0.0.2"), "alice").is_some(), "same /24");
+        assert!(l.wait(ip("10.0.0.1"), "alice").is_some());
+        assert!(l.wait(ip("::ffff:10.0.0.1"), "alice").is_some(), "mapped");
+        assert_eq!(l.wait(ip("10.0.0.2"), "alice"), None, "another address");
         assert_eq!(l.wait(ip("10.0.0.1"), "bob"), None, "another user");
         for i in 0..20 {
             l.failed(ip("10.0.0.3"), &format!("u{i}"));
