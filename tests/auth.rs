@@ -830,6 +830,7 @@ fn a_failed_login_takes_as_long_for_every_kind_of_user() {
     let (lo, hi) = medians
         .iter()
         .fold((f64::MAX, 0f64), |(l, h), m| (l.min(*m), h.max(*m)));
+    eprintln!("median failure times {kinds:?}: {medians:?} s");
     assert!(
         hi <= lo * 1.10,
         "median failure times {kinds:?}: {medians:?} s"

@@ -83,22 +83,25 @@ fn verify_nobody(password: &str) {
     let _ = verify(dummy, password);
 }
 
-/// The longest a password check has taken here, nanoseconds (0: not measured yet).
+/// How long a failed password check takes here, nanoseconds (0: not measured yet): raised at
+/// once by a slower check, lowered by a 32nd of the difference by a faster one (a spike of
+/// load does not slow every later failure for good, and alternating fast and slow users
+/// moves it by a few percent only).
 static FLOOR_NANOS: AtomicU64 = AtomicU64::new(0);
 /// A check that took longer than this (a hash with an extreme cost, a stalled machine) does
 /// not make every later failure wait as long.
 const FLOOR_CAP: Duration = Duration::from_secs(10);
 
 /// True if `password` matches `stored` (`None`: no such user). A failure takes as long as the
-/// slowest check seen so far, whether the user is unknown, kept in the store (PBKDF2) or in
-/// an htpasswd file (bcrypt of any cost): neither a user name nor how its password is hashed
+/// slow checks seen lately, whether the user is unknown, kept in the store (PBKDF2) or in an
+/// htpasswd file (bcrypt of any cost): neither a user name nor how its password is hashed
 /// shows in the time a failed login takes. A success answers at once.
 pub fn check(stored: Option<&str>, password: &str) -> bool {
     if FLOOR_NANOS.load(Ordering::Relaxed) == 0 {
         // Calibrated on first use (a start must stay quick): one verification of our own.
         let started = Instant::now();
         verify_nobody(password);
-        raise_floor(started.elapsed());
+        settle_floor(started.elapsed());
     }
     let started = Instant::now();
     let ok = match stored {
@@ -109,18 +112,21 @@ pub fn check(stored: Option<&str>, password: &str) -> bool {
         }
     };
     let took = started.elapsed();
-    let floor = raise_floor(took);
+    let floor = settle_floor(took);
     if !ok {
         std::thread::sleep(floor.saturating_sub(started.elapsed()));
     }
     ok
 }
 
-/// Raises the floor to `took` (capped); returns the floor.
-fn raise_floor(took: Duration) -> Duration {
+/// Moves the floor for a check that took `took` (capped); returns the new floor.
+fn settle_floor(took: Duration) -> Duration {
     let took = took.min(FLOOR_CAP).as_nanos() as u64;
-    let before = FLOOR_NANOS.fetch_max(took, Ordering::Relaxed);
-    Duration::from_nanos(before.max(took))
+    let next = |f: u64| if took >= f { took } else { f - (f - took) / 32 };
+    let before = FLOOR_NANOS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| Some(next(f)))
+        .unwrap_or_else(|f| f);
+    Duration::from_nanos(next(before))
 }
 
 fn is_bcrypt(h: &str) -> bool {
