@@ -32,7 +32,8 @@ fn valid_component(c: &str) -> bool {
             b'-' => true,
             _ => false,
         };
-        if !ok {
+        // One separator between alphanumerics: "a-_b" or "a._b" are two.
+        if !ok || !b.get(i).is_some_and(|&x| alnum(x)) {
             return false;
         }
     }
@@ -61,7 +62,7 @@ mod tests {
         let long = "a".repeat(256);
         for bad in [
             "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a/../b", "a%2fb", "a b",
-            &long,
+            "a-_b", "a._b", "a_.b", "a.-b", "a__-b", &long,
         ] {
             assert!(!valid_name(bad), "{bad}");
         }
