@@ -2,14 +2,13 @@
 //! GNU long names), and a streaming ustar writer.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 const BLOCK: u64 = 512;
 
 /// Where each regular file's data lies in a tar file: name -> (offset, size).
-pub fn index(file: &mut File) -> Result<HashMap<String, (u64, u64)>, String> {
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
+pub fn index<F: Read + Seek>(file: &mut F) -> Result<HashMap<String, (u64, u64)>, String> {
+    let len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
     let mut at = 0u64;
     let mut long_name: Option<String> = None;
@@ -35,7 +34,9 @@ pub fn index(file: &mut File) -> Result<HashMap<String, (u64, u64)>, String> {
             size = s;
         }
         let data = at + BLOCK;
-        if data + size > len {
+        // Checked: a base-256 size near 2^64 wrapped this sum, passed the check, and (debug
+        // builds aside) could send `at` back to an earlier header, looping for ever.
+        if data.checked_add(size).is_none_or(|end| end > len) {
             return Err(format!(
                 "truncated archive: an entry needs {size} bytes at {data}, the file has {len}"
             ));
@@ -234,6 +235,7 @@ fn octal(f: &mut [u8], v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn round_trip_and_pax_names() {
@@ -270,5 +272,23 @@ mod tests {
             .unwrap_err()
             .contains("not a tar"));
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// A header whose base-256 size brings the entry's end to 2^64 exactly: in a release
+    /// build the sum wrapped to 0 and passed the length check, and the next header offset,
+    /// 512 + (2^55 - 1) * 512, wrapped to 0 too: the same header again, for ever (a debug
+    /// build panicked on the overflow instead).
+    #[test]
+    fn sizes_near_2_pow_64_are_refused() {
+        let mut w = Writer::new(Vec::new());
+        w.dir("d/").unwrap();
+        let mut t = w.finish().unwrap();
+        t[124..128].copy_from_slice(&[0x80, 0, 0, 0]);
+        t[128..136].copy_from_slice(&(u64::MAX - 511).to_be_bytes());
+        t[148..156].fill(b' ');
+        let sum: u64 = t[..512].iter().map(|&b| u64::from(b)).sum();
+        octal(&mut t[148..155], sum);
+        let e = index(&mut std::io::Cursor::new(&t)).unwrap_err();
+        assert!(e.contains("truncated archive"), "{e}");
     }
 }
