@@ -170,8 +170,10 @@ impl MirrorSpec {
             .interval
             .map(|i| parse_duration(&i).map_err(|e| format!("{what}: interval: {e}")))
             .transpose()?;
-        if interval.is_some_and(|i| i.is_zero()) {
-            return Err(format!("{what}: interval must be longer than 0s"));
+        // Bounded above too: the scheduler adds it to the clock, which a duration of some
+        // 10^11 years overflowed (a panic that ended the scheduler after its first pass).
+        if interval.is_some_and(|i| i.is_zero() || i > Duration::from_secs(365 * 86400)) {
+            return Err(format!("{what}: interval must be 1s to 365d"));
         }
         let pull_through = self
             .pull_through
@@ -934,6 +936,19 @@ mod tests {
             r#"[{"name": "x", "upstream": "https://a", "pullThrough": "h", "colour": 1}]"#,
             "unknown field",
         );
+        // Regression: an interval past what the clock can add panicked the scheduler.
+        for far in ["106751991167302d", "366d"] {
+            err(
+                &format!(
+                    r#"[{{"name": "x", "upstream": "https://a", "repositories": ["a"], "interval": "{far}"}}]"#
+                ),
+                "interval must be 1s to 365d",
+            );
+        }
+        assert!(resolve(
+            r#"[{"name": "x", "upstream": "https://a", "repositories": ["a"], "interval": "365d"}]"#
+        )
+        .is_ok());
     }
 
     #[test]
