@@ -78,3 +78,40 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    /// The spec's grammars, as regular expressions: the oracle the hand-written checks must
+    /// agree with.
+    const NAME: &str = r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$";
+    const TAG: &str = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$";
+
+    proptest! {
+        #![proptest_config(prop_config(1024))]
+
+        /// On any text (mostly the grammar's own characters, so that near misses are
+        /// common), `valid_name` agrees with the spec's regular expression and length cap.
+        #[test]
+        fn names_agree_with_the_grammar(s in "[a-z0-9._/-]{0,40}|[a-zA-Z0-9._/ %-]{0,300}|\\PC{0,20}") {
+            let re = regex_lite::Regex::new(NAME).unwrap();
+            prop_assert_eq!(valid_name(&s), s.len() <= MAX_NAME_LEN && re.is_match(&s), "{:?}", s);
+        }
+
+        /// Names generated from the grammar are accepted (up to the length cap).
+        #[test]
+        fn grammar_names_are_accepted(s in "[a-z0-9]{1,5}((\\.|_|__|-{1,3})[a-z0-9]{1,5}){0,3}(/[a-z0-9]{1,5}((\\.|_|__|-{1,3})[a-z0-9]{1,5}){0,3}){0,3}") {
+            prop_assert!(valid_name(&s), "{:?}", s);
+        }
+
+        /// On any text, `valid_tag` agrees with the spec's regular expression.
+        #[test]
+        fn tags_agree_with_the_grammar(s in "[a-zA-Z0-9._-]{0,130}|[a-zA-Z0-9._:/ -]{0,10}|\\PC{0,20}") {
+            let re = regex_lite::Regex::new(TAG).unwrap();
+            prop_assert_eq!(valid_tag(&s), re.is_match(&s), "{:?}", s);
+        }
+    }
+}
