@@ -170,8 +170,10 @@ impl MirrorSpec {
             .interval
             .map(|i| parse_duration(&i).map_err(|e| format!("{what}: interval: {e}")))
             .transpose()?;
-        if interval.is_some_and(|i| i.is_zero()) {
-            return Err(format!("{what}: interval must be longer than 0s"));
+        // Bounded above too: the scheduler adds it to the clock, which a duration of some
+        // 10^11 years overflowed (a panic that ended the scheduler after its first pass).
+        if interval.is_some_and(|i| i.is_zero() || i > Duration::from_secs(365 * 86400)) {
+            return Err(format!("{what}: interval must be 1s to 365d"));
         }
         let pull_through = self
             .pull_through
@@ -934,6 +936,19 @@ mod tests {
             r#"[{"name": "x", "upstream": "https://a", "pullThrough": "h", "colour": 1}]"#,
             "unknown field",
         );
+        // Regression: an interval past what the clock can add panicked the scheduler.
+        for far in ["106751991167302d", "366d"] {
+            err(
+                &format!(
+                    r#"[{{"name": "x", "upstream": "https://a", "repositories": ["a"], "interval": "{far}"}}]"#
+                ),
+                "interval must be 1s to 365d",
+            );
+        }
+        assert!(resolve(
+            r#"[{"name": "x", "upstream": "https://a", "repositories": ["a"], "interval": "365d"}]"#
+        )
+        .is_ok());
     }
 
     #[test]
@@ -1007,6 +1022,205 @@ mod tests {
         ] {
             let e = limits(bad).unwrap_err();
             assert!(e.starts_with(says), "{bad}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// Values an operator (or a careless generator of config files) might write.
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            Just(Value::from(u64::MAX)),
+            "[0-9]{1,25}[a-zA-Z]{0,3}".prop_map(Value::from),
+            "[0-9]{1,3} ?(KiB|MiB|GiB|s|m|h|d|/s)".prop_map(Value::from),
+            prop::sample::select(vec![
+                "enabled",
+                "disabled",
+                "127.0.0.1:0",
+                "[::1]:5000",
+                "*",
+                "a/*",
+                "none",
+                "aes-256-gcm",
+                "https://r.example",
+                "http://",
+                "linux/arm64",
+                "(",
+                "a{99999}",
+                "213503982334601d",
+                "106751991167302d",
+                "18446744073709551615",
+            ])
+            .prop_map(Value::from),
+            "\\PC{0,20}".prop_map(Value::from),
+            Just(Value::Null),
+            Just(json!([])),
+        ]
+    }
+
+    fn object(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        proptest::collection::vec(
+            (prop::sample::select(keys), value()),
+            0..keys.len().min(6) + 1,
+        )
+        .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+    }
+
+    fn config_json() -> impl Strategy<Value = Value> {
+        let mirror = object(&[
+            "name",
+            "upstream",
+            "username",
+            "passwordFile",
+            "caFile",
+            "interval",
+            "tagRegex",
+            "pullThrough",
+        ])
+        .prop_flat_map(|m| {
+            // Durations of any size that fit the parser (half of them past what the clock
+            // can add), often in place of the random interval.
+            let interval = (
+                any::<u64>(),
+                prop::sample::select(vec![("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]),
+            )
+                .prop_map(|(n, (unit, mult))| Value::from(format!("{}{unit}", (n / mult).max(1))));
+            (Just(m), proptest::option::of(interval))
+        })
+        .prop_map(|(mut m, interval)| {
+            // Enough that many entries pass the early checks and reach the later ones.
+            for (k, v) in [
+                ("name", "m"),
+                ("upstream", "https://r.example"),
+                ("pullThrough", "hub"),
+            ] {
+                if m.get(k).is_none_or(|v| !v.is_string()) {
+                    m[k] = Value::from(v);
+                }
+            }
+            if let Some(i) = interval {
+                m["interval"] = i;
+            }
+            m
+        });
+        let top = object(&[
+            "listen",
+            "workers",
+            "cacheSize",
+            "chunkSize",
+            "maxManifestSize",
+            "uploadTtl",
+            "minFreeSpace",
+            "ioTimeout",
+            "maxConnections",
+            "headerTimeout",
+            "idleTimeout",
+            "minTransferRate",
+            "blobMounting",
+            "automaticMount",
+            "bogus",
+        ]);
+        let auth = object(&["tokenTtl", "realm", "service"]);
+        let rule = object(&["repositories", "key", "algorithm"]);
+        (
+            top,
+            proptest::option::of(auth),
+            proptest::collection::vec(rule, 0..3),
+            proptest::collection::vec(mirror, 0..3),
+        )
+            .prop_map(|(mut top, auth, rules, mirrors)| {
+                if let Some(a) = auth {
+                    top["auth"] = a;
+                }
+                if !rules.is_empty() {
+                    top["encryption"] = Value::from(rules);
+                }
+                if !mirrors.is_empty() {
+                    let mut mirrors = mirrors;
+                    for (i, m) in mirrors.iter_mut().enumerate().skip(1) {
+                        // Distinct names and caches, or only the first mirror is ever checked.
+                        m["name"] = Value::from(format!("m{i}"));
+                        m["pullThrough"] = Value::from(format!("hub{i}"));
+                    }
+                    top["mirrors"] = Value::from(mirrors);
+                }
+                top
+            })
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(512))]
+
+        /// Any config file: read or refused, and resolved or refused, without a panic; every
+        /// duration of an accepted config that is added to the clock can be (the upload TTL
+        /// is only subtracted, saturating, and divided).
+        #[test]
+        fn any_config_file(v in config_json(), junk in "\\PC{0,60}") {
+            let _ = serde_json::from_str::<Overrides>(&junk).map(Overrides::resolve);
+            let Ok(o) = serde_json::from_value::<Overrides>(v) else { return Ok(()) };
+            if let Ok(c) = o.resolve() {
+                let now = std::time::Instant::now();
+                let p = c.connections.phases;
+                for d in c.mirrors.iter().filter_map(|m| m.interval).chain([p.head, p.idle, p.window]) {
+                    prop_assert!(now.checked_add(d).is_some(), "{:?}", d);
+                }
+            }
+        }
+
+        /// Sizes and durations: any text parses or is refused; `N UNIT` is N times the unit,
+        /// or "too large" when that does not fit.
+        #[test]
+        fn sizes_and_durations(
+            n in prop_oneof![any::<u64>(), 0u64..5000],
+            unit in prop::sample::select(vec!["", "b", "K", "kb", "KiB", "m", "MiB", "G", "gib", "s", "h", "d"]),
+            junk in "[0-9 ]{0,25}[a-zA-Z/]{0,4}|\\PC{0,20}",
+        ) {
+            let _ = (parse_size(&junk), parse_duration(&junk));
+            let size_mult: Option<u64> = match unit.to_ascii_lowercase().as_str() {
+                "" | "b" => Some(1),
+                "k" | "kb" | "kib" => Some(1 << 10),
+                "m" | "mib" => Some(1 << 20),
+                "g" | "gib" => Some(1 << 30),
+                _ => None,
+            };
+            if let Some(mult) = size_mult {
+                let want = n.checked_mul(mult).and_then(|b| usize::try_from(b).ok());
+                prop_assert_eq!(parse_size(&format!("{n}{unit}")).ok(), want);
+            }
+            let secs: Option<u64> = match unit {
+                "" | "s" => Some(1),
+                "m" => Some(60),
+                "h" => Some(3600),
+                "d" => Some(86400),
+                _ => None,
+            };
+            if let Some(mult) = secs {
+                let want = n.checked_mul(mult).map(Duration::from_secs);
+                prop_assert_eq!(parse_duration(&format!("{n} {unit}")).ok(), want);
+            }
+        }
+
+        /// The `*` glob agrees with a plain recursive matcher (and is fast on hostile
+        /// patterns, which the recursive one is not).
+        #[test]
+        fn glob_agrees_with_recursion(p in "[ab*/]{0,12}", n in "[ab/]{0,12}") {
+            fn slow(p: &[u8], n: &[u8]) -> bool {
+                match (p.first(), n.first()) {
+                    (None, _) => n.is_empty(),
+                    (Some(b'*'), _) => slow(&p[1..], n) || (!n.is_empty() && slow(p, &n[1..])),
+                    (Some(c), Some(d)) => c == d && slow(&p[1..], &n[1..]),
+                    (Some(_), None) => false,
+                }
+            }
+            prop_assert_eq!(glob(p.as_bytes(), n.as_bytes()), slow(p.as_bytes(), n.as_bytes()));
         }
     }
 }

@@ -204,3 +204,58 @@ mod tests {
         assert!(h.finish().as_str().starts_with("sha512:ddaf35a193617aba"));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(prop_config(512))]
+
+        /// Any text parses or is refused without a panic; what parses prints as it was read
+        /// and parses again to the same digest.
+        #[test]
+        fn parse_display_round_trip(s in "\\PC{0,200}|(sha256|sha512|[a-z0-9+._-]{1,10}):[0-9a-fA-Z=_-]{0,130}") {
+            if let Ok(d) = Digest::parse(&s) {
+                prop_assert_eq!(d.to_string(), s.clone());
+                prop_assert_eq!(Digest::parse(d.as_str()), Ok(d.clone()));
+                let want = match d.algorithm() {
+                    Algorithm::Sha256 => 64,
+                    Algorithm::Sha512 => 128,
+                };
+                prop_assert_eq!(s.len(), d.algorithm().name().len() + 1 + want);
+            }
+        }
+
+        /// Every digest we compute parses back to itself.
+        #[test]
+        fn computed_digests_parse(bytes in proptest::collection::vec(any::<u8>(), 0..256), sha512 in any::<bool>()) {
+            let mut h = Hasher::new(if sha512 { Algorithm::Sha512 } else { Algorithm::Sha256 });
+            h.update(&bytes);
+            let d = h.finish();
+            prop_assert_eq!(Digest::parse(&d.to_string()), Ok(d));
+        }
+
+        /// The grammar's well-formed digests are accepted, and one bad character or a
+        /// length off by one is refused.
+        #[test]
+        fn mutations_are_refused(
+            hex in "[0-9a-f]{128}",
+            sha512 in any::<bool>(),
+            at in any::<prop::sample::Index>(),
+            bad in "[g-zA-Z:/. %\u{e9}]",
+        ) {
+            let (alg, n) = if sha512 { ("sha512", 128) } else { ("sha256", 64) };
+            let hex = &hex[..n];
+            let good = format!("{alg}:{hex}");
+            prop_assert!(Digest::parse(&good).is_ok());
+            let i = at.index(n);
+            let mutated = format!("{alg}:{}{bad}{}", &hex[..i], &hex[i + 1..]);
+            prop_assert!(Digest::parse(&mutated).is_err(), "{}", mutated);
+            prop_assert_eq!(Digest::parse(&good[..good.len() - 1]), Err(DigestError::Malformed));
+            prop_assert_eq!(Digest::parse(&format!("{good}0")), Err(DigestError::Malformed));
+        }
+    }
+}

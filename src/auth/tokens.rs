@@ -239,3 +239,76 @@ mod tests {
         assert_eq!(parse_scope("repository:A B:pull"), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    fn grant() -> impl Strategy<Value = Grant> {
+        let repo = (
+            "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}",
+            proptest::sample::subsequence(Action::ALL.to_vec(), 0..=3),
+        );
+        (
+            proptest::option::of("\\PC{0,20}"),
+            proptest::option::of("[A-Za-z0-9_-]{22}"),
+            any::<u64>(),
+            proptest::collection::vec(repo, 0..MAX_SCOPES),
+            any::<bool>(),
+        )
+            .prop_map(|(sub, stamp, exp, repositories, admin)| Grant {
+                sub,
+                stamp,
+                exp,
+                repositories,
+                admin,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(256))]
+
+        /// Issue then verify gives back the grant; one character changed anywhere makes it
+        /// invalid; past its expiry it is expired.
+        #[test]
+        fn issue_verify_tamper(g in grant(), now in any::<u64>(), at in any::<prop::sample::Index>(), c in "[A-Za-z0-9_.-]") {
+            let key = TokenKey::generate();
+            let now = now.min(g.exp);
+            let t = key.issue(&g, now);
+            prop_assert_eq!(key.verify(&t, now), Ok(g.clone()));
+            let i = at.index(t.len());
+            let c = c.chars().next().unwrap();
+            if t.as_bytes()[i] != c as u8 {
+                let mut bad = t.clone().into_bytes();
+                bad[i] = c as u8;
+                prop_assert_eq!(key.verify(&String::from_utf8(bad).unwrap(), now), Err(TokenError::Invalid));
+            }
+            if let Some(later) = g.exp.checked_add(1) {
+                prop_assert_eq!(key.verify(&t, later), Err(TokenError::Expired));
+            }
+        }
+
+        /// Anything else offered as a token is refused without a panic.
+        #[test]
+        fn junk_is_invalid(t in "\\PC{0,200}|[A-Za-z0-9_-]{0,300}\\.[A-Za-z0-9_-]{0,60}", now in any::<u64>()) {
+            prop_assert_eq!(TokenKey::generate().verify(&t, now), Err(TokenError::Invalid));
+        }
+
+        /// Scopes as `scope` writes them parse back; anything else parses to a valid name
+        /// with distinct actions, or to nothing.
+        #[test]
+        fn scopes_round_trip(
+            name in "[a-z0-9]{1,8}([._-][a-z0-9]{1,8}){0,2}(/[a-z0-9]{1,8}){0,2}",
+            acts in proptest::sample::subsequence(Action::ALL.to_vec(), 0..=3),
+            junk in "(repository:)?[a-zA-Z0-9/:,*._-]{0,40}|\\PC{0,40}",
+        ) {
+            prop_assert_eq!(parse_scope(&scope(&name, &acts)), Some((name, acts)));
+            if let Some((n, a)) = parse_scope(&junk) {
+                prop_assert!(crate::registry::names::valid_name(&n));
+                prop_assert!(a.iter().enumerate().all(|(i, x)| !a[..i].contains(x)));
+            }
+        }
+    }
+}

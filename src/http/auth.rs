@@ -594,3 +594,23 @@ mod tests {
         assert_eq!(basic(&B64.encode("nocolon")), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(prop_config(512))]
+
+        /// `Basic` credentials as clients encode them decode back (a password may hold
+        /// colons, a user name cannot); anything else is refused without a panic.
+        #[test]
+        fn basic_round_trip(user in "[^:]{0,20}", password in "\\PC{0,40}", junk in "\\PC{0,100}") {
+            let _ = basic(&junk);
+            let encoded = B64.encode(format!("{user}:{password}"));
+            prop_assert_eq!(basic(&format!(" {encoded} ")), Some((user, password)));
+        }
+    }
+}

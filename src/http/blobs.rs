@@ -211,3 +211,56 @@ mod tests {
         assert_eq!(parse_range(None, 5), All);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    /// Range values: well-formed, near misses, huge numbers, anything.
+    fn range_value() -> impl Strategy<Value = String> {
+        let num = prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            (0u64..2000).prop_map(|n| n.to_string()),
+            Just("18446744073709551616".to_owned()),
+            Just("99999999999999999999999999".to_owned()),
+            Just(String::new()),
+            "[0-9 +-]{0,4}",
+        ]
+        .boxed();
+        prop_oneof![
+            (num.clone(), num).prop_map(|(a, b)| format!("bytes={a}-{b}")),
+            "bytes=[0-9, -]{0,20}",
+            "\\PC{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(1024))]
+
+        /// Any `Range` against any size: no panic, and a part always lies inside the blob,
+        /// so the `Content-Range` arithmetic of `get` cannot wrap.
+        #[test]
+        fn parts_lie_inside_the_blob(v in range_value(), size in prop_oneof![any::<u64>(), 0u64..2000]) {
+            match parse_range(Some(&v), size) {
+                Wanted::Part { start, len } => {
+                    prop_assert!(len >= 1);
+                    prop_assert!(start.checked_add(len).is_some_and(|end| end <= size));
+                }
+                Wanted::Unsatisfiable => prop_assert!(v.trim().starts_with("bytes=")),
+                Wanted::All => {}
+            }
+        }
+
+        /// The part we answer with, asked for again as the `Content-Range` of the reply
+        /// writes it, is the same part.
+        #[test]
+        fn the_answer_asks_for_itself(a in any::<u64>(), b in any::<u64>(), size in any::<u64>()) {
+            if let Wanted::Part { start, len } = parse_range(Some(&format!("bytes={a}-{b}")), size) {
+                let again = format!("bytes={start}-{}", start + len - 1);
+                prop_assert_eq!(parse_range(Some(&again), size), Wanted::Part { start, len });
+            }
+        }
+    }
+}

@@ -270,3 +270,114 @@ mod tests {
         assert!(Query::parse("/x?a=%zz").is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    /// Path segments an attacker would try: the grammar's keywords, escapes good and bad,
+    /// dots, empties, and anything.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "v2",
+                "blobs",
+                "uploads",
+                "manifests",
+                "tags",
+                "list",
+                "referrers",
+                "_catalog",
+                "admin",
+                "users",
+                "mirrors",
+                "run",
+                "repositories",
+                "..",
+                ".",
+                "",
+                "%",
+                "%2",
+                "%zz",
+                "%2F",
+                "%2f",
+                "%00",
+                "%ff",
+                "%C3%A9",
+                "sha256:ab",
+                "a",
+                "A",
+            ])
+            .prop_map(str::to_owned),
+            "[a-z0-9._%-]{0,12}",
+            "\\PC{0,8}",
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(segment(), 0..12).prop_map(|s| format!("/{}", s.join("/"))),
+            proptest::collection::vec(segment(), 0..12)
+                .prop_map(|s| format!("/v2/{}", s.join("/"))),
+            "\\PC{0,300}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(1024))]
+
+        /// Any path routes or is refused without a panic, and every name a route carries is
+        /// a valid repository (or user, or mirror) name.
+        #[test]
+        fn routes_carry_valid_names(p in path()) {
+            use Route::*;
+            match route(&p) {
+                Ok(Tags(n) | Manifest(n, _) | Blob(n, _) | Uploads(n) | Upload(n, _)
+                    | Referrers(n, _) | AdminRepository(n)) => prop_assert!(valid_name(&n), "{}", p),
+                Ok(AdminUser(n)) => prop_assert!(crate::auth::valid_user_name(&n)),
+                Ok(AdminMirrorRun(n)) => prop_assert!(!n.contains('/') && n.len() <= 64),
+                Ok(_) | Err(_) => {}
+            }
+        }
+
+        /// Encoding then decoding gives back any text, and the encoding is plain ASCII
+        /// without `&`, `=`, `+` or `#` (safe in a `Link` header's query).
+        #[test]
+        fn percent_round_trip(s in "\\PC{0,100}|.{0,40}") {
+            let e = percent_encode(&s);
+            prop_assert!(e.bytes().all(|b| b.is_ascii_graphic() && !b"&=+#\"<>".contains(&b)));
+            prop_assert_eq!(percent_decode(&e), Some(s));
+        }
+
+        /// Decoding any text does not panic, and text without `%` is left as it is.
+        #[test]
+        fn percent_decode_total(s in "[%0-9a-fA-Fg+]{0,40}|\\PC{0,60}") {
+            let d = percent_decode(&s);
+            if !s.contains('%') {
+                prop_assert_eq!(d, Some(s));
+            } else if let Some(d) = d {
+                prop_assert!(d.len() <= s.len());
+            }
+        }
+
+        /// Any query string parses or is refused; one built from encoded pairs parses back
+        /// to exactly those pairs.
+        #[test]
+        fn query_round_trip(
+            junk in "\\PC{0,100}",
+            pairs in proptest::collection::vec(("\\PC{0,12}", "\\PC{0,12}"), 0..8),
+        ) {
+            let _ = Query::parse(&junk);
+            let _ = Query::parse(&format!("/x?{junk}"));
+            let pairs: Vec<_> = pairs.into_iter().filter(|(k, v)| !k.is_empty() || !v.is_empty()).collect();
+            let text: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+                .collect();
+            let q = Query::parse(&format!("/v2/_catalog?{}", text.join("&"))).unwrap();
+            prop_assert_eq!(q.0, pairs);
+        }
+    }
+}

@@ -392,3 +392,36 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::parse_content_range;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(prop_config(1024))]
+
+        /// Any `Content-Range`: no panic, and what parses has a length of at least one
+        /// whose last byte's offset does not wrap.
+        #[test]
+        fn ranges_never_wrap(v in "(bytes[ =]?)?[0-9]{0,21}-[0-9]{0,21}(/[0-9*]{0,3})?|\\PC{0,40}") {
+            if let Some((start, len)) = parse_content_range(&v) {
+                prop_assert!(len >= 1 && start.checked_add(len - 1).is_some());
+            }
+        }
+
+        /// `a-b` as clients write it (bare, or as `bytes a-b/total`) parses back to its
+        /// start and length.
+        #[test]
+        fn written_ranges_parse_back(a in any::<u64>(), b in any::<u64>(), form in 0..3) {
+            let v = match form {
+                0 => format!("{a}-{b}"),
+                1 => format!("bytes {a}-{b}/*"),
+                _ => format!("bytes={a}-{b}"),
+            };
+            let want = b.checked_sub(a).and_then(|d| d.checked_add(1)).map(|len| (a, len));
+            prop_assert_eq!(parse_content_range(&v), want);
+        }
+    }
+}

@@ -360,3 +360,141 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::mirror::layout::LayoutWriter;
+    use crate::mirror::tar::Writer;
+    use crate::mirror::Sink;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    /// JSON values that look like a docker save manifest.json or an OCI index.json, with
+    /// names that point at the archive's files, outside it, or nowhere.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop::sample::select(vec![
+                "config.json",
+                "layer.tar",
+                "../etc/passwd",
+                "/etc/passwd",
+                "",
+                ".",
+                "blobs",
+                "docker.io/library/a:1",
+                "a:b:c",
+                "localhost:5000/x",
+                "@",
+                "index.json",
+            ])
+            .prop_map(Value::from),
+            "[0-9a-f]{64}".prop_map(|h| Value::from(format!("sha256:{h}"))),
+            "\\PC{0,16}".prop_map(Value::from),
+        ];
+        let key = prop::sample::select(vec![
+            "Config",
+            "Layers",
+            "RepoTags",
+            "rootfs",
+            "diff_ids",
+            "manifests",
+            "digest",
+            "mediaType",
+            "annotations",
+            "io.containerd.image.name",
+            "org.opencontainers.image.ref.name",
+            "size",
+        ]);
+        leaf.prop_recursive(4, 40, 5, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                proptest::collection::vec((key.clone(), inner), 0..5).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    fn temp(tag: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        std::env::temp_dir().join(format!(
+            "outpost-archive-props-{}-{tag}-{}.tar",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(128))]
+
+        /// Any reference: no panic, and what it yields is a valid repository and tag.
+        #[test]
+        fn references_yield_valid_names(s in "[a-z0-9.:/@_-]{0,40}|\\PC{0,40}") {
+            let (repo, tag) = split_reference(&s);
+            prop_assert!(repo.is_none_or(|r| crate::registry::names::valid_name(&r)));
+            prop_assert!(tag.is_none_or(|t| crate::registry::names::valid_tag(&t)));
+        }
+
+        /// A tar holding any manifest.json (docker save) or index.json (OCI layout), and a
+        /// config and layer to point at: opened or refused, never a panic, and every image
+        /// it lists can be asked for without one.
+        #[test]
+        fn hostile_archives(doc in json(), config in json(), oci in any::<bool>()) {
+            let path = temp("hostile");
+            let mut w = Writer::new(File::create(&path).unwrap());
+            let top = serde_json::to_vec(&doc).unwrap();
+            w.file(if oci { "index.json" } else { "manifest.json" }, &top).unwrap();
+            w.file("config.json", &serde_json::to_vec(&config).unwrap()).unwrap();
+            w.file("layer.tar", b"layer").unwrap();
+            w.finish().unwrap();
+            let opened = Archive::open(&path);
+            if let Ok(a) = &opened {
+                for e in &a.entries {
+                    let _ = a.manifest("x", e.digest.as_str(), None);
+                    let _ = a.blob("x", &e.digest, 5, 0);
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+
+        /// What export writes (an OCI layout tar), import reads back: each image under
+        /// its name and tag, its manifest bytes verified.
+        #[test]
+        fn layout_round_trip(
+            images in proptest::collection::btree_map(
+                ("[a-z0-9]{1,6}(/[a-z0-9]{1,6}){0,2}", proptest::option::of("[A-Za-z0-9_][A-Za-z0-9._-]{0,10}")),
+                proptest::collection::vec(any::<u8>(), 1..300),
+                1..4,
+            ),
+        ) {
+            let path = temp("layout");
+            let mut w = LayoutWriter::create(&path).unwrap();
+            let mut want = Vec::new();
+            for ((repo, tag), body) in &images {
+                let m = Fetched {
+                    media_type: OCI_MANIFEST.to_owned(),
+                    digest: Digest::sha256_of(body),
+                    body: body.clone(),
+                };
+                w.put_manifest(repo, &m, tag.as_deref()).unwrap();
+                w.name(&m, repo, tag.as_deref());
+                want.push((Some(repo.clone()), tag.clone(), m));
+            }
+            w.finish().unwrap();
+            let a = Archive::open(&path).unwrap();
+            prop_assert_eq!(a.entries.len(), want.len());
+            for (e, (repo, tag, m)) in a.entries.iter().zip(&want) {
+                prop_assert_eq!(&e.repo, repo);
+                prop_assert_eq!(&e.tag, tag);
+                prop_assert_eq!(&e.digest, &m.digest);
+                prop_assert_eq!(&a.manifest("x", m.digest.as_str(), None).unwrap().body, &m.body);
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}

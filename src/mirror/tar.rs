@@ -2,14 +2,13 @@
 //! GNU long names), and a streaming ustar writer.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 const BLOCK: u64 = 512;
 
 /// Where each regular file's data lies in a tar file: name -> (offset, size).
-pub fn index(file: &mut File) -> Result<HashMap<String, (u64, u64)>, String> {
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
+pub fn index<F: Read + Seek>(file: &mut F) -> Result<HashMap<String, (u64, u64)>, String> {
+    let len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
     let mut at = 0u64;
     let mut long_name: Option<String> = None;
@@ -35,7 +34,9 @@ pub fn index(file: &mut File) -> Result<HashMap<String, (u64, u64)>, String> {
             size = s;
         }
         let data = at + BLOCK;
-        if data + size > len {
+        // Checked: a base-256 size near 2^64 wrapped this sum, passed the check, and (debug
+        // builds aside) could send `at` back to an earlier header, looping for ever.
+        if data.checked_add(size).is_none_or(|end| end > len) {
             return Err(format!(
                 "truncated archive: an entry needs {size} bytes at {data}, the file has {len}"
             ));
@@ -234,6 +235,7 @@ fn octal(f: &mut [u8], v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn round_trip_and_pax_names() {
@@ -270,5 +272,151 @@ mod tests {
             .unwrap_err()
             .contains("not a tar"));
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// A header whose base-256 size brings the entry's end to 2^64 exactly: in a release
+    /// build the sum wrapped to 0 and passed the length check, and the next header offset,
+    /// 512 + (2^55 - 1) * 512, wrapped to 0 too: the same header again, for ever (a debug
+    /// build panicked on the overflow instead).
+    #[test]
+    fn sizes_near_2_pow_64_are_refused() {
+        let mut w = Writer::new(Vec::new());
+        w.dir("d/").unwrap();
+        let mut t = w.finish().unwrap();
+        t[124..128].copy_from_slice(&[0x80, 0, 0, 0]);
+        t[128..136].copy_from_slice(&(u64::MAX - 511).to_be_bytes());
+        t[148..156].fill(b' ');
+        let sum: u64 = t[..512].iter().map(|&b| u64::from(b)).sum();
+        octal(&mut t[148..155], sum);
+        let e = index(&mut std::io::Cursor::new(&t)).unwrap_err();
+        assert!(e.contains("truncated archive"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+
+    /// Files with distinct names that fit the ustar name field.
+    fn files() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+        proptest::collection::btree_map(
+            "[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,30}(/[a-zA-Z0-9._-]{1,20}){0,2}",
+            proptest::collection::vec(any::<u8>(), 0..1100),
+            0..6,
+        )
+        .prop_map(|m| m.into_iter().collect())
+    }
+
+    fn archive(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new());
+        w.dir("blobs/").unwrap();
+        for (name, data) in files {
+            w.file(name, data).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    /// Rewrites the checksum of the header at `at`, so that a mutated header is read.
+    fn fix_checksum(tar: &mut [u8], at: usize) {
+        let h = &mut tar[at..at + 512];
+        h[148..156].fill(b' ');
+        let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+        octal(&mut h[148..155], sum);
+    }
+
+    /// Size fields a hostile archive may hold: octal, GNU base-256 up to `u64::MAX`, junk.
+    fn size_field() -> impl Strategy<Value = [u8; 12]> {
+        let big = prop_oneof![any::<u64>(), (0u64..4096).prop_map(|d| u64::MAX - d)];
+        prop_oneof![
+            big.prop_map(|n| {
+                let mut f = [0u8; 12];
+                f[0] = 0x80;
+                f[4..].copy_from_slice(&n.to_be_bytes());
+                f
+            }),
+            (0u64..0o77777777777).prop_map(|n| {
+                let mut f = [0u8; 12];
+                octal(&mut f, n);
+                f
+            }),
+            any::<[u8; 12]>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(256))]
+
+        /// What the writer writes, the index finds: every file, at an offset holding its
+        /// bytes.
+        #[test]
+        fn write_then_index(files in files()) {
+            let tar = archive(&files);
+            let idx = index(&mut Cursor::new(&tar)).unwrap();
+            prop_assert_eq!(idx.len(), files.len());
+            for (name, data) in &files {
+                let (at, size) = idx[name.as_str()];
+                prop_assert_eq!(&tar[at as usize..(at + size) as usize], data.as_slice());
+            }
+        }
+
+        /// Any size the writer puts in a header (octal, or base-256 past 8 GiB) reads back.
+        #[test]
+        fn header_sizes_round_trip(size in prop_oneof![any::<u64>(), 0u64..0o100000000000]) {
+            let mut w = Writer::new(Vec::new());
+            w.file_header("f", size).unwrap();
+            let h: [u8; 512] = w.out.try_into().unwrap();
+            prop_assert!(checksum_ok(&h));
+            prop_assert_eq!(number(&h[124..136]), Some(size));
+        }
+
+        /// A header whose size field, type or PAX `size` record is hostile (its checksum
+        /// made right so that it is believed): an index or an error, no panic, no hang, and
+        /// every entry lies inside the archive.
+        #[test]
+        fn hostile_headers(
+            files in files(),
+            which in any::<prop::sample::Index>(),
+            field in size_field(),
+            kind in prop::sample::select(vec![b'0', 0, b'x', b'L', b'5', b'7', b'g']),
+            pax_size in prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                (0u64..4096).prop_map(|d| (u64::MAX - d).to_string()),
+                "[0-9]{18,25}",
+                "\\PC{0,8}",
+            ],
+            junk in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let mut files = files;
+            let rec = format!(" size={pax_size}\n");
+            let len = (1..).map(|d| d + rec.len()).find(|n| n.to_string().len() + rec.len() == *n).unwrap();
+            files.push(("pax".into(), format!("{len}{rec}").into_bytes()));
+            files.push(("after-pax".into(), b"data".to_vec()));
+            let mut tar = archive(&files);
+            // Headers are the blocks the writer started an entry with.
+            let mut heads = vec![0usize];
+            let mut at = 512;
+            for (_, data) in &files {
+                heads.push(at);
+                at += 512 + data.len().div_ceil(512) * 512;
+            }
+            let h = heads[which.index(heads.len())];
+            tar[h + 124..h + 136].copy_from_slice(&field);
+            tar[h + 156] = kind;
+            fix_checksum(&mut tar, h);
+            // The PAX record's stated length may be wrong too: the parser must cope.
+            let pax = heads[heads.len() - 2];
+            tar[pax + 156] = b'x';
+            fix_checksum(&mut tar, pax);
+            for t in [&tar[..], &[&tar[..], &junk[..]].concat()[..], &junk[..]] {
+                if let Ok(idx) = index(&mut Cursor::new(t)) {
+                    for (at, size) in idx.values() {
+                        prop_assert!(at.checked_add(*size).is_some_and(|end| end <= t.len() as u64));
+                    }
+                }
+            }
+        }
     }
 }

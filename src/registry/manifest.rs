@@ -304,3 +304,143 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    /// Any JSON value, nested a few levels, with the keys a manifest has.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            Just(Value::from(2)),
+            Just(Value::from(OCI_MANIFEST)),
+            Just(Value::from(OCI_INDEX)),
+            Just(Value::from(format!("sha256:{}", "a".repeat(64)))),
+            "\\PC{0,20}".prop_map(Value::from),
+        ];
+        let key = prop::sample::select(vec![
+            "schemaVersion",
+            "mediaType",
+            "config",
+            "layers",
+            "manifests",
+            "digest",
+            "size",
+            "subject",
+            "artifactType",
+            "annotations",
+            "urls",
+            "x",
+        ]);
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::vec((key.clone(), inner), 0..6).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    fn descriptor_json() -> impl Strategy<Value = (Value, u64)> {
+        (
+            "[0-9a-f]{64}",
+            any::<u64>(),
+            proptest::option::of("[a-z]{1,8}/[a-z.+]{1,20}"),
+        )
+            .prop_map(|(hex, size, mt)| {
+                let mut d = serde_json::json!({"digest": format!("sha256:{hex}"), "size": size});
+                if let Some(mt) = mt {
+                    d["mediaType"] = Value::from(mt);
+                }
+                (d, size)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(512))]
+
+        /// Any bytes and any Content-Type: a manifest or a refusal, never a panic.
+        #[test]
+        fn any_bytes(ct in proptest::option::of("\\PC{0,40}"), body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Manifest::parse(ct.as_deref(), &body);
+        }
+
+        /// Any JSON shaped like a manifest: no panic; what is accepted has a valid media
+        /// type and a referrer descriptor that is JSON again.
+        #[test]
+        fn any_json(v in json(), ct in proptest::option::of(prop::sample::select(vec![OCI_MANIFEST, OCI_INDEX, DOCKER_LIST, "application/json", ""]))) {
+            let body = serde_json::to_vec(&v).unwrap();
+            if let Ok(m) = Manifest::parse(ct, &body) {
+                prop_assert!(valid_media_type(&m.media_type));
+                let d = m.referrer_descriptor(&Digest::sha256_of(&body), body.len());
+                prop_assert!(serde_json::from_slice::<Value>(&d).is_ok());
+                prop_assert_eq!(descriptor_artifact_type(&d), m.artifact_type.clone());
+            }
+        }
+
+        /// A well-formed image manifest or index is accepted with exactly its descriptors.
+        #[test]
+        fn written_manifests_parse(
+            config in descriptor_json(),
+            layers in proptest::collection::vec(descriptor_json(), 0..8),
+            index in any::<bool>(),
+            artifact in proptest::option::of("[a-z]{1,8}/[a-z0-9][a-z0-9.+-]{0,30}"),
+        ) {
+            let mut v = if index {
+                serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                    "manifests": layers.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>()})
+            } else {
+                serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.0,
+                    "layers": layers.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>()})
+            };
+            if let Some(a) = &artifact {
+                v["artifactType"] = Value::from(a.as_str());
+            }
+            let m = Manifest::parse(None, &serde_json::to_vec(&v).unwrap()).unwrap();
+            let sizes = |ds: &[Descriptor]| ds.iter().map(|d| d.size).collect::<Vec<_>>();
+            let layer_sizes: Vec<u64> = layers.iter().map(|(_, s)| *s).collect();
+            if index {
+                prop_assert_eq!(sizes(&m.children), layer_sizes);
+                prop_assert!(m.blobs.is_empty());
+            } else {
+                let mut want = vec![config.1];
+                want.extend(layer_sizes);
+                prop_assert_eq!(sizes(&m.blobs), want);
+            }
+            if artifact.is_some() {
+                prop_assert_eq!(m.artifact_type, artifact);
+            }
+        }
+
+        /// `valid_media_type` is RFC 6838's grammar, checked against a regular expression.
+        #[test]
+        fn media_types_agree_with_rfc_6838(t in "[a-zA-Z0-9!#$&^_.+/ ;=-]{0,30}|[a-z]{1,3}/[a-z]{120,130}|\\PC{0,20}") {
+            let re = regex_lite::Regex::new(
+                r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$",
+            )
+            .unwrap();
+            prop_assert_eq!(valid_media_type(&t), re.is_match(&t), "{:?}", t);
+        }
+    }
+
+    /// Nesting far past serde_json's recursion limit is refused, not a stack overflow.
+    #[test]
+    fn deep_nesting_is_refused() {
+        for open in ["[", "{\"a\":"] {
+            let body = open.repeat(100_000);
+            assert!(matches!(
+                Manifest::parse(None, body.as_bytes()),
+                Err(ManifestError::Invalid(_))
+            ));
+        }
+    }
+}

@@ -32,7 +32,8 @@ fn valid_component(c: &str) -> bool {
             b'-' => true,
             _ => false,
         };
-        if !ok {
+        // One separator between alphanumerics: "a-_b" or "a._b" are two.
+        if !ok || !b.get(i).is_some_and(|&x| alnum(x)) {
             return false;
         }
     }
@@ -61,7 +62,7 @@ mod tests {
         let long = "a".repeat(256);
         for bad in [
             "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a/../b", "a%2fb", "a b",
-            &long,
+            "a-_b", "a._b", "a_.b", "a.-b", "a__-b", &long,
         ] {
             assert!(!valid_name(bad), "{bad}");
         }
@@ -74,6 +75,43 @@ mod tests {
         assert!(valid_tag(&"a".repeat(128)));
         for bad in ["", ".x", "-x", "a/b", "a:b", &"a".repeat(129)] {
             assert!(!valid_tag(bad), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::registry::prop_config;
+    use proptest::prelude::*;
+
+    /// The spec's grammars, as regular expressions: the oracle the hand-written checks must
+    /// agree with.
+    const NAME: &str = r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$";
+    const TAG: &str = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$";
+
+    proptest! {
+        #![proptest_config(prop_config(1024))]
+
+        /// On any text (mostly the grammar's own characters, so that near misses are
+        /// common), `valid_name` agrees with the spec's regular expression and length cap.
+        #[test]
+        fn names_agree_with_the_grammar(s in "[a-z0-9._/-]{0,40}|[a-zA-Z0-9._/ %-]{0,300}|\\PC{0,20}") {
+            let re = regex_lite::Regex::new(NAME).unwrap();
+            prop_assert_eq!(valid_name(&s), s.len() <= MAX_NAME_LEN && re.is_match(&s), "{:?}", s);
+        }
+
+        /// Names generated from the grammar are accepted (up to the length cap).
+        #[test]
+        fn grammar_names_are_accepted(s in "[a-z0-9]{1,5}((\\.|_|__|-{1,3})[a-z0-9]{1,5}){0,3}(/[a-z0-9]{1,5}((\\.|_|__|-{1,3})[a-z0-9]{1,5}){0,3}){0,3}") {
+            prop_assert!(valid_name(&s), "{:?}", s);
+        }
+
+        /// On any text, `valid_tag` agrees with the spec's regular expression.
+        #[test]
+        fn tags_agree_with_the_grammar(s in "[a-zA-Z0-9._-]{0,130}|[a-zA-Z0-9._:/ -]{0,10}|\\PC{0,20}") {
+            let re = regex_lite::Regex::new(TAG).unwrap();
+            prop_assert_eq!(valid_tag(&s), re.is_match(&s), "{:?}", s);
         }
     }
 }
