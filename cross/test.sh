@@ -28,6 +28,9 @@ if [ -n "$release" ]; then
 elif [ "$MODE" = native ]; then
   cargo test --locked "$@"
 else
+  # The property tests' thousands of cases say little more under emulation than natively,
+  # where ./test.sh runs them all: 64 per test keep the emulated suite quick.
+  export PROPTEST_CASES="${PROPTEST_CASES:-64}"
   say "tests for $T under ${OUTPOST_RUNNER%% *} ($MODE toolchain${BUILD_STD:+, std from source})"
   "${CARGO[@]}" test --locked --target "$T" "${BUILD_STD[@]}" "$@"
 fi
