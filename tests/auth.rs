@@ -802,6 +802,37 @@ fn an_address_over_the_limit_learns_nothing_even_of_a_recently_used_password() {
 }
 
 #[test]
+fn guesses_sent_at_once_cannot_pass_the_limit_together() {
+    let site = Site::new("auth-limit-burst");
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let guesses: Vec<_> = (0..40)
+            .map(|i| {
+                let site = &site;
+                s.spawn(move || {
+                    let pw = if i == 39 {
+                        password("bob").to_owned()
+                    } else {
+                        format!("guess-{i}-xx")
+                    };
+                    from_address(site, "127.0.5.1", "bob", &pw, "/v2/")
+                })
+            })
+            .collect();
+        guesses.into_iter().map(|g| g.join().unwrap()).collect()
+    });
+    let checked = statuses.iter().filter(|s| **s != 429).count();
+    assert!(checked <= 11, "{checked} checked: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 401 | 429)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        from_address(&site, "127.0.5.1", "bob", password("bob"), "/v2/"),
+        429
+    );
+}
+
+#[test]
 fn a_failed_login_takes_as_long_for_every_kind_of_user() {
     if std::env::var("OUTPOST_RUNNER").is_ok_and(|r| !r.is_empty()) {
         eprintln!("SKIPPED: timings under emulation say nothing about the real machine");

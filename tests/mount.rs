@@ -398,7 +398,7 @@ fn settings_cli_online_and_offline() {
 }
 
 #[test]
-fn settings_cli_without_an_admin_socket_uses_the_listen_address() {
+fn settings_cli_without_an_admin_socket_acts_only_on_the_server_named() {
     // A data directory path too long for a Unix socket: the registry serves without one.
     let dir = TempDir::new("mount-no-socket");
     let data = dir.path().join("d".repeat(100));
@@ -409,22 +409,30 @@ fn settings_cli_without_an_admin_socket_uses_the_listen_address() {
         reg.log_text()
     );
     let data_s = data.to_str().unwrap();
-    // Port 0 names no address to try: said, with what to give.
-    let (ok, _, err) = outpost(&["settings", "--data-dir", data_s, "--listen", "127.0.0.1:0"]);
-    assert!(
-        !ok && err.contains("in use") && err.contains("--server"),
-        "{err}"
-    );
-    // Its listen address: the registry holding the store, over HTTP.
+    // Whatever answers at the listen address cannot be told to serve this store: nothing is
+    // done there, and the message says what to give.
     let listen = reg.addr.to_string();
-    let (ok, out, err) = outpost(&[
-        "settings",
-        "--data-dir",
-        data_s,
-        "--listen",
-        &listen,
-        "blobMounting=disabled",
-    ]);
+    for l in ["127.0.0.1:0", listen.as_str()] {
+        let (ok, _, err) = outpost(&[
+            "settings",
+            "--data-dir",
+            data_s,
+            "--listen",
+            l,
+            "blobMounting=disabled",
+        ]);
+        assert!(
+            !ok && err.contains("in use") && err.contains("--server"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        reg.requests(),
+        Vec::<String>::new(),
+        "the registry was reached"
+    );
+    // Named with --server: that registry, over HTTP.
+    let (ok, out, err) = outpost(&["settings", "--server", &listen, "blobMounting=disabled"]);
     assert!(ok, "{err}");
     assert!(
         err.contains(&format!("using the registry at {listen}")),

@@ -69,26 +69,20 @@ impl Limiter {
     /// How long `ip` must wait before it may try `user`'s password (or any password), if it
     /// failed too often. Asked before anything about the password is looked at.
     pub fn wait(&self, ip: IpAddr, user: &str) -> Option<Duration> {
-        let (ip, net) = (canonical(ip), network(ip));
         let table = lock(&self.table);
-        let over = |key: &Key, b: Bucket| {
-            let (level, at) = table.get(key)?;
-            let level = decayed(*level, *at, b);
-            (level + 1.0 > b.burst).then(|| b.refill.mul_f64(level + 1.0 - b.burst))
-        };
-        let a = over(&Key::Network(net), self.per_network);
-        let b = over(&Key::User(ip, user.to_owned()), self.per_user);
-        a.max(b).map(|w| w.max(Duration::from_secs(1)))
+        self.over(&table, &self.keys(ip, user))
     }
 
-    /// Counts a failed login for `user` from `ip`.
-    pub fn failed(&self, ip: IpAddr, user: &str) {
-        let (ip, net) = (canonical(ip), network(ip));
+    /// Takes one attempt at `user`'s password from `ip`, counted as a failure until
+    /// `succeeded` gives it back: attempts checked at the same moment cannot all pass the
+    /// limit before any of them has failed. Refused with the wait if over the limit.
+    pub fn attempt(&self, ip: IpAddr, user: &str) -> Result<(), Duration> {
+        let keys = self.keys(ip, user);
         let mut table = lock(&self.table);
-        for (key, b) in [
-            (Key::Network(net), self.per_network),
-            (Key::User(ip, user.to_owned()), self.per_user),
-        ] {
+        if let Some(wait) = self.over(&table, &keys) {
+            return Err(wait);
+        }
+        for (key, b) in keys {
             if !table.contains_key(&key) && table.len() >= self.capacity {
                 make_room(&mut table, self.per_user);
             }
@@ -96,6 +90,44 @@ impl Limiter {
             let entry = table.entry(key).or_insert((0.0, now));
             *entry = (decayed(entry.0, entry.1, b) + 1.0, now);
         }
+        Ok(())
+    }
+
+    /// Gives back the attempt of a login that succeeded.
+    pub fn succeeded(&self, ip: IpAddr, user: &str) {
+        let mut table = lock(&self.table);
+        for (key, b) in self.keys(ip, user) {
+            if let Some(entry) = table.get_mut(&key) {
+                *entry = (
+                    (decayed(entry.0, entry.1, b) - 1.0).max(0.0),
+                    Instant::now(),
+                );
+            }
+        }
+    }
+
+    /// The buckets a login of `user` from `ip` counts in.
+    fn keys(&self, ip: IpAddr, user: &str) -> [(Key, Bucket); 2] {
+        [
+            (Key::Network(network(ip)), self.per_network),
+            (Key::User(canonical(ip), user.to_owned()), self.per_user),
+        ]
+    }
+
+    /// How long to wait if any of `keys` is full.
+    fn over(
+        &self,
+        table: &HashMap<Key, (f64, Instant)>,
+        keys: &[(Key, Bucket); 2],
+    ) -> Option<Duration> {
+        keys.iter()
+            .filter_map(|(key, b)| {
+                let (level, at) = table.get(key)?;
+                let level = decayed(*level, *at, *b);
+                (level + 1.0 > b.burst).then(|| b.refill.mul_f64(level + 1.0 - b.burst))
+            })
+            .max()
+            .map(|w| w.max(Duration::from_secs(1)))
     }
 }
 
@@ -171,14 +203,14 @@ mod tests {
         let l = Limiter::default();
         for _ in 0..10 {
             assert_eq!(l.wait(ip("10.0.0.1"), "alice"), None);
-            l.failed(ip("10.0.0.1"), "alice");
+            l.attempt(ip("10.0.0.1"), "alice").unwrap();
         }
         assert!(l.wait(ip("10.0.0.1"), "alice").is_some());
         assert!(l.wait(ip("::ffff:10.0.0.1"), "alice").is_some(), "mapped");
         assert_eq!(l.wait(ip("10.0.0.2"), "alice"), None, "another address");
         assert_eq!(l.wait(ip("10.0.0.1"), "bob"), None, "another user");
         for i in 0..20 {
-            l.failed(ip("10.0.0.3"), &format!("u{i}"));
+            let _ = l.attempt(ip("10.0.0.3"), &format!("u{i}"));
         }
         assert!(
             l.wait(ip("10.0.0.9"), "carol").is_some(),
@@ -188,14 +220,28 @@ mod tests {
     }
 
     #[test]
+    fn attempts_in_flight_count_and_a_success_gives_its_back() {
+        let l = Limiter::default();
+        // Ten attempts at once, none finished: the eleventh is refused.
+        for _ in 0..10 {
+            assert!(l.attempt(ip("10.0.0.1"), "bob").is_ok());
+        }
+        assert!(l.attempt(ip("10.0.0.1"), "bob").is_err());
+        // One of them was the right password: its attempt comes back.
+        l.succeeded(ip("10.0.0.1"), "bob");
+        assert!(l.attempt(ip("10.0.0.1"), "bob").is_ok());
+        assert!(l.attempt(ip("10.0.0.1"), "bob").is_err());
+    }
+
+    #[test]
     fn a_flood_from_elsewhere_does_not_unblock_a_key() {
         let l = Limiter::new(PER_USER, PER_NETWORK, 64);
         for _ in 0..12 {
-            l.failed(ip("192.0.2.1"), "root");
+            let _ = l.attempt(ip("192.0.2.1"), "root");
         }
         for i in 0..5000u32 {
             let o = i.to_be_bytes();
-            l.failed(IpAddr::from([o[1], o[2], o[3], 1]), "x");
+            let _ = l.attempt(IpAddr::from([o[1], o[2], o[3], 1]), "x");
         }
         assert!(lock(&l.table).len() <= 64);
         assert!(l.wait(ip("192.0.2.1"), "root").is_some());

@@ -105,7 +105,7 @@ fn find(config: &Config, server: Option<&str>, create: bool) -> Result<Reach, St
     }
     match open_offline(config, &path) {
         Ok(store) => Ok(Reach::Offline(Box::new(store), path)),
-        Err(_) if in_use(&path) => holder(config, &path).map(Reach::Online),
+        Err(_) if in_use(&path) => Err(held_elsewhere(config, &path)),
         Err(e) => Err(e),
     }
 }
@@ -145,31 +145,18 @@ fn in_use(path: &Path) -> bool {
     )
 }
 
-/// The registry at the listen address, for a store held by a process without an admin socket
-/// (a registry that could not create it, e.g. for a data directory path too long for one).
-fn holder(config: &Config, path: &Path) -> Result<Endpoint, String> {
-    let addr = local_addr(config.listen);
-    let busy = format!(
-        "{} is in use, and no admin socket answers in {}",
+/// Why a store held by a process without an admin socket (a registry that could not create
+/// one, e.g. for a data directory path too long for a socket, or another outpost command)
+/// cannot be worked on: whatever answers at an address cannot be told to be the registry
+/// serving this store, so only `--server` names one.
+fn held_elsewhere(config: &Config, path: &Path) -> String {
+    format!(
+        "{} is in use, and no admin socket answers in {}: nothing was done. If a registry \
+         serves it, pass --server with the address it logged; if another outpost command \
+         works on it, let it finish",
         path.display(),
         config.data_dir.display()
-    );
-    if addr.port() == 0 {
-        return Err(format!(
-            "{busy}; the listen port is 0 (any free port): pass --server with the address the \
-             registry logged"
-        ));
-    }
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(_) => {
-            eprintln!("{busy}: using the registry at {addr}");
-            Ok(Endpoint::Tcp(addr))
-        }
-        Err(e) => Err(format!(
-            "{busy}, and nothing answers at {addr} ({e}): pass --server if a registry on \
-             another address serves it; if another outpost command works on it, let it finish"
-        )),
-    }
+    )
 }
 
 /// One request to the running registry; the JSON it answered with `ok` status.

@@ -169,7 +169,7 @@ impl Gate {
     /// Verifies `user`'s `password`. An address over its failed-login limit is refused before
     /// anything about the password is looked at; otherwise from the cache if verified lately,
     /// else against the store's hash or the htpasswd file's, a failure counted per client
-    /// network and user.
+    /// address and user and per client network.
     fn check_password(
         &self,
         store: &Store,
@@ -199,16 +199,21 @@ impl Gate {
                 None => {}
             }
         }
+        // Counted as a failure from before the check until it succeeds: checks running at
+        // once cannot together go past the limit.
+        if let Some(Err(wait)) = from.map(|ip| self.limiter.attempt(ip, user)) {
+            return Err(Refused::Limited(wait));
+        }
         let stored = self.user_hash(store, user);
         if !passwords::check(stored.as_deref(), password) {
-            if let Some(ip) = from {
-                self.limiter.failed(ip, user);
-            }
             log::warn!(
                 "failed login for user {user:?} from {}",
                 from.map_or("the admin socket".to_owned(), |ip| ip.to_string())
             );
             return Err(Refused::Wrong);
+        }
+        if let Some(ip) = from {
+            self.limiter.succeeded(ip, user);
         }
         let mut cache = lock(&self.verified);
         if cache.len() >= TABLE_CAP {
