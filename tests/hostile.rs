@@ -356,3 +356,58 @@ fn a_command_acts_on_the_registry_it_names_and_says_which() {
     }
     drop((a, b));
 }
+
+#[test]
+fn a_rotten_manifest_is_never_served_and_the_check_names_it() {
+    let (dir, mut reg, c) = start();
+    let body = push_image(&c, "rot/x", 8, 1);
+    let digest = sha256(&body);
+    assert_eq!(
+        c.put_manifest("rot/x", "v1", OCI_MANIFEST, &body).status,
+        201
+    );
+    reg.terminate();
+    // One bit of the stored body flips on the card (a plaintext record: nothing seals it).
+    use redb::ReadableTable;
+    let db = redb::Database::create(dir.path().join("outpost.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let def: redb::TableDefinition<(u64, &str), &[u8]> =
+            redb::TableDefinition::new("manifests");
+        let mut t = tx.open_table(def).unwrap();
+        let key = t
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().0.value().0)
+            .next()
+            .unwrap();
+        let mut v = t
+            .get((key, digest.as_str()))
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        let last = v.len() - 2;
+        v[last] ^= 0x20;
+        t.insert((key, digest.as_str()), v.as_slice()).unwrap();
+    }
+    tx.commit().unwrap();
+    drop(db);
+    let reg = Registry::start(dir.path());
+    let c = reg.client();
+    for path in [
+        "/v2/rot/x/manifests/v1".to_owned(),
+        format!("/v2/rot/x/manifests/{digest}"),
+    ] {
+        let r = c.get(&path);
+        assert_eq!(r.status, 500, "{path}: {r:?}");
+        assert_ne!(r.body, body);
+    }
+    let check = c.get("/admin/check");
+    assert_eq!(check.status, 500);
+    assert!(
+        check.json()["problems"].to_string().contains(&digest),
+        "{check:?}"
+    );
+    assert!(reg.log_with("integrity").contains(&digest));
+}

@@ -231,6 +231,9 @@ impl Store {
         let key = self.domain_key(repo.domain)?;
         let record = open_manifest(key.as_deref(), repo.id, digest, stored)?;
         let (media_type, _, body) = decode(&record)?;
+        // A manifest is small: checked on every read, so rotten bytes are never served
+        // under the digest they no longer have (a sealed record is checked by its tag too).
+        verify_body(digest, body)?;
         Ok(StoredManifest {
             digest: digest.to_owned(),
             media_type: media_type.to_owned(),
@@ -392,16 +395,7 @@ impl Store {
             };
             let verified = self.domain_key(*domain).and_then(|key| {
                 let record = open_manifest(key.as_deref(), repo, digest, v.value())?;
-                let (_, _, body) = decode(&record)?;
-                let expected = Digest::parse(digest)
-                    .map_err(|e| StoreError::Corrupt(format!("its key is not a digest: {e}")))?;
-                let mut h = crate::digest::Hasher::new(expected.algorithm());
-                h.update(body);
-                let actual = h.finish();
-                if actual != expected {
-                    return Err(StoreError::Corrupt(format!("its body hashes to {actual}")));
-                }
-                Ok(())
+                verify_body(digest, decode(&record)?.2)
             });
             if let Err(e) = verified {
                 problems.push(format!("manifest {digest} of {name}: {e}"));
@@ -420,6 +414,21 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Ok if `body` hashes to `digest`, the key it is stored under.
+fn verify_body(digest: &str, body: &[u8]) -> Result<(), StoreError> {
+    let expected = Digest::parse(digest)
+        .map_err(|e| StoreError::Corrupt(format!("manifest stored under {digest:?}: {e}")))?;
+    let mut h = crate::digest::Hasher::new(expected.algorithm());
+    h.update(body);
+    let actual = h.finish();
+    if actual != expected {
+        return Err(StoreError::Integrity(format!(
+            "manifest {digest}: its stored body hashes to {actual}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_references(
