@@ -93,7 +93,11 @@ pub fn start(
         }
     }
     let digest = query.get("digest").map(Digest::parse).transpose()?;
-    let id = app.store.upload_create(name)?;
+    // Only a session without `digest` is announced to the client (202), who may resume it.
+    let id = match digest {
+        None => app.store.upload_start(name)?,
+        Some(_) => app.store.upload_create(name)?,
+    };
     let Some(digest) = digest else {
         return Ok(session_reply(app, 202, name, &id, 0));
     };

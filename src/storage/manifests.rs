@@ -163,6 +163,8 @@ impl Store {
         let domain = self.domain_for(repo)?;
         let key = self.domain_key(domain)?;
         let key = key.as_deref();
+        // Manifests are bounded by maxManifestSize, not small: they count against the reserve.
+        self.check_space(super::stored_size(m.body.len() as u64))?;
         let tx = self.write(true)?;
         {
             let repo = ensure_repo(&tx, repo, domain)?;
@@ -270,6 +272,7 @@ impl Store {
                 })?;
         }
         tx.commit()?;
+        self.space_freed();
         Ok(())
     }
 

@@ -147,6 +147,8 @@ macro_rules! from_redb {
                 handle::note_redb_error(&e);
                 match &e {
                     redb::Error::Io(io) if io.raw_os_error() == Some(28) => StoreError::Full,
+                    // A transaction begun before another failed: the handle is reopening.
+                    redb::Error::PreviousIo => StoreError::Unavailable,
                     _ => StoreError::Db(e),
                 }
             }
@@ -258,9 +260,9 @@ impl Store {
         self.handle.read()
     }
 
-    /// Refuses `n` more bytes of upload data if the filesystem would fall below the reserve,
-    /// counting as free the space inside the file that deletions released (redb reuses it):
-    /// an operator who deletes images on a full card can push again.
+    /// Refuses a write of `n` more bytes (upload data, a manifest) if the filesystem would
+    /// fall below the reserve, counting as free the space inside the file that deletions
+    /// released (redb reuses it): an operator who deletes images on a full card can push again.
     fn check_space(&self, n: u64) -> Result<(), StoreError> {
         let Some(free) = handle::filesystem_free(self.handle.path()) else {
             return Ok(());
@@ -278,32 +280,63 @@ impl Store {
         if free.saturating_add(reusable) < need {
             return Err(StoreError::Full);
         }
-        // What this append takes comes out of the estimate until it is next recomputed.
+        // What this write takes comes out of the estimate until it is next recomputed.
         *cached = Some((at, reusable - n.min(reusable)));
         Ok(())
     }
 
-    /// Drops the reusable-space estimate: content was just deleted.
+    /// Content was just deleted: drops the reusable-space estimate and, when the filesystem is
+    /// low, makes the freed pages reusable now. redb hands out the pages a commit frees only
+    /// after a later durable commit has processed them (two for a non-durable one, whose
+    /// records wait in memory), and uploads commit durably only at checkpoints: a push onto a
+    /// full disk would otherwise find no room although the estimate counts it.
     fn space_freed(&self) {
         *self.reusable.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let low = handle::filesystem_free(self.handle.path())
+            .is_some_and(|free| free < self.min_free.saturating_add(2 * uploads::CHECKPOINT));
+        if low {
+            for _ in 0..2 {
+                if let Err(e) = self.write(true).and_then(|tx| tx.commit()) {
+                    log::warn!("releasing deleted pages: {e}");
+                    break;
+                }
+            }
+        }
     }
 
-    /// File length less live content (blob and upload bytes) and a 1/32 margin for metadata:
-    /// an estimate of the space inside the file that redb can reuse. Only computed when the
-    /// filesystem is low on space.
+    /// Space inside the file that redb can reuse, estimated as the file's written blocks less
+    /// what live content (blobs, uploads, manifests) takes in pages, less a 1/32 margin for
+    /// the rest. Blocks, not length: redb grows its file sparsely, and a hole that was never
+    /// written takes new blocks when it is. Only computed when the filesystem is low on space.
     fn reusable_bytes(&self) -> Result<u64, StoreError> {
-        let file_len = std::fs::metadata(self.handle.path()).map_or(0, |m| m.len());
+        use std::os::unix::fs::MetadataExt;
+        let written = std::fs::metadata(self.handle.path()).map_or(0, |m| m.blocks() * 512);
+        let payload = self.chunk_payload as u64;
+        let row = payload + CHUNK_ROW_OVERHEAD as u64;
+        let chunks = |n: u64| n / payload * row + stored_size(n % payload);
         let mut live = 0u64;
         {
             let tx = self.read()?;
             for row in tx.open_table(BLOBS)?.iter()? {
-                live += row?.1.value().1;
+                live += chunks(row?.1.value().1);
             }
             for row in tx.open_table(UPLOADS)?.iter()? {
-                live += row?.1.value().3;
+                live += chunks(row?.1.value().3);
+            }
+            for row in tx.open_table(MANIFESTS)?.iter()? {
+                live += stored_size(row?.1.value().len() as u64);
             }
         }
-        Ok(file_len.saturating_sub(live + file_len / 32))
+        Ok(written.saturating_sub(live + written / 32))
+    }
+}
+
+/// Bytes of file that a value of `n` bytes takes: redb allocates pages in powers of two
+/// (an upper bound for small values, which share leaf pages).
+fn stored_size(n: u64) -> u64 {
+    match n {
+        0 => 0,
+        n => (n + CHUNK_ROW_OVERHEAD as u64).next_power_of_two(),
     }
 }
 

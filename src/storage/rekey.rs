@@ -163,7 +163,7 @@ impl Store {
         let parsed = Digest::parse(digest)
             .map_err(|_| StoreError::Corrupt(format!("bad digest {digest}")))?;
         let mut hasher = Hasher::new(parsed.algorithm());
-        let (session, blob) = self.session_create(repo, domain)?;
+        let (session, blob) = self.session_create(repo, domain, false)?;
         self.copy_into_session(repo, &session, src, src.size, (blob, domain), |piece| {
             hasher.update(piece)
         })?;

@@ -16,7 +16,7 @@ use crate::digest::Digest;
 use redb::{ReadableTable, WriteTransaction};
 
 /// Bytes of an upload between durable commits of its progress.
-const CHECKPOINT: u64 = 64 << 20;
+pub(super) const CHECKPOINT: u64 = 64 << 20;
 
 /// Where an upload session stands.
 #[derive(Clone, Copy, Debug)]
@@ -77,23 +77,34 @@ fn session(tx: &WriteTransaction, repo: &str, id: &str) -> Result<Upload, StoreE
 }
 
 impl Store {
-    /// Opens an upload session into `repo`; returns its unguessable id.
+    /// Opens an upload session into `repo` for the caller's own use; returns its unguessable
+    /// id. Not durable: see `upload_start` for a session whose id a client is told.
     pub fn upload_create(&self, repo: &str) -> Result<String, StoreError> {
         // Sealed for the repository's key from the first byte: plaintext never reaches disk.
         let domain = self.domain_for(repo)?;
-        self.session_create(repo, domain).map(|(id, _)| id)
+        self.session_create(repo, domain, false).map(|(id, _)| id)
+    }
+
+    /// Opens an upload session into `repo` whose id a client is told (and may resume);
+    /// created durably, so that no reopen of the store loses it.
+    pub fn upload_start(&self, repo: &str) -> Result<String, StoreError> {
+        let domain = self.domain_for(repo)?;
+        self.session_create(repo, domain, true).map(|(id, _)| id)
     }
 
     /// Opens a session into `repo` whose chunks are sealed for `domain`; returns its id and
-    /// blob id. Not durable: a session lost in a crash is reported unknown and the client
-    /// restarts it.
+    /// blob id. Durable if `durable`: an I/O error (a full disk) makes the store reopen at its
+    /// last durable commit, and a client told of a session must find it afterwards (its
+    /// non-durable chunks may be gone: it then learns the true offset and resumes). Otherwise
+    /// a session lost in a crash is reported unknown and its user restarts it.
     pub(super) fn session_create(
         &self,
         repo: &str,
         domain: u64,
+        durable: bool,
     ) -> Result<(String, u64), StoreError> {
         let id = crate::crypto::hex(&crate::crypto::random::<16>());
-        let tx = self.write(false)?;
+        let tx = self.write(durable)?;
         let blob = next_id(&tx, "next_blob_id")?;
         tx.open_table(UPLOADS)?
             .insert(id.as_str(), (repo, domain, blob, 0, now()))?;
