@@ -184,8 +184,14 @@ impl Store {
             .collect();
         let tx = self.write(true)?;
         {
+            let shadows = tx.open_table(SHADOWS)?;
             let mut uploads = tx.open_table(UPLOADS)?;
             for (id, at) in progress {
+                // A session no longer shadowing (its row lost in a reopen's rollback, or
+                // ended) has chunks of its own: its offset is theirs, not this one.
+                if shadows.get(id.as_str())?.is_none() {
+                    continue;
+                }
                 let row = uploads.get(id.as_str())?.map(|v| {
                     let (repo, domain, blob, _, active) = v.value();
                     (repo.to_owned(), domain, blob, active)
