@@ -40,6 +40,8 @@ pub struct App {
     gate: Option<auth::Gate>,
     stats: stats::Stats,
     hashers: uploads::HasherCache,
+    /// Where each upload session was last told it stands.
+    acknowledged: uploads::Acknowledged,
     /// Pull-through caches of `mirrors`.
     cache: crate::mirror::cache::PullThrough,
     /// Transfer buffers, `workers` chunk-sized ones at most.
@@ -69,6 +71,7 @@ impl App {
             stopping,
             stats: stats::Stats::default(),
             hashers: uploads::HasherCache::default(),
+            acknowledged: uploads::Acknowledged::default(),
         })
     }
 

@@ -45,6 +45,37 @@ impl HasherCache {
     }
 }
 
+/// The offset each session was last told it stands at (a 202 to a `PATCH`), bounded like the
+/// hasher cache. A store reopened after an I/O error is back at its last durable commit and
+/// may hold less than that: the finish then answers where the session really stands (416 and
+/// `Range`) instead of discarding an upload that lost bytes through no fault of its client.
+#[derive(Default)]
+pub struct Acknowledged(Mutex<HashMap<String, u64>>);
+
+impl Acknowledged {
+    fn note(&self, id: &str, at: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= HASHER_CACHE_MAX && !map.contains_key(id) {
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+        }
+        map.insert(id.to_owned(), at);
+    }
+
+    fn get(&self, id: &str) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
 fn location(name: &str, id: &str) -> String {
     format!("/v2/{name}/blobs/uploads/{id}")
 }
@@ -164,6 +195,7 @@ pub fn status(app: &App, name: &str, id: &str) -> Result<Reply> {
 pub fn patch(app: &App, req: &mut Request, name: &str, id: &str) -> Result<Reply> {
     check_id(id)?;
     let received = append_body(app, req, name, id)?;
+    app.acknowledged.note(id, received);
     Ok(session_reply(app, 202, name, id, received))
 }
 
@@ -195,11 +227,13 @@ pub fn cancel(app: &App, name: &str, id: &str) -> Result<Reply> {
     check_id(id)?;
     app.store.upload_cancel(name, id)?;
     app.hashers.forget(id);
+    app.acknowledged.forget(id);
     Ok(Reply::empty(204))
 }
 
 fn discard(app: &App, name: &str, id: &str) {
     app.hashers.forget(id);
+    app.acknowledged.forget(id);
     if let Err(e) = app.store.upload_cancel(name, id) {
         log::debug!("discarding upload {id}: {e}");
     }
@@ -327,6 +361,10 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> (usize, bool, Option<io::Error
 /// On a mismatch the upload is discarded: nothing of it becomes visible.
 fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
     let up = app.store.upload(name, id)?;
+    if app.acknowledged.get(id).is_some_and(|a| a > up.received) {
+        return Err(ApiError::from(StoreError::UploadOffset(up.received))
+            .header("Location", location(name, id)));
+    }
     let cached = app
         .hashers
         .take(id, up.received)
@@ -350,6 +388,7 @@ fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
             up.received
         );
     }
+    app.acknowledged.forget(id);
     Ok(Reply::empty(201)
         .header("Location", format!("/v2/{name}/blobs/{digest}"))
         .header("Docker-Content-Digest", digest.as_str()))
