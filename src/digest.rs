@@ -89,6 +89,13 @@ impl Digest {
         h.finish()
     }
 
+    /// The digest of `bytes` by this digest's algorithm (to compare with it).
+    pub fn rehash(&self, bytes: &[u8]) -> Digest {
+        let mut h = Hasher::new(self.algorithm);
+        h.update(bytes);
+        h.finish()
+    }
+
     /// The digest as `algorithm:hex`.
     pub fn as_str(&self) -> &str {
         &self.text

@@ -3,7 +3,7 @@
 use super::errors::{ApiError, Code};
 use super::routes::Query;
 use super::{header, read_small_body, App, Reply, Result};
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::registry::manifest::{descriptor_artifact_type, Manifest, OCI_INDEX};
 use crate::registry::names::valid_tag;
 use crate::registry::Reference;
@@ -46,9 +46,7 @@ pub fn put(
     )?;
     let digest = match &reference {
         Reference::Digest(d) => {
-            let mut h = Hasher::new(d.algorithm());
-            h.update(&body);
-            let actual = h.finish();
+            let actual = d.rehash(&body);
             if actual != *d {
                 return Err(ApiError::new(
                     400,

@@ -15,7 +15,7 @@ pub mod remote;
 pub mod sync;
 mod tar;
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::registry::manifest::{Manifest, DOCKER_LIST, OCI_INDEX};
 use serde_json::Value;
 use std::fmt;
@@ -96,9 +96,7 @@ impl Fetched {
     ) -> Result<Fetched> {
         let digest = match wanted {
             Some(w) => {
-                let mut h = Hasher::new(w.algorithm());
-                h.update(&body);
-                let got = h.finish();
+                let got = w.rehash(&body);
                 if got != *w {
                     return Err(MirrorError::integrity(format!(
                         "{what}: manifest {w} has digest {got}: refused"

@@ -423,9 +423,7 @@ impl Store {
 fn verify_body(digest: &str, body: &[u8]) -> Result<(), StoreError> {
     let expected = Digest::parse(digest)
         .map_err(|e| StoreError::Corrupt(format!("manifest stored under {digest:?}: {e}")))?;
-    let mut h = crate::digest::Hasher::new(expected.algorithm());
-    h.update(body);
-    let actual = h.finish();
+    let actual = expected.rehash(body);
     if actual != expected {
         return Err(StoreError::Integrity(format!(
             "manifest {digest}: its stored body hashes to {actual}"
