@@ -48,7 +48,9 @@ inside() { nsenter -t "$init" -a "$@"; }
 cleanup() { [ -n "${init:-}" ] && inside systemctl poweroff >/dev/null 2>&1; sleep 2; kill "$nspawn" 2>/dev/null || true; }
 trap cleanup EXIT
 init=""
-for _ in $(seq 100); do init=$(pgrep -P "$nspawn" | head -1 || true); [ -n "$init" ] && break; sleep 0.2; done
+# nspawn's first child only sets up mounts and exits; the container's init is the child that
+# became systemd (seen racing in CI on a freshly bootstrapped root).
+for _ in $(seq 100); do init=$(pgrep -P "$nspawn" -x systemd | head -1 || true); [ -n "$init" ] && break; sleep 0.2; done
 [ -n "$init" ] || fail "the container did not start: $(tail -5 "$log")"
 for _ in $(seq 150); do
   state=$(inside systemctl is-active outpost.service 2>/dev/null || true)
