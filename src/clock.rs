@@ -2,11 +2,24 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
+/// Seconds since the Unix epoch (0 if the clock is before it), moved by `offset()`.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_secs());
+    now.saturating_add_signed(offset())
+}
+
+/// `$OUTPOST_CLOCK_OFFSET` seconds (may be negative; 0 when unset): the tests' way to push
+/// images "days ago" through the real interface, for lifecycle rules and grace periods.
+pub fn offset() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("OUTPOST_CLOCK_OFFSET")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// UTC calendar fields of `unix`: (year, month, day, hour, minute, second).

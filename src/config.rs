@@ -44,6 +44,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// `mirrors`: upstream registries to sync from or cache.
     pub mirrors: Vec<MirrorConfig>,
+    /// `gcGracePeriod`, `gcInterval`, `lifecycle`: the garbage collector.
+    pub gc: crate::gc::config::GcConfig,
+    /// `immutableTags`: tags a push may set but never move.
+    pub immutable_tags: Vec<crate::registry::immutable::ImmutableRule>,
 }
 
 /// A `mirrors` entry, validated.
@@ -274,7 +278,7 @@ pub struct TlsSpec {
 }
 
 /// True if `p` is a repository name pattern (`a-z 0-9 . _ - /` and `*`).
-fn valid_pattern(p: &str) -> bool {
+pub fn valid_pattern(p: &str) -> bool {
     !p.is_empty()
         && p.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*".contains(&b))
@@ -478,6 +482,8 @@ impl Default for Config {
             auth: None,
             tls: None,
             mirrors: Vec::new(),
+            gc: crate::gc::config::GcConfig::default(),
+            immutable_tags: Vec::new(),
         }
     }
 }
@@ -529,6 +535,14 @@ pub struct Overrides {
     pub tls: Option<TlsSpec>,
     /// `mirrors`: upstream registries
     pub mirrors: Option<Vec<MirrorSpec>>,
+    /// `gcGracePeriod`, e.g. `"24h"`
+    pub gc_grace_period: Option<String>,
+    /// `gcInterval`, e.g. `"1h"`, or `"off"`
+    pub gc_interval: Option<String>,
+    /// `lifecycle`: rules per repository pattern
+    pub lifecycle: Option<Vec<crate::gc::config::PolicySpec>>,
+    /// `immutableTags`: rules per repository pattern
+    pub immutable_tags: Option<Vec<crate::registry::immutable::ImmutableSpec>>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -669,6 +683,10 @@ impl Overrides {
             access: other.access.or(self.access),
             tls: other.tls.or(self.tls),
             mirrors: other.mirrors.or(self.mirrors),
+            gc_grace_period: other.gc_grace_period.or(self.gc_grace_period),
+            gc_interval: other.gc_interval.or(self.gc_interval),
+            lifecycle: other.lifecycle.or(self.lifecycle),
+            immutable_tags: other.immutable_tags.or(self.immutable_tags),
         }
     }
 
@@ -751,6 +769,14 @@ impl Overrides {
                 .unwrap_or_default()
                 .into_iter()
                 .map(MirrorSpec::resolve)
+                .collect::<Result<_, _>>()?,
+            gc: crate::gc::config::resolve(self.gc_grace_period, self.gc_interval, self.lifecycle)?,
+            immutable_tags: self
+                .immutable_tags
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| r.resolve(i + 1))
                 .collect::<Result<_, _>>()?,
         };
         for (i, m) in c.mirrors.iter().enumerate() {

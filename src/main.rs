@@ -6,6 +6,7 @@ mod clock;
 mod config;
 mod crypto;
 mod digest;
+mod gc;
 mod http;
 mod mirror;
 mod net;
@@ -39,6 +40,9 @@ Usage: outpost serve [OPTIONS]
        outpost import FILE.tar|DIR [--repo NAME[:TAG]] [--platform P,...] [LOGIN] [COMMON]
        outpost mirror run [NAME] [COMMON]
        outpost mirror status [COMMON]
+       outpost gc [--dry-run] [--json] [COMMON]
+       outpost du [--json] [COMMON]
+       outpost compact [COMMON]
        outpost --version
 
 Options for serve (flags override the config file, which overrides the defaults):
@@ -46,7 +50,8 @@ Options for serve (flags override the config file, which overrides the defaults)
                             headerTimeout, idleTimeout, ioTimeout, minTransferRate,
                             workers, cacheSize, chunkSize, maxManifestSize, uploadTtl,
                             minFreeSpace, blobMounting, automaticMount, masterKeyFile,
-                            encryption, auth, access, tls, mirrors)
+                            encryption, auth, access, tls, mirrors, gcGracePeriod,
+                            gcInterval, lifecycle, immutableTags)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --master-key-file FILE    master key for encrypted repositories [default: the systemd
@@ -72,7 +77,7 @@ Options for serve (flags override the config file, which overrides the defaults)
 
 COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
 --master-key-file FILE, and (settings, repo create/delete, key list, user, export, import,
-mirror) --server URL.
+mirror, gc, du) --server URL.
 Without --server, these commands go by the store in the data directory, never by whatever
 answers on a port: the registry serving it, through its admin socket (admin.sock in the
 data directory: its user and root may use it, whatever the access rules say), or at the
@@ -115,6 +120,14 @@ serves it, else through that registry's HTTP API at the configured listen addres
 password comes from $OUTPOST_PASSWORD, the terminal, or stdin) and --ca-file FILE for an
 https --server whose certificate the system does not trust (the local registry's own
 tls.certFile is trusted). Progress shows on a terminal.
+
+gc runs a garbage collection pass now and prints what it deleted: images that the config's
+lifecycle rules expire, blob links no manifest lists once older than gcGracePeriod, blobs
+whose last link went, repositories left empty. --dry-run prints what it would delete and the
+bytes that would be freed, deleting nothing. On a stopped store the rules come from
+--config. du shows per repository the bytes it links, holds alone and shares, and the
+store's file size against its live bytes. compact (registry stopped) gives the file's free
+pages back to the filesystem. --json prints the report as JSON.
 
 mirror run runs one sync pass of the config's mirrors (or NAME) now; mirror status shows each
 mirror's last pass, totals and pull-through cache activity.
@@ -177,6 +190,9 @@ enum Command {
     ),
     MirrorRun(Common, Option<String>),
     MirrorStatus(Common),
+    Gc(Common, bool, bool),
+    Du(Common, bool),
+    Compact(Common),
     Help,
     Version,
 }
@@ -202,6 +218,8 @@ struct Args {
     repo: Option<String>,
     user: Option<String>,
     ca_file: Option<PathBuf>,
+    dry_run: bool,
+    json: bool,
     /// Long options given, to refuse those the command does not take.
     seen: Vec<String>,
 }
@@ -269,6 +287,8 @@ fn parse_args() -> Result<Command, lexopt::Error> {
                 a.platforms.get_or_insert_with(Vec::new).extend(list);
             }
             Long("all-platforms") => a.all_platforms = true,
+            Long("dry-run") => a.dry_run = true,
+            Long("json") => a.json = true,
             Long("repo") => a.repo = Some(parser.value()?.string()?),
             Long("user") => a.user = Some(parser.value()?.string()?),
             Long("ca-file") => a.ca_file = Some(PathBuf::from(parser.value()?)),
@@ -354,6 +374,9 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         ),
         ["mirror", "run", ..] => ("mirror run", &["server"], usize::MAX),
         ["mirror", "status", ..] => ("mirror status", &["server"], 0),
+        ["gc", ..] => ("gc", &["dry-run", "json"], 0),
+        ["du", ..] => ("du", &["json"], 0),
+        ["compact", ..] => ("compact", &[], 0),
         ["repo" | "key" | "user" | "tls" | "mirror", sub, ..] => {
             return Err(format!(
                 "unknown command {} {sub:?} (repo: create, delete, move; key: list, generate, \
@@ -368,7 +391,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         [other, ..] => {
             return Err(format!(
                 "unknown command {other:?} (commands: serve, settings, repo, key, user, tls, \
-                 export, import, mirror)"
+                 export, import, mirror, gc, du, compact)"
             )
             .into())
         }
@@ -378,7 +401,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     if name != "serve" {
         let common = match name {
             "repo create" | "repo delete" | "key list" | "user add" | "user passwd"
-            | "user del" | "user list" => ONLINE,
+            | "user del" | "user list" | "gc" | "du" => ONLINE,
             "key generate" => &[][..],
             _ => COMMON,
         };
@@ -417,6 +440,8 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
                 | "repo"
                 | "user"
                 | "ca-file"
+                | "dry-run"
+                | "json"
         )
     }) {
         return Err(format!("--{f} is not an option of serve (see --help)").into());
@@ -518,6 +543,9 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
             Command::MirrorRun(common, rest.first().map(|s| s.to_string()))
         }
         "mirror status" => Command::MirrorStatus(common),
+        "gc" => Command::Gc(common, a.dry_run, a.json),
+        "du" => Command::Du(common, a.json),
+        "compact" => Command::Compact(common),
         _ => Command::KeyRotate(common, a.new_master_key),
     })
 }
@@ -612,6 +640,13 @@ fn main() -> ExitCode {
         Command::MirrorStatus(c) => c
             .resolve()
             .and_then(|cfg| cli::mirror::status(&cfg, c.server.as_deref())),
+        Command::Gc(c, dry_run, json) => c
+            .resolve()
+            .and_then(|cfg| cli::gc::gc(&cfg, c.server.as_deref(), dry_run, json)),
+        Command::Du(c, json) => c
+            .resolve()
+            .and_then(|cfg| cli::gc::du(&cfg, c.server.as_deref(), json)),
+        Command::Compact(c) => c.resolve().and_then(|cfg| cli::gc::compact(&cfg)),
         Command::TlsSelfSigned(c, hosts, out, days) => c
             .resolve()
             .and_then(|cfg| cli::certs::self_signed(&cfg, &hosts, &out, days)),

@@ -131,6 +131,21 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start janitor: {e}"))?
     };
 
+    if crate::clock::offset() != 0 {
+        log::warn!(
+            "OUTPOST_CLOCK_OFFSET moves this registry's clock by {} s (for tests only)",
+            crate::clock::offset()
+        );
+    }
+    let (gc_stop, gc_wait) = mpsc::channel::<()>();
+    let collector = {
+        let app = app.clone();
+        thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || scheduled_gc(&app, &gc_wait))
+            .map_err(|e| format!("cannot start the garbage collector: {e}"))?
+    };
+
     let (mirrors_stop, mirrors_wait) = mpsc::channel::<()>();
     let mirrors = {
         let app = app.clone();
@@ -211,8 +226,10 @@ pub fn run(config: Config) -> Result<(), String> {
     });
     drop(janitor_stop);
     drop(mirrors_stop);
+    drop(gc_stop);
     let _ = janitor.join();
     let _ = mirrors.join();
+    let _ = collector.join();
     drop((pool, admin_pool));
     if socket_path.exists() {
         let _ = std::fs::remove_file(&socket_path);
@@ -340,6 +357,32 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
         if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(FLUSH_EVERY) {
             return;
         }
+    }
+}
+
+/// Runs a collector pass every `gcInterval` (the first within five minutes of start), until
+/// `stop` is dropped.
+fn scheduled_gc(app: &App, stop: &mpsc::Receiver<()>) {
+    let Some(every) = app.config.gc.interval else {
+        return;
+    };
+    let mut wait = every.min(Duration::from_secs(300));
+    loop {
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(wait) {
+            return;
+        }
+        match crate::gc::run(&app.store, &app.config.gc, false, &app.stopping) {
+            Ok(r) => {
+                let nothing = ["manifests", "blobLinks", "repositories"]
+                    .iter()
+                    .all(|k| r[k].as_array().is_none_or(Vec::is_empty));
+                if !nothing {
+                    log::info!("gc: {}", crate::gc::summary(&r));
+                }
+            }
+            Err(e) => log::warn!("gc pass: {e}"),
+        }
+        wait = every;
     }
 }
 

@@ -828,6 +828,7 @@ fn a_version_1_store_is_migrated_as_plaintext() {
     let db = dir.path().join("outpost.redb");
     let content = b"content stored by an earlier build";
     let digest = sha256(content);
+    let manifest = image_manifest((&digest, content.len()), &[], "");
     {
         let db = redb::Database::create(&db).unwrap();
         let tx = db.begin_write().unwrap();
@@ -863,14 +864,36 @@ fn a_version_1_store_is_migrated_as_plaintext() {
                 .unwrap()
                 .insert((1, digest.as_str()), (0, 0))
                 .unwrap();
+            // A manifest listing it (record: version 1, media type, no subject, body).
+            let mut record = vec![1u8];
+            record.extend_from_slice(&(OCI_MANIFEST.len() as u16).to_le_bytes());
+            record.extend_from_slice(OCI_MANIFEST.as_bytes());
+            record.push(0);
+            record.extend_from_slice(&manifest);
+            tx.open_table(TableDefinition::<(u64, &str), &[u8]>::new("manifests"))
+                .unwrap()
+                .insert((1, sha256(&manifest).as_str()), record.as_slice())
+                .unwrap();
         }
         tx.commit().unwrap();
     }
     let reg = Registry::start(dir.path());
     let c = reg.client();
-    assert!(reg
-        .log_text()
-        .contains("migrated the store to schema version 2"));
+    assert!(
+        reg.log_text()
+            .contains("migrated the store to schema version 3 (references of 1 manifest(s)"),
+        "{}",
+        reg.log_text()
+    );
+    // The references were recorded: a collector pass keeps the blob the manifest lists
+    // (linked in 1970, far beyond the grace period).
+    let report = c.req("POST", "/admin/gc", &[], Body::None).json();
+    assert_eq!(report["blobLinks"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        c.get(&format!("/v2/old/app/manifests/{}", sha256(&manifest)))
+            .body,
+        manifest
+    );
     assert_eq!(c.get(&format!("/v2/old/app/blobs/{digest}")).body, content);
     let r = c.get("/v2/old/app/blobs/uploads/0123456789abcdef0123456789abcdef");
     assert_eq!(r.status, 204, "the open upload survived: {r:?}");

@@ -497,3 +497,69 @@ fn skopeo_pushes_and_pulls_with_credentials_over_https_through_the_token_flow() 
     assert!(log.contains("GET /token?"), "{log}");
     assert!(!log.contains("alice-password") && !log.contains("bob-password"));
 }
+
+/// `immutableTags`: skopeo cannot move an immutable tag to another image (and is told which
+/// rule refused it), may push the identical image again, and may move the excluded tag.
+#[test]
+fn skopeo_cannot_move_an_immutable_tag_but_may_move_the_excluded_one() {
+    let tmp = TempDir::new("skopeo-immutable");
+    let cfg = tmp.path().join("outpost.json");
+    std::fs::write(
+        &cfg,
+        r#"{"immutableTags":[{"repositories":"fleet/*","except":["latest"]}]}"#,
+    )
+    .unwrap();
+    let reg = Registry::start_with(
+        &tmp.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = reg.client();
+    let host = c.addr.to_string();
+    let one = |name: &str, seed: u64| {
+        let dir = new_layout(tmp.path(), name);
+        let m = image(&dir, "amd64", &[bytes(seed, 50 << 10)]);
+        layout(&dir, OCI_MANIFEST, &m, "x");
+        (dir, m.0)
+    };
+    let (a, a_digest) = one("a", 21);
+    let (b, b_digest) = one("b", 22);
+    let args = |src: &Path, to: &str| {
+        vec![
+            "copy".to_owned(),
+            "--preserve-digests".to_owned(),
+            "--dest-tls-verify=false".to_owned(),
+            format!("oci:{}:x", src.display()),
+            format!("docker://{host}/{to}"),
+        ]
+    };
+    let push = |src: &Path, to: &str| {
+        let a = args(src, to);
+        skopeo(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    let digest_of = |r: &str| {
+        let (repo, tag) = r.split_once(':').unwrap();
+        c.head(&format!("/v2/{repo}/manifests/{tag}"))
+            .header("Docker-Content-Digest")
+            .map(str::to_owned)
+    };
+    push(&a, "fleet/app:v1");
+    let refused = args(&b, "fleet/app:v1");
+    let err = skopeo_fails(&refused.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("tag v1 is immutable (immutableTags rule 1 for fleet/*)"),
+        "{err}"
+    );
+    assert_eq!(digest_of("fleet/app:v1"), Some(a_digest.clone()));
+    // The identical image again: accepted.
+    push(&a, "fleet/app:v1");
+    // The exception, and repositories no rule names, stay mutable.
+    push(&a, "fleet/app:latest");
+    push(&b, "fleet/app:latest");
+    assert_eq!(digest_of("fleet/app:latest"), Some(b_digest.clone()));
+    push(&a, "other/app:v1");
+    push(&b, "other/app:v1");
+    assert_eq!(digest_of("other/app:v1"), Some(b_digest));
+    // Deleting an immutable tag takes the delete right (open here) and is logged.
+    assert_eq!(c.delete("/v2/fleet/app/manifests/v1").status, 202);
+    reg.log_with("deleted immutable tag fleet/app:v1");
+}

@@ -2,6 +2,7 @@
 //! serving the store, or directly on the store when none does.
 
 pub mod certs;
+pub mod gc;
 pub mod mirror;
 pub mod users;
 

@@ -252,3 +252,29 @@ pub fn mirror_run(app: &App, name: &str) -> Result<Reply> {
         .map_err(|e| ApiError::new(409, Code::Unsupported, e.message))?;
     Ok(json(&report))
 }
+
+/// `POST /admin/gc[?dryRun=true]`: a collector pass now (waiting for one under way), or only
+/// its plan; answers the report.
+pub fn gc(app: &App, query: &super::routes::Query) -> Result<Reply> {
+    let dry_run = match query.get("dryRun") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(ApiError::new(
+                400,
+                Code::Unsupported,
+                format!("dryRun={v:?}: give true or false"),
+            ))
+        }
+    };
+    let report = crate::gc::run(&app.store, &app.config.gc, dry_run, &app.stopping)?;
+    if !dry_run {
+        log::info!("gc (asked for): {}", crate::gc::summary(&report));
+    }
+    Ok(json(&report))
+}
+
+/// `GET /admin/du`: space per repository and for the store.
+pub fn du(app: &App) -> Result<Reply> {
+    Ok(json(&app.store.usage()?))
+}

@@ -536,7 +536,9 @@ fn need<'r>(route: &'r Route, method: &Method) -> Need<'r> {
         | Route::AdminUsers
         | Route::AdminUser(_)
         | Route::AdminMirrors
-        | Route::AdminMirrorRun(_) => Need::Admin,
+        | Route::AdminMirrorRun(_)
+        | Route::AdminGc
+        | Route::AdminDu => Need::Admin,
     }
 }
 

@@ -16,6 +16,7 @@ pub enum Code {
     ManifestBlobUnknown,
     ManifestInvalid,
     ManifestUnknown,
+    TagInvalid,
     NameInvalid,
     NameUnknown,
     SizeInvalid,
@@ -39,6 +40,7 @@ impl Code {
             Code::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
             Code::ManifestInvalid => "MANIFEST_INVALID",
             Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::TagInvalid => "TAG_INVALID",
             Code::NameInvalid => "NAME_INVALID",
             Code::NameUnknown => "NAME_UNKNOWN",
             Code::SizeInvalid => "SIZE_INVALID",
@@ -138,6 +140,10 @@ impl From<StoreError> for ApiError {
             .detail(serde_json::json!({ "digest": d })),
             StoreError::ManifestRefMismatch(m) | StoreError::ManifestInvalid(m) => {
                 ApiError::new(400, Code::ManifestInvalid, m)
+            }
+            e @ StoreError::TagImmutable { .. } => {
+                // As Amazon ECR answers docker for an immutable tag.
+                ApiError::new(400, Code::TagInvalid, e.to_string())
             }
             StoreError::Full => {
                 log::warn!("storage full: refusing upload data");

@@ -75,10 +75,11 @@ pub fn put(
         }
         tags.push(t.to_owned());
     }
-    app.store.manifest_put(
-        name,
-        &NewManifest::of(&manifest, &digest, &body, &tags, false),
-    )?;
+    let rules = &app.config.immutable_tags;
+    let immutable = |tag: &str| crate::registry::immutable::rule_for(rules, name, tag);
+    let mut new = NewManifest::of(&manifest, &digest, &body, &tags, false);
+    new.immutable = Some(&immutable);
+    app.store.manifest_put(name, &new)?;
     let mut reply = Reply::empty(201)
         .header("Location", format!("/v2/{name}/manifests/{digest}"))
         .header("Docker-Content-Digest", digest.as_str());
@@ -88,11 +89,30 @@ pub fn put(
     Ok(reply)
 }
 
-/// `DELETE` by digest removes the manifest and its tags; by tag removes only the tag.
+/// `DELETE` by digest removes the manifest and its tags; by tag removes only the tag. An
+/// immutable tag may be deleted (the route needs the delete right); it is logged.
 pub fn delete(app: &App, name: &str, reference: &str) -> Result<Reply> {
+    let rules = &app.config.immutable_tags;
     match Reference::parse(reference)? {
-        Reference::Digest(d) => app.store.manifest_delete(name, &d)?,
-        Reference::Tag(t) => app.store.tag_delete(name, &t)?,
+        Reference::Digest(d) => {
+            let tags = if rules.is_empty() {
+                Vec::new()
+            } else {
+                app.store.tags_of(name, &d)?
+            };
+            app.store.manifest_delete(name, &d)?;
+            for t in tags {
+                if let Some(rule) = crate::registry::immutable::rule_for(rules, name, &t) {
+                    log::warn!("deleted immutable tag {name}:{t} ({rule}) with manifest {d}");
+                }
+            }
+        }
+        Reference::Tag(t) => {
+            app.store.tag_delete(name, &t)?;
+            if let Some(rule) = crate::registry::immutable::rule_for(rules, name, &t) {
+                log::warn!("deleted immutable tag {name}:{t} ({rule})");
+            }
+        }
     }
     Ok(Reply::empty(202))
 }

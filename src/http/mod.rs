@@ -230,6 +230,8 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
         (Route::AdminUser(name), Delete) => admin::user_delete(app, &name),
         (Route::AdminMirrors, Get) => admin::mirrors(app),
         (Route::AdminMirrorRun(name), Post) => admin::mirror_run(app, &name),
+        (Route::AdminGc, Post) => admin::gc(app, &query),
+        (Route::AdminDu, Get) => admin::du(app),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,

@@ -40,6 +40,10 @@ pub enum Route {
     AdminMirrors,
     /// `/admin/mirrors/<name>/run`
     AdminMirrorRun(String),
+    /// `/admin/gc`: a collector pass (`?dryRun=true`: only its plan)
+    AdminGc,
+    /// `/admin/du`: space per repository
+    AdminDu,
     /// `/token`: Docker's token endpoint
     Token,
 }
@@ -54,6 +58,8 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/keys" => return Ok(Route::AdminKeys),
         "/admin/users" => return Ok(Route::AdminUsers),
         "/admin/mirrors" => return Ok(Route::AdminMirrors),
+        "/admin/gc" => return Ok(Route::AdminGc),
+        "/admin/du" => return Ok(Route::AdminDu),
         "/token" => return Ok(Route::Token),
         _ => {}
     }

@@ -1,5 +1,6 @@
 //! Registry rules, free of HTTP and of storage: names, tags, references, manifests.
 
+pub mod immutable;
 pub mod manifest;
 pub mod names;
 

@@ -115,3 +115,10 @@ mod props {
         }
     }
 }
+
+/// A tag pattern (immutable tags, lifecycle rules): 1 to 128 of a tag's characters or `*`.
+pub fn valid_tag_pattern(p: &str) -> bool {
+    (1..=128).contains(&p.len())
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'*'))
+}

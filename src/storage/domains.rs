@@ -269,6 +269,16 @@ impl Store {
         }
     }
 
+    /// The domain a new repository `name` would get now, if its key exists (None if the
+    /// rules name a key not created yet).
+    pub(super) fn new_repo_domain(&self, name: &str) -> Option<u64> {
+        let rule = self.keys.rules.iter().find(|r| r.matches(name));
+        match rule.and_then(|r| r.key.as_ref()) {
+            None => Some(PLAINTEXT),
+            Some((key, _)) => self.keys.by_name(key).map(|(id, _)| id),
+        }
+    }
+
     /// The domain of data key `name`, created (with `algorithm`, default AES-256-GCM) if
     /// there is none; refused if it exists with another algorithm than the one asked for.
     pub(super) fn ensure_key(

@@ -143,6 +143,14 @@ impl Handle {
         }
     }
 
+    /// Compacts the file (redb moves pages down and truncates it); needs no transaction
+    /// open. True if it compacted anything.
+    pub fn compact(&self) -> Result<bool, StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let db = db.as_mut().ok_or(StoreError::Unavailable)?;
+        Ok(db.compact()?)
+    }
+
     /// A write transaction; `durable` ones are on disk when `commit` returns.
     pub fn write(&self, durable: bool) -> Result<Tx<'_, WriteTransaction>, StoreError> {
         let guard = self.guard()?;

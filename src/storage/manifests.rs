@@ -2,7 +2,9 @@
 
 use super::domains::Domain;
 use super::repos::{ensure_repo, find_repo, find_repo_w, Repo};
-use super::schema::{BLOBS, LINKS, MANIFESTS, REFERRERS, TAGS};
+use super::schema::{
+    BLOBS, LINKS, MANIFESTS, PUSHED, REFERRERS, REFS, REF_BLOB, REF_CHILD, REF_LAZY, TAGS,
+};
 use super::{page, Store, StoreError};
 use crate::crypto::Binding;
 use crate::digest::Digest;
@@ -89,7 +91,13 @@ pub struct NewManifest<'a> {
     pub referrer: Option<(&'a Digest, Vec<u8>)>,
     /// Store without checking references (a pull-through cache fetches them on demand).
     pub lazy: bool,
+    /// For a client's push: the immutable-tag rule (its description) that holds tag `t`, if
+    /// any. Such a tag may be set, or set again to the same manifest, but never moved.
+    pub immutable: Option<&'a ImmutableRule<'a>>,
 }
+
+/// The immutable-tag rule (described) that holds a tag, if any.
+pub type ImmutableRule<'a> = dyn Fn(&str) -> Option<String> + 'a;
 
 impl<'a> NewManifest<'a> {
     /// What storing validated manifest `m` (bytes `body`, digest `digest`) under `tags`
@@ -113,6 +121,7 @@ impl<'a> NewManifest<'a> {
                 .as_ref()
                 .map(|s| (s, m.referrer_descriptor(digest, body.len()))),
             lazy,
+            immutable: None,
         }
     }
 }
@@ -179,7 +188,30 @@ impl Store {
                 .insert((repo.id, digest), value.as_slice())?;
             let mut tags = tx.open_table(TAGS)?;
             for tag in m.tags {
-                tags.insert((repo.id, tag.as_str()), digest)?;
+                let old = tags.insert((repo.id, tag.as_str()), digest)?;
+                let old = old.map(|v| v.value().to_owned());
+                if let (Some(old), Some(rule)) = (old, m.immutable.and_then(|f| f(tag))) {
+                    if old != digest {
+                        return Err(StoreError::TagImmutable {
+                            tag: tag.clone(),
+                            current: old,
+                            rule,
+                        });
+                    }
+                }
+            }
+            drop(tags);
+            let lazy = if m.lazy { REF_LAZY } else { 0 };
+            let mut refs = tx.open_table(REFS)?;
+            for (d, _) in &m.blobs {
+                refs.insert((repo.id, d.as_str(), digest), REF_BLOB | lazy)?;
+            }
+            for (d, _) in &m.children {
+                refs.insert((repo.id, d.as_str(), digest), REF_CHILD | lazy)?;
+            }
+            let mut pushed = tx.open_table(PUSHED)?;
+            if pushed.get((repo.id, digest))?.is_none() {
+                pushed.insert((repo.id, digest), super::now())?;
             }
             if let Some((subject, descriptor)) = &m.referrer {
                 let s = subject.as_str();
@@ -248,32 +280,66 @@ impl Store {
         let tx = self.write(true)?;
         {
             let repo = find_repo_w(&tx, repo)?;
-            let key = self.domain_key(repo.domain)?;
-            let mut manifests = tx.open_table(MANIFESTS)?;
-            let removed = manifests.remove((repo.id, digest.as_str()))?;
-            let value = removed.ok_or(StoreError::ManifestUnknown)?;
-            // A record that no longer opens is still deleted; only its referrer entry, which
-            // it names, cannot be found and stays.
-            let subject = open_manifest(key.as_deref(), repo.id, digest.as_str(), value.value())
-                .and_then(|r| Ok(decode(&r)?.1.to_owned()))
-                .unwrap_or_default();
-            drop(value);
-            drop(manifests);
-            if !subject.is_empty() {
-                tx.open_table(REFERRERS)?
-                    .remove((repo.id, subject.as_str(), digest.as_str()))?;
+            if !self.remove_manifest(&tx, repo, digest.as_str())? {
+                return Err(StoreError::ManifestUnknown);
             }
-            let repo = repo.id;
-            let lower = Bound::Included((repo, ""));
-            let upper = Bound::Excluded((repo + 1, ""));
-            tx.open_table(TAGS)?
-                .retain_in::<(u64, &str), _>((lower, upper), |_, target| {
-                    target != digest.as_str()
-                })?;
         }
         tx.commit()?;
         self.space_freed();
         Ok(())
+    }
+
+    /// Removes manifest `digest` of `repo` within `tx`: its record, every tag pointing at it,
+    /// its referrer entry, its references and push time. False if there was no such manifest.
+    pub(super) fn remove_manifest(
+        &self,
+        tx: &WriteTransaction,
+        repo: Repo,
+        digest: &str,
+    ) -> Result<bool, StoreError> {
+        let key = self.domain_key(repo.domain)?;
+        let mut manifests = tx.open_table(MANIFESTS)?;
+        let Some(value) = manifests.remove((repo.id, digest))? else {
+            return Ok(false);
+        };
+        // A record that no longer opens is still deleted; its referrer entry, which it names,
+        // cannot be found and stays, and its references are found the slow way.
+        let record = open_manifest(key.as_deref(), repo.id, digest, value.value())
+            .and_then(|r| {
+                let (media_type, subject, body) = decode(&r)?;
+                let targets = crate::registry::manifest::Manifest::parse(Some(media_type), body)
+                    .ok()
+                    .map(|m| {
+                        let all = m.blobs.iter().chain(&m.children);
+                        all.map(|d| d.digest.to_string()).collect::<Vec<_>>()
+                    });
+                Ok((subject.to_owned(), targets))
+            })
+            .ok();
+        drop(value);
+        drop(manifests);
+        let (subject, targets) = record.unwrap_or_default();
+        if !subject.is_empty() {
+            tx.open_table(REFERRERS)?
+                .remove((repo.id, subject.as_str(), digest))?;
+        }
+        let id = repo.id;
+        tx.open_table(TAGS)?
+            .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, target| target != digest)?;
+        let mut refs = tx.open_table(REFS)?;
+        match targets {
+            Some(targets) => {
+                for t in &targets {
+                    refs.remove((id, t.as_str(), digest))?;
+                }
+            }
+            None => refs
+                .retain_in::<(u64, &str, &str), _>((id, "", "")..(id + 1, "", ""), |k, _| {
+                    k.2 != digest
+                })?,
+        }
+        tx.open_table(PUSHED)?.remove((id, digest))?;
+        Ok(true)
     }
 
     /// Removes tag `tag` from `repo`; the manifest stays.
@@ -287,6 +353,23 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The tags of `repo` that point at manifest `digest`.
+    pub fn tags_of(&self, repo: &str, digest: &Digest) -> Result<Vec<String>, StoreError> {
+        let tx = self.read()?;
+        let repo = find_repo(&tx, repo)?.id;
+        let mut out = Vec::new();
+        for row in tx
+            .open_table(TAGS)?
+            .range::<(u64, &str)>((repo, "")..(repo + 1, ""))?
+        {
+            let (k, v) = row?;
+            if v.value() == digest.as_str() {
+                out.push(k.value().1.to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Tags of `repo` after `last`, sorted, at most `n`; and whether more follow.
@@ -323,6 +406,58 @@ impl Store {
             out.push(open_record(key.as_deref(), &at, v.value(), &what)?.into_owned());
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Records, within `tx`, the references and a push time (now) of every stored manifest:
+    /// the schema 3 migration. Returns how many manifests. A manifest whose key is missing
+    /// stops it (the store cannot be used without its keys anyway); one that no longer opens
+    /// or parses is logged and gets no references.
+    pub(super) fn build_references(&self, tx: &WriteTransaction) -> Result<u64, StoreError> {
+        let mut repos = std::collections::HashMap::new();
+        for row in tx.open_table(super::schema::REPOS)?.iter()? {
+            let (name, v) = row?;
+            let (id, domain) = v.value();
+            repos.insert(id, (name.value().to_owned(), domain));
+        }
+        let now = super::now();
+        let mut rows = Vec::new();
+        for row in tx.open_table(MANIFESTS)?.iter()? {
+            let (k, v) = row?;
+            let (repo, digest) = k.value();
+            let Some((name, domain)) = repos.get(&repo) else {
+                continue;
+            };
+            let key = self.domain_key(*domain)?;
+            let parsed = open_manifest(key.as_deref(), repo, digest, v.value()).and_then(|r| {
+                let (media_type, _, body) = decode(&r)?;
+                crate::registry::manifest::Manifest::parse(Some(media_type), body)
+                    .map_err(|e| StoreError::Corrupt(format!("{e:?}")))
+            });
+            let targets = match parsed {
+                Ok(m) => {
+                    let blobs = m.blobs.iter().map(|d| (d.digest.to_string(), REF_BLOB));
+                    let children = m.children.iter().map(|d| (d.digest.to_string(), REF_CHILD));
+                    blobs.chain(children).collect()
+                }
+                Err(e) => {
+                    log::warn!("manifest {digest} of {name}: {e}; its references are not known");
+                    Vec::new()
+                }
+            };
+            rows.push((repo, digest.to_owned(), targets));
+        }
+        let mut refs = tx.open_table(REFS)?;
+        let mut pushed = tx.open_table(PUSHED)?;
+        for (repo, digest, targets) in &rows {
+            for (t, kind) in targets {
+                // Lazy: a pull-through cache's manifest may lack what it lists.
+                refs.insert((*repo, t.as_str(), digest.as_str()), kind | REF_LAZY)?;
+            }
+            pushed.insert((*repo, digest.as_str()), now)?;
+        }
+        Ok(rows.len() as u64)
     }
 }
 
@@ -404,13 +539,47 @@ impl Store {
                 problems.push(format!("manifest {digest} of {name}: {e}"));
             }
         }
+        let name_of = |repo: u64| repos.get(&repo).map_or("an unknown repository", |r| &r.0);
+        let links = tx.open_table(LINKS)?;
+        for row in tx.open_table(REFS)?.iter()? {
+            let (k, v) = row?;
+            let (repo, target, digest) = k.value();
+            if manifests.get((repo, digest))?.is_none() {
+                problems.push(format!(
+                    "a reference to {target} by missing manifest {digest} of {}",
+                    name_of(repo)
+                ));
+            }
+            let kind = v.value();
+            let present = match kind & !REF_LAZY {
+                REF_BLOB => links.get((repo, target))?.is_some(),
+                _ => manifests.get((repo, target))?.is_some(),
+            };
+            if !present && kind & REF_LAZY == 0 {
+                problems.push(format!(
+                    "manifest {digest} of {} lists {target}, which the repository lacks",
+                    name_of(repo)
+                ));
+            }
+        }
+        let pushed = tx.open_table(PUSHED)?;
+        for row in manifests.iter()? {
+            let k = row?.0;
+            let (repo, digest) = k.value();
+            if pushed.get((repo, digest))?.is_none() {
+                problems.push(format!(
+                    "manifest {digest} of {} has no push time",
+                    name_of(repo)
+                ));
+            }
+        }
         for row in tx.open_table(TAGS)?.iter()? {
             let (k, v) = row?;
             let (repo, tag) = k.value();
             if manifests.get((repo, v.value()))?.is_none() {
-                let name = repos.get(&repo).map_or("an unknown repository", |r| &r.0);
                 problems.push(format!(
-                    "tag {tag} of {name} points at missing manifest {}",
+                    "tag {tag} of {} points at missing manifest {}",
+                    name_of(repo),
                     v.value()
                 ));
             }
@@ -514,6 +683,7 @@ mod tests {
             tags: &tags,
             referrer: None,
             lazy: false,
+            immutable: None,
         };
         s.manifest_put("r", &m).unwrap();
         assert_eq!(s.check().unwrap(), Vec::<String>::new());

@@ -3,6 +3,7 @@
 mod blobs;
 mod check;
 mod domains;
+mod gc;
 mod handle;
 mod manifests;
 mod mirrors;
@@ -11,10 +12,12 @@ mod repos;
 mod schema;
 mod settings;
 mod uploads;
+mod usage;
 mod users;
 
 pub use blobs::{trim_thread_buffers, BlobInfo, ChunkHint, MountFrom, MountRefused};
 pub use domains::KeyInfo;
+pub use gc::{GcSnapshot, Held, RepoState, Step};
 pub use handle::private_dir;
 pub use manifests::NewManifest;
 
@@ -85,6 +88,15 @@ pub enum StoreError {
     ManifestRefMismatch(String),
     /// A manifest the store cannot hold as it is (a field beyond its record's bound).
     ManifestInvalid(String),
+    /// The push would move an immutable tag (pointing at `current`) held by `rule`.
+    TagImmutable {
+        /// The tag.
+        tag: String,
+        /// The digest it points at, and keeps pointing at.
+        current: String,
+        /// The rule that makes it immutable, as the config describes it.
+        rule: String,
+    },
     /// The disk is full, or would fall below the free-space reserve.
     Full,
     /// The database is being reopened after an I/O failure; retry shortly.
@@ -117,6 +129,10 @@ impl fmt::Display for StoreError {
             StoreError::UploadOffset(n) => write!(f, "upload is at offset {n}"),
             StoreError::ManifestBlobUnknown(d) => write!(f, "referenced content {d} unknown"),
             StoreError::ManifestRefMismatch(m) | StoreError::ManifestInvalid(m) => f.write_str(m),
+            StoreError::TagImmutable { tag, current, rule } => write!(
+                f,
+                "tag {tag} is immutable ({rule}): it stays on {current}; push under a new tag"
+            ),
             StoreError::Full => f.write_str("no space left on the storage device"),
             StoreError::Unavailable => f.write_str("store is reopening after an I/O failure"),
             StoreError::Corrupt(m) => write!(f, "store unusable: {m}"),
@@ -162,7 +178,8 @@ from_redb!(
     redb::TransactionError,
     redb::CommitError,
     redb::DatabaseError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 impl Store {
@@ -182,6 +199,8 @@ impl Store {
             ),
         };
         let tx = store.write(true)?;
+        // Version 2 -> 3 needs the data keys (manifests are parsed): done once they are loaded.
+        let mut build_references = false;
         {
             let mut meta = tx.open_table(META)?;
             let version = meta.get("schema_version")?.map(|v| v.value());
@@ -190,12 +209,12 @@ impl Store {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
-                Some(1) => {
+                Some(v @ (1 | 2)) => {
                     drop(meta);
-                    migrate_v1(&tx)?;
-                    tx.open_table(META)?
-                        .insert("schema_version", SCHEMA_VERSION)?;
-                    log::info!("migrated the store to schema version {SCHEMA_VERSION}");
+                    if v == 1 {
+                        migrate_v1(&tx)?;
+                    }
+                    build_references = true;
                 }
                 Some(v) => {
                     return Err(StoreError::Corrupt(format!(
@@ -218,9 +237,22 @@ impl Store {
             tx.open_table(DOMAINS)?;
             tx.open_table(USERS)?;
             tx.open_table(MIRRORS)?;
+            tx.open_table(REFS)?;
+            tx.open_table(PUSHED)?;
         }
         tx.commit()?;
         store.load_domains(options.settle_master_key)?;
+        if build_references {
+            let tx = store.write(true)?;
+            let n = store.build_references(&tx)?;
+            tx.open_table(META)?
+                .insert("schema_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            log::info!(
+                "migrated the store to schema version {SCHEMA_VERSION} (references of {n} \
+                 manifest(s) recorded)"
+            );
+        }
         store.check_rules()?;
         store.load_shadows()?;
         Ok(store)

@@ -1,7 +1,7 @@
 //! Repositories: name -> id and encryption domain, created on first push; the catalog.
 
 use super::domains::PLAINTEXT;
-use super::schema::{BLOBS, LINKS, MANIFESTS, REFERRERS, REPOS, TAGS};
+use super::schema::{BLOBS, LINKS, MANIFESTS, PUSHED, REFERRERS, REFS, REPOS, TAGS};
 use super::{next_id, page, Store, StoreError};
 use crate::crypto::Algorithm;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -161,6 +161,10 @@ impl Store {
             .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, _| false)?;
         tx.open_table(REFERRERS)?
             .retain_in::<(u64, &str, &str), _>((id, "", "")..(id + 1, "", ""), |_, _| false)?;
+        tx.open_table(REFS)?
+            .retain_in::<(u64, &str, &str), _>((id, "", "")..(id + 1, "", ""), |_, _| false)?;
+        tx.open_table(PUSHED)?
+            .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, _| false)?;
         let mut sessions = self.cancel_sessions_of(&tx, name)?;
         tx.open_table(REPOS)?.remove(name)?;
         if erase {

@@ -48,10 +48,20 @@ pub const USERS: TableDefinition<&str, &str> = TableDefinition::new("users");
 /// and upload sessions of interrupted blob transfers (resumed by the next pass).
 pub const MIRRORS: TableDefinition<&str, &[u8]> = TableDefinition::new("mirrors");
 
+/// (repository id, referenced digest, manifest digest) -> `REF_*` kind: what each manifest of a
+/// repository needs (the blobs it lists, the manifests an index lists). The collector asks
+/// "does anything reference this link?" with one range lookup, in the same write transaction
+/// that deletes it, so a manifest PUT and a collection are ordered by redb's single writer.
+pub const REFS: TableDefinition<(u64, &str, &str), u8> = TableDefinition::new("references");
+/// (repository id, manifest digest) -> unix seconds of its first push: what lifecycle rules
+/// count and age by.
+pub const PUSHED: TableDefinition<(u64, &str), u64> = TableDefinition::new("pushed");
+
 /// The schema this build writes; a store with another is refused, not guessed at.
 /// Version 2 added encryption domains (`domains`, the domain of each repository and upload);
-/// a version 1 store is migrated at open (all of it plaintext).
-pub const SCHEMA_VERSION: u64 = 2;
+/// a version 1 store is migrated at open (all of it plaintext). Version 3 added `references`
+/// and `pushed`, built at open from the stored manifests (push time: the migration's).
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Version 1's `repos`: name -> id.
 pub const REPOS_V1: TableDefinition<&str, u64> = TableDefinition::new("repos");
@@ -63,3 +73,11 @@ pub const UPLOADS_V1: TableDefinition<&str, (&str, u64, u64, u64)> =
 pub const LINK_PUSHED: u8 = 0;
 /// Linked by a cross-repository mount.
 pub const LINK_MOUNTED: u8 = 1;
+
+/// A `REFS` kind: the manifest lists a blob (config or layer) that must be linked.
+pub const REF_BLOB: u8 = 0;
+/// A `REFS` kind: the manifest (an index) lists another manifest of the repository.
+pub const REF_CHILD: u8 = 1;
+/// Added to a `REFS` kind when the manifest was stored without its references present (a
+/// pull-through cache fetches them on demand): the check does not require them.
+pub const REF_LAZY: u8 = 0x10;

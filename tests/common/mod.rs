@@ -100,6 +100,7 @@ pub struct Registry {
     pub log: Arc<Mutex<Vec<String>>>,
     data: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Registry {
@@ -109,8 +110,14 @@ impl Registry {
     }
 
     pub fn start_with(data: &Path, extra: &[&str]) -> Registry {
+        Registry::start_env(data, extra, &[])
+    }
+
+    /// `start_with`, with environment variables `env` (e.g. `OUTPOST_CLOCK_OFFSET`).
+    pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Registry {
         let mut child = serve(data, "127.0.0.1:0")
             .args(extra)
+            .envs(env.iter().copied())
             .spawn()
             .expect("start outpost");
         let stderr = child.stderr.take().unwrap();
@@ -142,6 +149,10 @@ impl Registry {
             log,
             data: data.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -163,7 +174,12 @@ impl Registry {
         let st = self.terminate();
         assert!(st.success(), "exit status {st:?}");
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let fresh = Registry::start_with(&self.data, &extra);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let fresh = Registry::start_env(&self.data, &extra, &env);
         let old = std::mem::replace(self, fresh);
         drop(old);
     }

@@ -1,0 +1,355 @@
+//! Online garbage collection: lifecycle rules expire images, then every blob link that no
+//! manifest lists and that is older than the grace period goes, with the data of blobs whose
+//! last link went, and repositories left with nothing leave the catalog. A pass plans from
+//! one snapshot (what `--dry-run` shows) and then deletes in short, paced write
+//! transactions that each check again that what they delete is still garbage.
+
+pub mod config;
+pub mod lifecycle;
+
+use crate::clock::unix_now;
+use crate::storage::{GcSnapshot, Held, RepoState, Step, Store, StoreError};
+use config::{words, GcConfig};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a collector transaction keeps adding deletions (it holds redb's one writer; its
+/// commit comes on top: about 10 ms in all measured by benches/gc.sh).
+const TX_BUDGET: Duration = Duration::from_millis(5);
+
+/// One pass at a time per process (the schedule and an operator's `outpost gc`).
+static PASS: Mutex<()> = Mutex::new(());
+
+/// A manifest the plan deletes.
+#[derive(Debug, Clone)]
+struct DoomedManifest {
+    digest: String,
+    tags: Vec<String>,
+    bytes: u64,
+    reason: String,
+}
+
+/// A blob link the plan deletes.
+#[derive(Debug, Clone)]
+struct DoomedLink {
+    digest: String,
+    linked_at: u64,
+    bytes: u64,
+}
+
+/// What a pass deletes in one repository.
+#[derive(Debug, Default)]
+struct RepoPlan {
+    name: String,
+    id: u64,
+    domain: u64,
+    manifests: Vec<DoomedManifest>,
+    links: Vec<DoomedLink>,
+    remove: bool,
+}
+
+/// Runs a pass (with `dry_run`, only plans) and reports what it deleted, or would. `stop`
+/// ends a real pass early (shutdown); what is done stays done.
+pub fn run(
+    store: &Store,
+    cfg: &GcConfig,
+    dry_run: bool,
+    stop: &AtomicBool,
+) -> Result<Value, StoreError> {
+    let _one = PASS.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    let now = unix_now();
+    let snap = store.gc_snapshot()?;
+    let plans: Vec<RepoPlan> = snap.repos.iter().map(|r| plan(r, cfg, now)).collect();
+    let freed = freed_blobs(&snap, &plans);
+    let mut held = Held::default();
+    // Per repository: (manifest done flags, link done flags, repository removed).
+    let mut outcome: Vec<(Vec<bool>, Vec<bool>, bool)> = Vec::new();
+    let mut stopped = false;
+    for p in &plans {
+        if dry_run || stopped {
+            outcome.push((
+                vec![false; p.manifests.len()],
+                vec![false; p.links.len()],
+                false,
+            ));
+            continue;
+        }
+        let doomed: HashSet<String> = p.manifests.iter().map(|m| m.digest.clone()).collect();
+        let mut steps: Vec<Step> = p
+            .manifests
+            .iter()
+            .map(|m| Step::Manifest {
+                digest: m.digest.clone(),
+                tags: m.tags.clone(),
+            })
+            .collect();
+        steps.extend(p.links.iter().map(|l| Step::Link {
+            digest: l.digest.clone(),
+            linked_by: l.linked_at,
+        }));
+        if p.remove {
+            steps.push(Step::Repo);
+        }
+        let mut done = Vec::with_capacity(steps.len());
+        while done.len() < steps.len() {
+            if stop.load(Ordering::Relaxed) {
+                stopped = true;
+                break;
+            }
+            let before = held.total;
+            let d = store.gc_apply(
+                &p.name,
+                p.id,
+                &steps[done.len()..],
+                &doomed,
+                TX_BUDGET,
+                &mut held,
+            )?;
+            done.extend(d);
+            // Pace: at least as long idle as the writer was held, so serving keeps its turns.
+            std::thread::sleep((held.total - before).max(Duration::from_millis(1)));
+        }
+        done.resize(steps.len(), false);
+        for (m, _) in p.manifests.iter().zip(&done).filter(|(_, &ok)| ok) {
+            log::info!(
+                "gc: deleted {}@{} {:?}: {}",
+                p.name,
+                m.digest,
+                m.tags,
+                m.reason
+            );
+        }
+        let links_end = p.manifests.len() + p.links.len();
+        outcome.push((
+            done[..p.manifests.len()].to_vec(),
+            done[p.manifests.len()..links_end].to_vec(),
+            p.remove && done[links_end..].first() == Some(&true),
+        ));
+    }
+    if !dry_run && held.transactions > 0 {
+        store.gc_settle()?;
+    }
+    Ok(report(
+        &plans, &outcome, &freed, store, cfg, dry_run, stopped, started, held,
+    ))
+}
+
+/// What one repository loses in a pass planned at `now`.
+fn plan(r: &RepoState, cfg: &GcConfig, now: u64) -> RepoPlan {
+    let mut p = RepoPlan {
+        name: r.name.clone(),
+        id: r.id,
+        domain: r.domain,
+        ..RepoPlan::default()
+    };
+    let mut reasons: HashMap<&str, String> = HashMap::new();
+    if let Some(policy) = cfg.policy(&r.name) {
+        // Images: tagged, or listed by no index and no referrer of a stored manifest.
+        let listed: HashSet<&str> = r
+            .manifests
+            .values()
+            .flat_map(|m| m.children.iter().map(String::as_str))
+            .collect();
+        let images: Vec<lifecycle::Image> = r
+            .manifests
+            .iter()
+            .filter(|(d, m)| {
+                !m.tags.is_empty()
+                    || (!listed.contains(d.as_str())
+                        && !m
+                            .subject
+                            .as_ref()
+                            .is_some_and(|s| r.manifests.contains_key(s)))
+            })
+            .map(|(d, m)| lifecycle::Image {
+                digest: d,
+                pushed: m.pushed,
+                tags: &m.tags,
+            })
+            .collect();
+        let expired: HashMap<&str, &config::Rule> = lifecycle::expired(policy, &images, now)
+            .into_iter()
+            .map(|(i, rule)| (images[i].digest, rule))
+            .collect();
+        // Kept: the images not expired, what kept indexes list, the subjects of kept
+        // referrers and the referrers of kept manifests.
+        let mut referrers: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (d, m) in &r.manifests {
+            if let Some(s) = &m.subject {
+                referrers.entry(s).or_default().push(d);
+            }
+        }
+        let mut kept: HashSet<&str> = HashSet::new();
+        let mut todo: Vec<&str> = images
+            .iter()
+            .map(|i| i.digest)
+            .filter(|d| !expired.contains_key(d))
+            .collect();
+        while let Some(d) = todo.pop() {
+            if !kept.insert(d) {
+                continue;
+            }
+            let Some(m) = r.manifests.get(d) else {
+                continue;
+            };
+            todo.extend(m.children.iter().map(String::as_str));
+            todo.extend(m.subject.as_deref());
+            todo.extend(referrers.get(d).into_iter().flatten().copied());
+        }
+        for (d, m) in &r.manifests {
+            if kept.contains(d.as_str()) {
+                continue;
+            }
+            let reason = match expired.get(d.as_str()) {
+                Some(rule) => format!("lifecycle rule {}: {}", rule.priority, rule.description),
+                None => "belongs to an expired image (listed by its index, or its referrer)".into(),
+            };
+            reasons.insert(d, reason.clone());
+            p.manifests.push(DoomedManifest {
+                digest: d.clone(),
+                tags: m.tags.clone(),
+                bytes: m.bytes,
+                reason,
+            });
+        }
+    }
+    let cutoff = now.saturating_sub(cfg.grace.as_secs());
+    for (d, &(at, size)) in &r.links {
+        let listed = r
+            .blob_refs
+            .get(d)
+            .is_some_and(|by| by.iter().any(|m| !reasons.contains_key(m.as_str())));
+        if !listed && at <= cutoff {
+            p.links.push(DoomedLink {
+                digest: d.clone(),
+                linked_at: at,
+                bytes: size,
+            });
+        }
+    }
+    p.remove = !r.keyed
+        && r.sessions == 0
+        && p.manifests.len() == r.manifests.len()
+        && p.links.len() == r.links.len();
+    p
+}
+
+/// Blobs whose data the plan frees: every holder of theirs is a link the plan deletes.
+fn freed_blobs(snap: &GcSnapshot, plans: &[RepoPlan]) -> Vec<(u64, String, u64)> {
+    let mut unlinks: HashMap<(u64, &str), (u64, u64)> = HashMap::new();
+    for p in plans {
+        for l in &p.links {
+            let e = unlinks.entry((p.domain, &l.digest)).or_insert((0, l.bytes));
+            e.0 += 1;
+        }
+    }
+    let mut out: Vec<(u64, String, u64)> = unlinks
+        .into_iter()
+        .filter(|((domain, d), (n, _))| snap.holders.get(&(*domain, d.to_string())) == Some(n))
+        .map(|((domain, d), (_, size))| (domain, d.to_owned(), size))
+        .collect();
+    out.sort();
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    plans: &[RepoPlan],
+    outcome: &[(Vec<bool>, Vec<bool>, bool)],
+    freed: &[(u64, String, u64)],
+    store: &Store,
+    cfg: &GcConfig,
+    dry_run: bool,
+    stopped: bool,
+    started: Instant,
+    held: Held,
+) -> Value {
+    let counts = |ok: bool| dry_run || ok;
+    let mut manifests = Vec::new();
+    let mut links = Vec::new();
+    let mut repos = Vec::new();
+    let mut skipped = 0u64;
+    let mut bytes = 0u64;
+    let grace = words(cfg.grace);
+    for (p, (m_done, l_done, removed)) in plans.iter().zip(outcome) {
+        for (m, &ok) in p.manifests.iter().zip(m_done) {
+            if counts(ok) {
+                bytes += m.bytes;
+                manifests.push(json!({"repository": p.name, "digest": m.digest,
+                    "tags": m.tags, "bytes": m.bytes, "reason": m.reason}));
+            } else {
+                skipped += 1;
+            }
+        }
+        for (l, &ok) in p.links.iter().zip(l_done) {
+            if counts(ok) {
+                links.push(
+                    json!({"repository": p.name, "digest": l.digest, "bytes": l.bytes,
+                    "reason": format!("listed by no manifest of the repository; linked \
+                        before the grace period ({grace})")}),
+                );
+            } else {
+                skipped += 1;
+            }
+        }
+        if p.remove && counts(*removed) {
+            repos.push(p.name.clone());
+        }
+    }
+    let mut blobs = Vec::new();
+    for (domain, d, size) in freed {
+        // A real pass reports what went: a new holder (push, mount) meanwhile kept it.
+        if dry_run || !store.blob_stored(*domain, d).unwrap_or(true) {
+            bytes += size;
+            blobs.push(json!({"digest": d, "bytes": size}));
+        }
+    }
+    json!({
+        "dryRun": dry_run,
+        "completed": !stopped,
+        "gracePeriod": grace,
+        "manifests": manifests,
+        "blobLinks": links,
+        "blobs": blobs,
+        "repositories": repos,
+        "skipped": skipped,
+        "bytesFreed": bytes,
+        "seconds": started.elapsed().as_secs_f64(),
+        "writer": {
+            "transactions": held.transactions,
+            "longestMs": held.longest.as_secs_f64() * 1e3,
+            "totalMs": held.total.as_secs_f64() * 1e3,
+        },
+    })
+}
+
+/// One line per kind of what a report says was deleted (or would be), for logs and the CLI.
+pub fn summary(r: &Value) -> String {
+    let n = |k: &str| r[k].as_array().map_or(0, Vec::len);
+    format!(
+        "{} {} manifest(s), {} blob link(s), {} blob(s) and {} empty repositor(ies); {} bytes {}{}",
+        if r["dryRun"] == true {
+            "would delete"
+        } else {
+            "deleted"
+        },
+        n("manifests"),
+        n("blobLinks"),
+        n("blobs"),
+        n("repositories"),
+        r["bytesFreed"],
+        if r["dryRun"] == true {
+            "would be freed"
+        } else {
+            "freed"
+        },
+        match r["skipped"].as_u64() {
+            Some(0) | None => String::new(),
+            Some(s) => format!("; {s} planned deletion(s) skipped: no longer garbage"),
+        }
+    )
+}
