@@ -709,3 +709,27 @@ fn collection_races_pushes_tag_moves_and_deletes_across_kills() {
         "too little happened: {p} pushes, {g} passes"
     );
 }
+
+#[test]
+fn the_collector_runs_on_its_schedule() {
+    let dir = TempDir::new("gc-schedule");
+    let cfg = config(
+        dir.path(),
+        json!({"gcGracePeriod": "0s", "gcInterval": "1s"}),
+    );
+    let reg = start(&dir.path().join("data"), &cfg, 0);
+    let c = reg.client();
+    let (d, r) = c.push_blob("gc/abandoned", &bytes(3, 10_000));
+    assert_eq!(r.status, 201);
+    let deadline = std::time::Instant::now() + bound(std::time::Duration::from_secs(20));
+    while c.head(&format!("/v2/gc/abandoned/blobs/{d}")).status == 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled pass collected the abandoned blob: {}",
+            reg.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    reg.log_with("gc: deleted 0 manifest(s), 1 blob link(s), 1 blob(s) and 1 empty");
+    assert!(catalog(&c).is_empty());
+}
