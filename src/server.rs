@@ -122,38 +122,15 @@ pub fn run(config: Config) -> Result<(), String> {
         std::process::id()
     ));
 
-    let (janitor_stop, janitor_wait) = mpsc::channel::<()>();
-    let janitor = {
-        let app = app.clone();
-        thread::Builder::new()
-            .name("janitor".into())
-            .spawn(move || janitor(&app, &janitor_wait))
-            .map_err(|e| format!("cannot start janitor: {e}"))?
-    };
-
     if crate::clock::offset() != 0 {
         log::warn!(
             "OUTPOST_CLOCK_OFFSET moves this registry's clock by {} s (for tests only)",
             crate::clock::offset()
         );
     }
-    let (gc_stop, gc_wait) = mpsc::channel::<()>();
-    let collector = {
-        let app = app.clone();
-        thread::Builder::new()
-            .name("gc".into())
-            .spawn(move || scheduled_gc(&app, &gc_wait))
-            .map_err(|e| format!("cannot start the garbage collector: {e}"))?
-    };
-
-    let (mirrors_stop, mirrors_wait) = mpsc::channel::<()>();
-    let mirrors = {
-        let app = app.clone();
-        thread::Builder::new()
-            .name("mirrors".into())
-            .spawn(move || scheduled_mirrors(&app, &mirrors_wait))
-            .map_err(|e| format!("cannot start the mirror scheduler: {e}"))?
-    };
+    let janitor = background(&app, "janitor", janitor)?;
+    let collector = background(&app, "gc", scheduled_gc)?;
+    let mirrors = background(&app, "mirrors", scheduled_mirrors)?;
 
     // A TLS client could not read a plain 503: it sees the connection close, and retries.
     let refusal = if tls_on {
@@ -224,12 +201,10 @@ pub fn run(config: Config) -> Result<(), String> {
         admin_pool.drain(Duration::from_secs(5));
         accepted.err()
     });
-    drop(janitor_stop);
-    drop(mirrors_stop);
-    drop(gc_stop);
-    let _ = janitor.join();
-    let _ = mirrors.join();
-    let _ = collector.join();
+    for (stop, thread) in [janitor, collector, mirrors] {
+        drop(stop);
+        let _ = thread.join();
+    }
     drop((pool, admin_pool));
     if socket_path.exists() {
         let _ = std::fs::remove_file(&socket_path);
@@ -333,6 +308,22 @@ pub fn open_store(config: &Config, path: &std::path::Path, serving: bool) -> Res
         StoreError::Keys(m) => m,
         e => format!("cannot open store {}: {e}", path.display()),
     })
+}
+
+/// Starts background task `task` on a thread named `name`; it runs until the returned
+/// sender is dropped (the task sees its receiver disconnect).
+fn background(
+    app: &Arc<App>,
+    name: &str,
+    task: fn(&App, &mpsc::Receiver<()>),
+) -> Result<(mpsc::Sender<()>, thread::JoinHandle<()>), String> {
+    let (stop, wait) = mpsc::channel::<()>();
+    let app = app.clone();
+    let handle = thread::Builder::new()
+        .name(name.into())
+        .spawn(move || task(&app, &wait))
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+    Ok((stop, handle))
 }
 
 /// Makes mounts durable within `FLUSH_EVERY`, and drops abandoned upload sessions: at start,

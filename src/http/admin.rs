@@ -145,17 +145,7 @@ fn parse_key_spec(
 /// `DELETE /admin/repositories/<name>[?erase=true]`: deletes the repository and everything
 /// only it holds; with `erase`, destroys its data key too (crypto-erase).
 pub fn repo_delete(app: &App, name: &str, query: &super::routes::Query) -> Result<Reply> {
-    let erase = match query.get("erase") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(v) => {
-            return Err(ApiError::new(
-                400,
-                Code::Unsupported,
-                format!("erase={v:?}: use true or false"),
-            ))
-        }
-    };
+    let erase = flag(query, "erase")?;
     let d = app.store.repo_delete(name, erase)?;
     log::info!(
         "deleted repository {name}: {} blob(s) freed{}",
@@ -256,17 +246,7 @@ pub fn mirror_run(app: &App, name: &str) -> Result<Reply> {
 /// `POST /admin/gc[?dryRun=true]`: a collector pass now (waiting for one under way), or only
 /// its plan; answers the report.
 pub fn gc(app: &App, query: &super::routes::Query) -> Result<Reply> {
-    let dry_run = match query.get("dryRun") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(v) => {
-            return Err(ApiError::new(
-                400,
-                Code::Unsupported,
-                format!("dryRun={v:?}: give true or false"),
-            ))
-        }
-    };
+    let dry_run = flag(query, "dryRun")?;
     let report = crate::gc::run(&app.store, &app.config.gc, dry_run, &app.stopping)?;
     if !dry_run {
         log::info!("gc (asked for): {}", crate::gc::summary(&report));
@@ -277,4 +257,17 @@ pub fn gc(app: &App, query: &super::routes::Query) -> Result<Reply> {
 /// `GET /admin/du`: space per repository and for the store.
 pub fn du(app: &App) -> Result<Reply> {
     Ok(json(&app.store.usage()?))
+}
+
+/// Query parameter `name` as a switch: absent or `false`, or `true`.
+fn flag(query: &super::routes::Query, name: &str) -> Result<bool> {
+    match query.get(name) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(ApiError::new(
+            400,
+            Code::Unsupported,
+            format!("{name}={v:?}: use true or false"),
+        )),
+    }
 }
