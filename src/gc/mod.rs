@@ -78,7 +78,6 @@ pub fn run(
             ));
             continue;
         }
-        let doomed: HashSet<String> = p.manifests.iter().map(|m| m.digest.clone()).collect();
         let mut steps: Vec<Step> = p
             .manifests
             .iter()
@@ -101,14 +100,7 @@ pub fn run(
                 break;
             }
             let before = held.total;
-            let d = store.gc_apply(
-                &p.name,
-                p.id,
-                &steps[done.len()..],
-                &doomed,
-                TX_BUDGET,
-                &mut held,
-            )?;
+            let d = store.gc_apply(&p.name, p.id, &steps[done.len()..], TX_BUDGET, &mut held)?;
             done.extend(d);
             // Pace: at least as long idle as the writer was held, so serving keeps its turns.
             std::thread::sleep((held.total - before).max(Duration::from_millis(1)));
@@ -216,6 +208,7 @@ fn plan(r: &RepoState, cfg: &GcConfig, now: u64) -> RepoPlan {
                 reason,
             });
         }
+        p.manifests = blockers_first(r, std::mem::take(&mut p.manifests));
     }
     let cutoff = now.saturating_sub(cfg.grace.as_secs());
     for (d, &(at, size)) in &r.links {
@@ -236,6 +229,51 @@ fn plan(r: &RepoState, cfg: &GcConfig, now: u64) -> RepoPlan {
         && p.manifests.len() == r.manifests.len()
         && p.links.len() == r.links.len();
     p
+}
+
+/// `doomed` ordered so that an index comes before what it lists and a referrer before its
+/// subject: each deletion re-checks that nothing lists or refers to it any more, so when an
+/// index's deletion is skipped (it gained a tag), its children stay with it.
+fn blockers_first(r: &RepoState, doomed: Vec<DoomedManifest>) -> Vec<DoomedManifest> {
+    // Manifest -> the doomed manifests that list it or refer to it.
+    let mut blockers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, m) in doomed.iter().enumerate() {
+        let Some(state) = r.manifests.get(&m.digest) else {
+            continue;
+        };
+        for child in &state.children {
+            blockers.entry(child).or_default().push(i);
+        }
+        if let Some(s) = &state.subject {
+            blockers.entry(s).or_default().push(i);
+        }
+    }
+    fn visit(
+        i: usize,
+        doomed: &[DoomedManifest],
+        blockers: &HashMap<&str, Vec<usize>>,
+        seen: &mut [bool],
+        out: &mut Vec<usize>,
+    ) {
+        if std::mem::replace(&mut seen[i], true) {
+            return;
+        }
+        for &b in blockers
+            .get(doomed[i].digest.as_str())
+            .into_iter()
+            .flatten()
+        {
+            visit(b, doomed, blockers, seen, out);
+        }
+        out.push(i);
+    }
+    let mut seen = vec![false; doomed.len()];
+    let mut order = Vec::with_capacity(doomed.len());
+    for i in 0..doomed.len() {
+        visit(i, &doomed, &blockers, &mut seen, &mut order);
+    }
+    let mut slots: Vec<Option<DoomedManifest>> = doomed.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// Blobs whose data the plan frees: every holder of theirs is a link the plan deletes.

@@ -9,7 +9,7 @@ use super::schema::{
 };
 use super::{Store, StoreError};
 use redb::{ReadableTable, WriteTransaction};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// A manifest as the collector sees it.
@@ -61,8 +61,9 @@ pub struct GcSnapshot {
 /// One deletion the collector asks for; each is checked again when it is done.
 #[derive(Debug, Clone)]
 pub enum Step {
-    /// Delete manifest `digest` if its tags are still (a subset of) `tags`, and every
-    /// manifest that lists it or names it as subject is in `doomed` (deleted in this pass).
+    /// Delete manifest `digest` if its tags are still (a subset of) `tags` and no manifest
+    /// lists it or names it as subject (the collector deletes those first, so one whose
+    /// deletion was skipped keeps what it needs).
     Manifest {
         /// Its digest.
         digest: String,
@@ -181,15 +182,13 @@ impl Store {
 
     /// Does `steps` of repository `name` (id `id`) in order, in one write transaction, until
     /// they are done or `budget` has passed; every step is checked again first. Returns, for
-    /// each step taken, whether it deleted (false: no longer garbage, skipped). `doomed` are
-    /// the manifests this pass deletes in the repository. Commits without durability: the
+    /// each step taken, whether it deleted (false: no longer garbage, skipped). Commits without durability: the
     /// pass ends with `gc_settle`.
     pub fn gc_apply(
         &self,
         name: &str,
         id: u64,
         steps: &[Step],
-        doomed: &HashSet<String>,
         budget: Duration,
         held: &mut Held,
     ) -> Result<Vec<bool>, StoreError> {
@@ -208,7 +207,7 @@ impl Store {
             }
             let deleted = match step {
                 Step::Manifest { digest, tags } => {
-                    self.collect_manifest(&tx, repo, digest, tags, doomed)?
+                    self.collect_manifest(&tx, repo, digest, tags)?
                 }
                 Step::Link { digest, linked_by } => {
                     self.collect_link(&tx, repo, digest, *linked_by)?
@@ -250,7 +249,6 @@ impl Store {
         repo: Repo,
         digest: &str,
         planned_tags: &[String],
-        doomed: &HashSet<String>,
     ) -> Result<bool, StoreError> {
         let id = repo.id;
         // A tag that reached it since the plan keeps it.
@@ -263,22 +261,10 @@ impl Store {
                 return Ok(false);
             }
         }
-        // So does an index or a referrer that is not going too.
-        for row in tx
-            .open_table(REFS)?
-            .range::<(u64, &str, &str)>((id, digest, "")..=(id, digest, "\u{10ffff}"))?
-        {
-            if !doomed.contains(row?.0.value().2) {
-                return Ok(false);
-            }
-        }
-        for row in tx
-            .open_table(REFERRERS)?
-            .range::<(u64, &str, &str)>((id, digest, "")..=(id, digest, "\u{10ffff}"))?
-        {
-            if !doomed.contains(row?.0.value().2) {
-                return Ok(false);
-            }
+        // So does an index that lists it or a referrer of it: those going in this pass went
+        // already (with their rows), so what is left stays.
+        if has_rows3(tx, REFS, id, digest)? || has_rows3(tx, REFERRERS, id, digest)? {
+            return Ok(false);
         }
         self.remove_manifest(tx, repo, digest)
     }
@@ -296,12 +282,7 @@ impl Store {
             Some(at) if at <= linked_by => {}
             _ => return Ok(false),
         }
-        let listed = tx
-            .open_table(REFS)?
-            .range::<(u64, &str, &str)>((id, digest, "")..=(id, digest, "\u{10ffff}"))?
-            .next()
-            .is_some();
-        if listed {
+        if has_rows3(tx, REFS, id, digest)? {
             return Ok(false);
         }
         links.remove((id, digest))?;
@@ -336,6 +317,21 @@ fn collect_repo(tx: &WriteTransaction, name: &str, repo: Repo) -> Result<bool, S
     Ok(true)
 }
 
+/// Whether `table` has a row keyed (repository id `id`, `digest`, anything).
+fn has_rows3<V: redb::Value + 'static>(
+    tx: &WriteTransaction,
+    table: redb::TableDefinition<(u64, &'static str, &'static str), V>,
+    id: u64,
+    digest: &str,
+) -> Result<bool, StoreError> {
+    let table = tx.open_table(table)?;
+    let found = table
+        .range::<(u64, &str, &str)>((id, digest, "")..=(id, digest, "\u{10ffff}"))?
+        .next()
+        .is_some();
+    Ok(found)
+}
+
 /// Whether `table` has a row of repository id `id`.
 fn has_rows<V: redb::Value + 'static>(
     tx: &WriteTransaction,
@@ -348,4 +344,89 @@ fn has_rows<V: redb::Value + 'static>(
         .next()
         .is_some();
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::storage::{NewManifest, StoreOptions};
+
+    fn manifest<'a>(
+        body: &'a [u8],
+        digest: &'a Digest,
+        children: Vec<(&'a Digest, u64)>,
+        tags: &'a [String],
+    ) -> NewManifest<'a> {
+        NewManifest {
+            digest,
+            media_type: "application/vnd.oci.image.index.v1+json",
+            body,
+            blobs: Vec::new(),
+            children,
+            tags,
+            referrer: None,
+            lazy: false,
+            immutable: None,
+        }
+    }
+
+    /// A pass planned an untagged index and its child; the index is tagged before the
+    /// deletions run: both stay (the index's deletion is skipped first, so its row still
+    /// lists the child when the child's turn comes).
+    #[test]
+    fn what_a_skipped_index_lists_stays() {
+        let dir = std::env::temp_dir().join(format!("outpost-gc-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = StoreOptions {
+            cache_size: 1 << 20,
+            chunk_size: 64 << 10,
+            min_free_space: 0,
+            master_key: None,
+            encryption: Vec::new(),
+            settle_master_key: false,
+        };
+        let s = Store::open(&dir.join("outpost.redb"), options).unwrap();
+        let child = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let child_d = Digest::sha256_of(child);
+        s.manifest_put("r", &manifest(child, &child_d, Vec::new(), &[]))
+            .unwrap();
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{child_d}","size":{}}}]}}"#,
+            child.len()
+        );
+        let index_d = Digest::sha256_of(index.as_bytes());
+        let children = vec![(&child_d, child.len() as u64)];
+        s.manifest_put(
+            "r",
+            &manifest(index.as_bytes(), &index_d, children.clone(), &[]),
+        )
+        .unwrap();
+        let id = s.gc_snapshot().unwrap().repos[0].id;
+        // The tag arrives after the plan.
+        let tags = ["keep".to_owned()];
+        s.manifest_put("r", &manifest(index.as_bytes(), &index_d, children, &tags))
+            .unwrap();
+        let step = |d: &Digest| Step::Manifest {
+            digest: d.to_string(),
+            tags: Vec::new(),
+        };
+        let steps = [step(&index_d), step(&child_d)];
+        let mut held = Held::default();
+        let done = s
+            .gc_apply("r", id, &steps, Duration::from_secs(1), &mut held)
+            .unwrap();
+        assert_eq!(done, vec![false, false]);
+        assert!(s.manifest_by_digest("r", &child_d).is_ok());
+        assert_eq!(s.check().unwrap(), Vec::<String>::new());
+        // Untagged again, the same plan deletes both, the index first.
+        s.tag_delete("r", "keep").unwrap();
+        let done = s
+            .gc_apply("r", id, &steps, Duration::from_secs(1), &mut held)
+            .unwrap();
+        assert_eq!(done, vec![true, true]);
+        assert_eq!(s.check().unwrap(), Vec::<String>::new());
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
