@@ -54,10 +54,14 @@ fn listed(report: &Value, k: &str) -> Vec<(String, String)> {
     v
 }
 
+/// The store is consistent, and no manifest lists anything its repository lacks (these
+/// tests' clients never delete a blob or manifest that another lists: only the collector
+/// could have).
 fn check_ok(c: &Client) {
     let r = c.get("/admin/check");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["problems"], json!([]), "{r:?}");
+    assert_eq!(r.json()["dangling"], json!([]), "{r:?}");
 }
 
 fn catalog(c: &Client) -> Vec<String> {
@@ -150,7 +154,7 @@ fn a_link_inside_the_grace_period_survives_and_goes_after_it() {
     );
     assert_eq!(plan["bytesFreed"], json!(5000), "{plan:#}");
     // A dry run deletes nothing.
-    assert_eq!(c.head(&format!("/v2/gc/grace/blobs/{old_d}")).status, 200);
+    assert_eq!(c.stored_blobs(), (2, 10_000));
     let done = gc(&c, false);
     assert_eq!(listed(&done, "blobLinks"), listed(&plan, "blobLinks"));
     assert_eq!(c.head(&format!("/v2/gc/grace/blobs/{old_d}")).status, 404);
@@ -162,6 +166,61 @@ fn a_link_inside_the_grace_period_survives_and_goes_after_it() {
         201
     );
     assert_eq!(catalog(&c), vec!["gc/grace"]);
+    check_ok(&c);
+}
+
+/// A push finds its layers stored already (HEAD answers 200, or its upload or mount is
+/// deduplicated) in a repository where no manifest lists them since long ago: they are kept
+/// for it as if just pushed, so its manifest does not fail on a pass in between.
+#[test]
+fn layers_a_push_finds_stored_are_kept_for_its_manifest() {
+    let dir = TempDir::new("gc-renew");
+    let cfg = config(dir.path(), json!({"gcInterval": "off"}));
+    let data = dir.path().join("data");
+    let mut reg = start(&data, &cfg, -3 * DAY);
+    let c = reg.client();
+    let config_blob = br#"{"architecture":"arm64","os":"linux"}"#;
+    let (cd, _) = c.push_blob("gc/renew", config_blob);
+    let layer = bytes(40, 30_000);
+    let (ld, _) = c.push_blob("gc/renew", &layer);
+    let again = bytes(41, 20_000);
+    let (ad, _) = c.push_blob("gc/renew", &again);
+    let (md, _) = c.push_blob("gc/source", &bytes(42, 10_000));
+    let (old, _) = c.push_blob("gc/renew", &bytes(43, 1_000));
+    reg.terminate();
+    let reg = start(&data, &cfg, 0);
+    let c = reg.client();
+    // Three days later a push checks its config and layer (found), uploads another layer
+    // again (deduplicated) and mounts one from another repository that linked it long ago.
+    for d in [&cd, &ld] {
+        assert_eq!(c.head(&format!("/v2/gc/renew/blobs/{d}")).status, 200);
+    }
+    assert_eq!(c.push_blob("gc/renew", &again).1.status, 201);
+    let mount = c.req(
+        "POST",
+        &format!("/v2/gc/renew/blobs/uploads/?mount={md}&from=gc/source"),
+        &[],
+        Body::None,
+    );
+    assert_eq!(mount.status, 201, "{mount:?}");
+    let report = gc(&c, false);
+    let mut gone = listed(&report, "blobLinks");
+    gone.sort();
+    // Only what nobody touched goes: the abandoned blob, and the mount's source link.
+    let mut expect = vec![
+        ("gc/renew".to_owned(), old.clone()),
+        ("gc/source".to_owned(), md.clone()),
+    ];
+    expect.sort();
+    assert_eq!(gone, expect, "{report:#}");
+    let m = image_manifest(
+        (&cd, config_blob.len()),
+        &[(&ld, layer.len()), (&ad, again.len()), (&md, 10_000)],
+        "",
+    );
+    let r = c.put_manifest("gc/renew", "v2", OCI_MANIFEST, &m);
+    assert_eq!(r.status, 201, "{r:?}");
+    verify_complete(&c, "gc/renew");
     check_ok(&c);
 }
 
@@ -574,15 +633,22 @@ fn collection_races_pushes_tag_moves_and_deletes_across_kills() {
                     let repo = ["race/a", "race/b"][(n % 2) as usize];
                     let op = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         match (w, n % 5) {
-                            // Deleter: the manifest a tag points at, by digest.
+                            // Deleter: a tag (its image is then the collector's), or in
+                            // race/b, which has no index, the manifest a tag points at.
                             (3, _) => {
-                                let r = c.head(&format!("/v2/{repo}/manifests/t{}", n % 3));
-                                if let Some(d) = r.header("Docker-Content-Digest") {
-                                    c.delete(&format!("/v2/{repo}/manifests/{d}"));
+                                let tag = format!("/v2/{repo}/manifests/t{}", n % 3);
+                                let r = c.head(&tag);
+                                match r.header("Docker-Content-Digest") {
+                                    Some(d) if repo == "race/b" => {
+                                        c.delete(&format!("/v2/{repo}/manifests/{d}"));
+                                    }
+                                    _ => {
+                                        c.delete(&tag);
+                                    }
                                 }
                             }
                             // An index over what two tags point at now.
-                            (2, 0) => {
+                            (2, 0) if repo == "race/a" => {
                                 let mut descs = Vec::new();
                                 for t in ["t0", "t1"] {
                                     let r = c.get(&format!("/v2/{repo}/manifests/{t}"));

@@ -121,6 +121,9 @@ pub struct RuleSpec {
     pub older_than: Option<String>,
 }
 
+/// The longest `olderThan`.
+const CENTURY: Duration = Duration::from_secs(36500 * 86400);
+
 /// Resolves `gcGracePeriod`, `gcInterval` and `lifecycle`.
 pub fn resolve(
     grace: Option<String>,
@@ -141,7 +144,6 @@ pub fn resolve(
         None => d.interval,
         Some("off") => None,
         Some(t) => match parse_duration(t) {
-            Ok(i) if i.is_zero() => None,
             Ok(i) if i >= Duration::from_secs(1) && i <= year => Some(i),
             Ok(_) => {
                 return Err(format!(
@@ -207,7 +209,8 @@ impl RuleSpec {
         let what = format!("{entry}, rule with priority {}", self.priority);
         let select = match (self.tag_status.as_deref(), self.tag_patterns) {
             (Some("tagged"), None) => Select::Tagged(vec!["*".into()]),
-            (Some("tagged"), Some(p)) => {
+            // tagPatterns alone mean tagged.
+            (Some("tagged") | None, Some(p)) => {
                 if p.is_empty() {
                     return Err(format!(
                         "{what}: tagPatterns is empty (leave it out for every tag)"
@@ -220,7 +223,6 @@ impl RuleSpec {
                 }
                 Select::Tagged(p)
             }
-            (None, Some(p)) => Select::Tagged(p),
             (Some("untagged"), None) => Select::Untagged,
             (Some("any") | None, None) => Select::Any,
             (Some(s @ ("untagged" | "any")), Some(_)) => {
@@ -241,9 +243,15 @@ impl RuleSpec {
                 ))
             }
             (Some(n), None) => Action::KeepLast(n),
-            (None, Some(t)) => Action::OlderThan(
-                parse_duration(&t).map_err(|e| format!("{what}: olderThan: {e}"))?,
-            ),
+            (None, Some(t)) => match parse_duration(&t) {
+                Ok(d) if d <= CENTURY => Action::OlderThan(d),
+                Ok(_) => {
+                    return Err(format!(
+                        "{what}: olderThan: {t:?} is out of range (0s to 36500d)"
+                    ))
+                }
+                Err(e) => return Err(format!("{what}: olderThan: {e}")),
+            },
             _ => {
                 return Err(format!(
                     "{what}: give exactly one of keepLast and olderThan"

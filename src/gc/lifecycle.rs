@@ -12,6 +12,8 @@ pub struct Image<'a> {
     pub digest: &'a str,
     /// Unix seconds of its first push.
     pub pushed: u64,
+    /// Its push's number (later pushes have larger ones).
+    pub seq: u64,
     /// Its tags.
     pub tags: &'a [String],
 }
@@ -34,10 +36,10 @@ pub fn expired<'p>(policy: &'p Policy, images: &[Image], now: u64) -> Vec<(usize
         }
         match rule.action {
             Action::KeepLast(n) => {
-                // Newest first; the digest breaks ties so a plan is repeatable.
+                // Newest first: by push time, then by push order within a second.
                 selected.sort_by(|&a, &b| {
                     let (a, b) = (&images[a], &images[b]);
-                    b.pushed.cmp(&a.pushed).then(a.digest.cmp(b.digest))
+                    (b.pushed, b.seq).cmp(&(a.pushed, a.seq))
                 });
                 out.extend(selected.into_iter().skip(n).map(|i| (i, rule)));
             }
@@ -104,6 +106,7 @@ mod tests {
             .map(|i| Image {
                 digest: ["a", "b", "c", "d", "e", "f", "g"][i],
                 pushed: pushed[i],
+                seq: i as u64,
                 tags: &t[i],
             })
             .collect();
@@ -114,6 +117,23 @@ mod tests {
         // v1 goes (v3, v4 are the last two; v2 is protected and not counted); dev is selected
         // by no rule; the untagged image pushed 10 days before "now" is older than 7d.
         assert_eq!(got, vec![(0, 1), (6, 2)]);
+    }
+
+    #[test]
+    fn pushes_within_one_second_keep_their_order() {
+        let p = policy(r#"{"repositories":"*","rules":[{"priority":1,"keepLast":1}]}"#);
+        let t: Vec<Vec<String>> = (0..3).map(|i| tags(&[&format!("v{i}")])).collect();
+        // Digests in the opposite order of the pushes: the push order decides.
+        let images: Vec<Image> = (0..3)
+            .map(|i| Image {
+                digest: ["c", "b", "a"][i],
+                pushed: 100,
+                seq: i as u64,
+                tags: &t[i],
+            })
+            .collect();
+        let got: Vec<usize> = expired(&p, &images, 200).iter().map(|x| x.0).collect();
+        assert_eq!(got, vec![0, 1]);
     }
 
     #[test]
@@ -128,11 +148,13 @@ mod tests {
             Image {
                 digest: "a",
                 pushed: 0,
+                seq: 1,
                 tags: &a,
             },
             Image {
                 digest: "b",
                 pushed: 0,
+                seq: 2,
                 tags: &b,
             },
         ];
@@ -172,5 +194,24 @@ mod tests {
             "pattern",
         );
         bad(r#"{"repositories":"*","rules":[]}"#, "at least one rule");
+        bad(
+            r#"{"repositories":"*","rules":[{"priority":1,"tagPatterns":[],"keepLast":1}]}"#,
+            "empty",
+        );
+        bad(
+            r#"{"repositories":"*","rules":[{"priority":1,"tagPatterns":["a b"],"keepLast":1}]}"#,
+            "not a tag pattern",
+        );
+        bad(
+            r#"{"repositories":"*","rules":[{"priority":1,"olderThan":"18446744073709551615s"}]}"#,
+            "out of range",
+        );
+        assert!(resolve(None, Some("0s".into()), None)
+            .unwrap_err()
+            .contains("\"off\""));
+        assert!(resolve(None, Some("off".into()), None)
+            .unwrap()
+            .interval
+            .is_none());
     }
 }

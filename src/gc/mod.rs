@@ -160,6 +160,7 @@ fn plan(r: &RepoState, cfg: &GcConfig, now: u64) -> RepoPlan {
             .map(|(d, m)| lifecycle::Image {
                 digest: d,
                 pushed: m.pushed,
+                seq: m.seq,
                 tags: &m.tags,
             })
             .collect();

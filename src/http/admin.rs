@@ -54,12 +54,18 @@ pub fn stats(app: &App) -> Result<Reply> {
 
 /// `GET /admin/check`: verifies the store's reference counts and manifest records in one
 /// snapshot; 200 with `{"ok": true}`, or 500 with the problems found (each also logged).
+/// `dangling` lists what manifests reference but clients deleted (not a store problem).
 pub fn check(app: &App) -> Result<Reply> {
-    let problems = app.store.check()?;
+    let mut dangling = Vec::new();
+    let problems = app.store.check_all(&mut dangling)?;
     for p in &problems {
         log::error!("store check: {p}");
     }
-    let mut reply = json(&serde_json::json!({ "ok": problems.is_empty(), "problems": problems }));
+    let mut reply = json(&serde_json::json!({
+        "ok": problems.is_empty(),
+        "problems": problems,
+        "dangling": dangling,
+    }));
     if !problems.is_empty() {
         reply.status = 500;
     }
@@ -246,6 +252,13 @@ pub fn mirror_run(app: &App, name: &str) -> Result<Reply> {
 /// `POST /admin/gc[?dryRun=true]`: a collector pass now (waiting for one under way), or only
 /// its plan; answers the report.
 pub fn gc(app: &App, query: &super::routes::Query) -> Result<Reply> {
+    if let Some(k) = query.unknown(&["dryRun"]) {
+        return Err(ApiError::new(
+            400,
+            Code::Unsupported,
+            format!("unknown parameter {k:?}: the only one is dryRun=true|false"),
+        ));
+    }
     let dry_run = flag(query, "dryRun")?;
     let report = crate::gc::run(&app.store, &app.config.gc, dry_run, &app.stopping)?;
     if !dry_run {

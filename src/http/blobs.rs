@@ -69,7 +69,9 @@ fn parse_range(value: Option<&str>, size: u64) -> Wanted {
 /// `GET`/`HEAD` a blob linked into `name`.
 pub fn get(app: &App, req: &Request, name: &str, digest: &str) -> Result<Reply> {
     let digest = Digest::parse(digest)?;
-    let blob = app.store.linked_blob(name, &digest)?;
+    // A push checks its layers this way before it skips uploading them: keep them for it.
+    let grace = app.config.gc.grace.as_secs();
+    let blob = app.store.linked_blob_renewed(name, &digest, grace)?;
     let base = |status: u16| {
         Reply {
             status,

@@ -180,6 +180,15 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first parameter not among `known`, if any: for endpoints where a misspelt
+    /// parameter must not pass unnoticed (`dryrun=true` must not run a real pass).
+    pub fn unknown(&self, known: &[&str]) -> Option<&str> {
+        self.0
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| !known.contains(k))
+    }
+
     /// Every value of parameter `name`.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0

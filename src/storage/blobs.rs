@@ -1,8 +1,8 @@
 //! Blobs: content stored once per encryption domain, linked into repositories, read in chunks.
 
 use super::domains::Domain;
-use super::repos::{ensure_repo, find_repo, find_repo_w};
-use super::schema::{BLOBS, CHUNKS, LINKS, LINK_MOUNTED, PREFIXES, REPOS};
+use super::repos::{ensure_repo, find_repo, find_repo_w, Repo};
+use super::schema::{BLOBS, CHUNKS, LINKS, LINK_MOUNTED, PREFIXES, REFS, REPOS};
 use super::{now, Store, StoreError};
 use crate::crypto::Binding;
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -283,25 +283,73 @@ impl Store {
     /// The blob `digest` as linked into `repo` (not merely present in the store).
     pub fn linked_blob(&self, repo_name: &str, digest: &Digest) -> Result<BlobInfo, StoreError> {
         let tx = self.read()?;
-        let repo = find_repo(&tx, repo_name)?;
-        if tx
+        Ok(self.find_link(&tx, repo_name, digest)?.0)
+    }
+
+    /// `linked_blob`, asked by a client that may reference it next (a push HEADs a layer and
+    /// skips uploading it): a link that no manifest lists and that is older than half of
+    /// `grace` is renewed (as if linked now, without durability), so the collector does not
+    /// take it between the client's check and its manifest.
+    pub fn linked_blob_renewed(
+        &self,
+        repo_name: &str,
+        digest: &Digest,
+        grace: u64,
+    ) -> Result<BlobInfo, StoreError> {
+        let tx = self.read()?;
+        let (blob, repo, at) = self.find_link(&tx, repo_name, digest)?;
+        if now().saturating_sub(at) < grace / 2
+            || super::keyed_by(&tx.open_table(REFS)?, repo.id, digest.as_str())?
+        {
+            return Ok(blob);
+        }
+        drop(tx);
+        let renew = || -> Result<(), StoreError> {
+            let tx = self.write(false)?;
+            {
+                let mut links = tx.open_table(LINKS)?;
+                let row = links.get((repo.id, digest.as_str()))?.map(|v| v.value());
+                if let Some((kind, _)) = row {
+                    links.insert((repo.id, digest.as_str()), (kind, now()))?;
+                }
+            }
+            tx.commit()?;
+            self.unflushed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        };
+        // Best effort: the answer is the blob either way.
+        if let Err(e) = renew() {
+            log::warn!("renewing the link of {digest} in {repo_name}: {e}");
+        }
+        Ok(blob)
+    }
+
+    /// The blob `digest` linked into `repo_name`, the repository, and the link's time.
+    fn find_link(
+        &self,
+        tx: &redb::ReadTransaction,
+        repo_name: &str,
+        digest: &Digest,
+    ) -> Result<(BlobInfo, Repo, u64), StoreError> {
+        let repo = find_repo(tx, repo_name)?;
+        let at = tx
             .open_table(LINKS)?
             .get((repo.id, digest.as_str()))?
-            .is_none()
-        {
-            return Err(StoreError::BlobUnknown);
-        }
+            .map(|v| v.value().1)
+            .ok_or(StoreError::BlobUnknown)?;
         let blob = tx
             .open_table(BLOBS)?
             .get((repo.domain, digest.as_str()))?
             .map(|v| v.value());
         let (id, size, _) =
             blob.ok_or_else(|| StoreError::Corrupt(format!("link to missing blob {digest}")))?;
-        Ok(BlobInfo {
+        let info = BlobInfo {
             id,
             size,
             domain: repo.domain,
-        })
+        };
+        Ok((info, repo, at))
     }
 
     /// Replaces `buf` with the blob's bytes from `offset`, at most `max` of them, read in one
@@ -443,7 +491,7 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("{source} links missing blob {digest}")))?;
         let target = ensure_repo(&tx, target, domain)?;
         let linked = link(&tx, target.id, domain, digest, LINK_MOUNTED)?;
-        if linked {
+        if linked != Linked::Unchanged {
             tx.commit()?;
             self.unflushed
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -451,7 +499,7 @@ impl Store {
         Ok(Ok(Mounted {
             from: source,
             size,
-            linked,
+            linked: linked == Linked::New,
         }))
     }
 
@@ -475,18 +523,36 @@ impl Store {
     }
 }
 
+/// What `link` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Linked {
+    /// The repository did not link the blob: it does now, and the blob counts one more.
+    New,
+    /// It did, since long enough for the collector to take it: the link is renewed (linked
+    /// again by an upload or a mount, it gets the grace period from now).
+    Renewed,
+    /// It did, recently: nothing written.
+    Unchanged,
+}
+
 /// Links `digest` (stored in `domain`, the repository's) into repository id `repo`, counting the
-/// link on the blob in the same transaction; `kind` says how. True if it was not linked.
+/// link on the blob in the same transaction; `kind` says how.
 pub(super) fn link(
     tx: &WriteTransaction,
     repo: u64,
     domain: u64,
     digest: &Digest,
     kind: u8,
-) -> Result<bool, StoreError> {
+) -> Result<Linked, StoreError> {
     let mut links = tx.open_table(LINKS)?;
-    if links.get((repo, digest.as_str()))?.is_some() {
-        return Ok(false);
+    let existing = links.get((repo, digest.as_str()))?.map(|v| v.value());
+    if let Some((old_kind, at)) = existing {
+        // A minute's resolution: repeated pushes of one layer do not rewrite its link.
+        if now().saturating_sub(at) < 60 {
+            return Ok(Linked::Unchanged);
+        }
+        links.insert((repo, digest.as_str()), (old_kind, now()))?;
+        return Ok(Linked::Renewed);
     }
     links.insert((repo, digest.as_str()), (kind, now()))?;
     let mut blobs = tx.open_table(BLOBS)?;
@@ -495,7 +561,7 @@ pub(super) fn link(
         .map(|v| v.value())
         .ok_or_else(|| StoreError::Corrupt(format!("linking missing blob {digest}")))?;
     blobs.insert((domain, digest.as_str()), (id, size, count + 1))?;
-    Ok(true)
+    Ok(Linked::New)
 }
 
 impl Store {

@@ -11,7 +11,17 @@ impl Store {
     /// uploads that hold it, that every link points at a stored blob, and that every link and
     /// shadow belongs to a known repository or upload, and that every manifest record opens,
     /// decodes and matches its digest. Returns the problems found (none: ok).
+    #[cfg(test)]
     pub fn check(&self) -> Result<Vec<String>, StoreError> {
+        let mut dangling = Vec::new();
+        let mut problems = self.check_all(&mut dangling)?;
+        problems.extend(dangling);
+        Ok(problems)
+    }
+
+    /// `check`, with what clients' own deletes can leave apart from the problems: references
+    /// to blobs or manifests a client deleted from under a manifest (`dangling`).
+    pub fn check_all(&self, dangling: &mut Vec<String>) -> Result<Vec<String>, StoreError> {
         let tx = self.read()?;
         let mut problems = Vec::new();
         let mut names = HashMap::new();
@@ -58,7 +68,7 @@ impl Store {
                 "{n} links to {digest} (domain {domain}), which is not stored"
             ));
         }
-        self.check_manifests(&tx, &names, &mut problems)?;
+        self.check_manifests(&tx, &names, &mut problems, dangling)?;
         Ok(problems)
     }
 }

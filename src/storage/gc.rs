@@ -7,7 +7,7 @@ use super::repos::{find_repo_w, Repo};
 use super::schema::{
     BLOBS, LINKS, MANIFESTS, PUSHED, REFERRERS, REFS, REF_CHILD, REF_LAZY, REPOS, TAGS, UPLOADS,
 };
-use super::{Store, StoreError};
+use super::{keyed_by, Store, StoreError};
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub struct ManifestState {
     /// Unix seconds of its first push.
     pub pushed: u64,
+    /// Its push's number: orders pushes within a second.
+    pub seq: u64,
     /// Bytes of its stored record.
     pub bytes: u64,
     /// Tags pointing at it, sorted.
@@ -118,8 +120,10 @@ impl Store {
             let (k, v) = row?;
             let (repo, digest) = k.value();
             let Some(&i) = by_id.get(&repo) else { continue };
+            let (at, seq) = pushed.get((repo, digest))?.map_or((0, 0), |v| v.value());
             let m = ManifestState {
-                pushed: pushed.get((repo, digest))?.map_or(0, |v| v.value()),
+                pushed: at,
+                seq,
                 bytes: v.value().len() as u64,
                 ..ManifestState::default()
             };
@@ -201,13 +205,20 @@ impl Store {
             Ok(_) | Err(StoreError::RepoUnknown) => return Ok(vec![false; steps.len()]),
             Err(e) => return Err(e),
         };
+        // The repository's tags by manifest, read once per transaction (this transaction is
+        // the only writer, so it stays true as its own deletions update it).
+        let mut tags_of: Option<HashMap<String, Vec<String>>> = None;
         for step in steps {
             if !done.is_empty() && began.elapsed() >= budget {
                 break;
             }
             let deleted = match step {
                 Step::Manifest { digest, tags } => {
-                    self.collect_manifest(&tx, repo, digest, tags)?
+                    let tags_of = match &mut tags_of {
+                        Some(t) => t,
+                        None => tags_of.insert(tags_by_manifest(&tx, repo.id)?),
+                    };
+                    self.collect_manifest(&tx, repo, digest, tags, tags_of)?
                 }
                 Step::Link { digest, linked_by } => {
                     self.collect_link(&tx, repo, digest, *linked_by)?
@@ -249,24 +260,23 @@ impl Store {
         repo: Repo,
         digest: &str,
         planned_tags: &[String],
+        tags_of: &mut HashMap<String, Vec<String>>,
     ) -> Result<bool, StoreError> {
         let id = repo.id;
+        let current = tags_of.get(digest).map_or(&[][..], Vec::as_slice);
         // A tag that reached it since the plan keeps it.
-        for row in tx
-            .open_table(TAGS)?
-            .range::<(u64, &str)>((id, "")..(id + 1, ""))?
-        {
-            let (k, v) = row?;
-            if v.value() == digest && !planned_tags.iter().any(|t| t == k.value().1) {
-                return Ok(false);
-            }
+        if current.iter().any(|t| !planned_tags.contains(t)) {
+            return Ok(false);
         }
         // So does an index that lists it or a referrer of it: those going in this pass went
         // already (with their rows), so what is left stays.
-        if has_rows3(tx, REFS, id, digest)? || has_rows3(tx, REFERRERS, id, digest)? {
+        if keyed_by(&tx.open_table(REFS)?, id, digest)?
+            || keyed_by(&tx.open_table(REFERRERS)?, id, digest)?
+        {
             return Ok(false);
         }
-        self.remove_manifest(tx, repo, digest)
+        let tags = tags_of.remove(digest).unwrap_or_default();
+        self.remove_manifest(tx, repo, digest, Some(&tags))
     }
 
     fn collect_link(
@@ -282,7 +292,7 @@ impl Store {
             Some(at) if at <= linked_by => {}
             _ => return Ok(false),
         }
-        if has_rows3(tx, REFS, id, digest)? {
+        if keyed_by(&tx.open_table(REFS)?, id, digest)? {
             return Ok(false);
         }
         links.remove((id, digest))?;
@@ -290,6 +300,24 @@ impl Store {
         self.release(tx, repo.domain, digest)?;
         Ok(true)
     }
+}
+
+/// Tags of repository id `id` by the manifest they point at.
+fn tags_by_manifest(
+    tx: &WriteTransaction,
+    id: u64,
+) -> Result<HashMap<String, Vec<String>>, StoreError> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for row in tx
+        .open_table(TAGS)?
+        .range::<(u64, &str)>((id, "")..(id + 1, ""))?
+    {
+        let (k, v) = row?;
+        out.entry(v.value().to_owned())
+            .or_default()
+            .push(k.value().1.to_owned());
+    }
+    Ok(out)
 }
 
 /// Removes repository `name` if nothing at all refers to it any more.
@@ -315,21 +343,6 @@ fn collect_repo(tx: &WriteTransaction, name: &str, repo: Repo) -> Result<bool, S
     }
     tx.open_table(REPOS)?.remove(name)?;
     Ok(true)
-}
-
-/// Whether `table` has a row keyed (repository id `id`, `digest`, anything).
-fn has_rows3<V: redb::Value + 'static>(
-    tx: &WriteTransaction,
-    table: redb::TableDefinition<(u64, &'static str, &'static str), V>,
-    id: u64,
-    digest: &str,
-) -> Result<bool, StoreError> {
-    let table = tx.open_table(table)?;
-    let found = table
-        .range::<(u64, &str, &str)>((id, digest, "")..=(id, digest, "\u{10ffff}"))?
-        .next()
-        .is_some();
-    Ok(found)
 }
 
 /// Whether `table` has a row of repository id `id`.

@@ -209,9 +209,10 @@ impl Store {
             for (d, _) in &m.children {
                 refs.insert((repo.id, d.as_str(), digest), REF_CHILD | lazy)?;
             }
-            let mut pushed = tx.open_table(PUSHED)?;
-            if pushed.get((repo.id, digest))?.is_none() {
-                pushed.insert((repo.id, digest), super::now())?;
+            if tx.open_table(PUSHED)?.get((repo.id, digest))?.is_none() {
+                let seq = super::next_id(&tx, "next_push")?;
+                tx.open_table(PUSHED)?
+                    .insert((repo.id, digest), (super::now(), seq))?;
             }
             if let Some((subject, descriptor)) = &m.referrer {
                 let s = subject.as_str();
@@ -280,7 +281,7 @@ impl Store {
         let tx = self.write(true)?;
         {
             let repo = find_repo_w(&tx, repo)?;
-            if !self.remove_manifest(&tx, repo, digest.as_str())? {
+            if !self.remove_manifest(&tx, repo, digest.as_str(), None)? {
                 return Err(StoreError::ManifestUnknown);
             }
         }
@@ -289,13 +290,15 @@ impl Store {
         Ok(())
     }
 
-    /// Removes manifest `digest` of `repo` within `tx`: its record, every tag pointing at it,
+    /// Removes manifest `digest` of `repo` within `tx`: its record, every tag pointing at it
+    /// (`tags`, when the caller knows them; else found by a walk of the repository's tags),
     /// its referrer entry, its references and push time. False if there was no such manifest.
     pub(super) fn remove_manifest(
         &self,
         tx: &WriteTransaction,
         repo: Repo,
         digest: &str,
+        tags: Option<&[String]>,
     ) -> Result<bool, StoreError> {
         let key = self.domain_key(repo.domain)?;
         let mut manifests = tx.open_table(MANIFESTS)?;
@@ -324,8 +327,19 @@ impl Store {
                 .remove((repo.id, subject.as_str(), digest))?;
         }
         let id = repo.id;
-        tx.open_table(TAGS)?
-            .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, target| target != digest)?;
+        let mut tag_table = tx.open_table(TAGS)?;
+        match tags {
+            Some(tags) => {
+                for t in tags {
+                    tag_table.remove((id, t.as_str()))?;
+                }
+            }
+            None => tag_table
+                .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, target| {
+                    target != digest
+                })?,
+        }
+        drop(tag_table);
         let mut refs = tx.open_table(REFS)?;
         match targets {
             Some(targets) => {
@@ -410,8 +424,9 @@ impl Store {
 }
 
 impl Store {
-    /// Records, within `tx`, the references and a push time (now) of every stored manifest:
-    /// the schema 3 migration. Returns how many manifests. A manifest whose key is missing
+    /// Records, within `tx`, the references and a push time of every stored manifest: the
+    /// latest link time of the blobs it lists (its push came right after their upload), else
+    /// now; pushes are numbered in that order. The schema 3 migration. Returns how many manifests. A manifest whose key is missing
     /// stops it (the store cannot be used without its keys anyway); one that no longer opens
     /// or parses is logged and gets no references.
     pub(super) fn build_references(&self, tx: &WriteTransaction) -> Result<u64, StoreError> {
@@ -446,16 +461,31 @@ impl Store {
                     Vec::new()
                 }
             };
-            rows.push((repo, digest.to_owned(), targets));
+            rows.push((0, repo, digest.to_owned(), targets));
         }
+        {
+            let links = tx.open_table(LINKS)?;
+            for (at, repo, _, targets) in &mut rows {
+                for (t, _) in targets.iter() {
+                    if let Some(v) = links.get((*repo, t.as_str()))? {
+                        *at = (*at).max(v.value().1);
+                    }
+                }
+                if *at == 0 {
+                    *at = now;
+                }
+            }
+        }
+        rows.sort();
         let mut refs = tx.open_table(REFS)?;
-        let mut pushed = tx.open_table(PUSHED)?;
-        for (repo, digest, targets) in &rows {
+        for (at, repo, digest, targets) in &rows {
             for (t, kind) in targets {
                 // Lazy: a pull-through cache's manifest may lack what it lists.
                 refs.insert((*repo, t.as_str(), digest.as_str()), kind | REF_LAZY)?;
             }
-            pushed.insert((*repo, digest.as_str()), now)?;
+            let seq = super::next_id(tx, "next_push")?;
+            tx.open_table(PUSHED)?
+                .insert((*repo, digest.as_str()), (*at, seq))?;
         }
         Ok(rows.len() as u64)
     }
@@ -515,13 +545,17 @@ fn open_manifest<'a>(
 
 impl Store {
     /// Adds to `problems` every manifest record in `tx` that does not open with its
-    /// repository's key, does not decode, or does not hash to its digest, and every tag that
-    /// points at no stored manifest. `repos` maps repository ids to (name, domain).
+    /// repository's key, does not decode, or does not hash to its digest, every tag that
+    /// points at no stored manifest, and references and push times out of step with the
+    /// manifests; to `dangling`, what a manifest lists that its repository lacks (a client
+    /// may delete a blob or manifest that another lists, as with distribution).
+    /// `repos` maps repository ids to (name, domain).
     pub(super) fn check_manifests(
         &self,
         tx: &redb::ReadTransaction,
         repos: &std::collections::HashMap<u64, (String, u64)>,
         problems: &mut Vec<String>,
+        dangling: &mut Vec<String>,
     ) -> Result<(), StoreError> {
         let manifests = tx.open_table(MANIFESTS)?;
         for row in manifests.iter()? {
@@ -556,7 +590,7 @@ impl Store {
                 _ => manifests.get((repo, target))?.is_some(),
             };
             if !present && kind & REF_LAZY == 0 {
-                problems.push(format!(
+                dangling.push(format!(
                     "manifest {digest} of {} lists {target}, which the repository lacks",
                     name_of(repo)
                 ));

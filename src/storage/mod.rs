@@ -439,6 +439,18 @@ fn next_id(tx: &WriteTransaction, key: &str) -> Result<u64, StoreError> {
     Ok(id)
 }
 
+/// Whether `table` (keyed repository id, digest, digest) has a row starting (`id`, `digest`):
+/// a manifest listing `digest` (`references`), a referrer of it (`referrers`).
+fn keyed_by<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(u64, &'static str, &'static str), V>,
+    id: u64,
+    digest: &str,
+) -> Result<bool, StoreError> {
+    let mut range =
+        table.range::<(u64, &str, &str)>((id, digest, "")..=(id, digest, "\u{10ffff}"))?;
+    Ok(range.next().is_some())
+}
+
 /// Up to `n` items of `iter`, and whether more followed.
 fn page<T>(
     iter: impl Iterator<Item = Result<T, StoreError>>,

@@ -2,7 +2,8 @@
 
 use redb::TableDefinition;
 
-/// Counters and the schema version: `next_repo_id`, `next_blob_id`, `schema_version`.
+/// Counters and the schema version: `next_repo_id`, `next_blob_id`, `next_push`,
+/// `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Repository name -> (repository id, encryption domain). Sorted by name: also the catalog.
 pub const REPOS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("repositories");
@@ -53,14 +54,15 @@ pub const MIRRORS: TableDefinition<&str, &[u8]> = TableDefinition::new("mirrors"
 /// "does anything reference this link?" with one range lookup, in the same write transaction
 /// that deletes it, so a manifest PUT and a collection are ordered by redb's single writer.
 pub const REFS: TableDefinition<(u64, &str, &str), u8> = TableDefinition::new("references");
-/// (repository id, manifest digest) -> unix seconds of its first push: what lifecycle rules
-/// count and age by.
-pub const PUSHED: TableDefinition<(u64, &str), u64> = TableDefinition::new("pushed");
+/// (repository id, manifest digest) -> (unix seconds of its first push, push sequence
+/// number): what lifecycle rules age and order by (the number orders pushes within a second).
+pub const PUSHED: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("pushed");
 
 /// The schema this build writes; a store with another is refused, not guessed at.
 /// Version 2 added encryption domains (`domains`, the domain of each repository and upload);
 /// a version 1 store is migrated at open (all of it plaintext). Version 3 added `references`
-/// and `pushed`, built at open from the stored manifests (push time: the migration's).
+/// and `pushed`, built at open from the stored manifests (push time: the latest link time of
+/// what each lists, else the migration's).
 pub const SCHEMA_VERSION: u64 = 3;
 
 /// Version 1's `repos`: name -> id.
