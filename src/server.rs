@@ -337,6 +337,19 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
         if let Err(e) = app.store.flush() {
             log::warn!("flushing the store: {e}");
         }
+        // Chunks of blobs a pass deleted that it did not get to (it was stopped, or the
+        // process was killed): reaped in the background.
+        let mut held = crate::storage::Held::default();
+        let slice = Duration::from_millis(200);
+        match crate::gc::reap(&app.store, &mut held, &app.stopping, slice) {
+            Ok(true) => {
+                if let Err(e) = app.store.gc_settle() {
+                    log::warn!("settling deleted chunks: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("deleting the chunks of deleted blobs: {e}"),
+        }
         if std::time::Instant::now() >= next_purge {
             match app.store.purge_uploads(ttl.as_secs()) {
                 Ok(0) => {}

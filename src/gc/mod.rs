@@ -122,12 +122,38 @@ pub fn run(
             p.remove && done[links_end..].first() == Some(&true),
         ));
     }
+    if !dry_run {
+        // The chunk rows of the blobs that went, a bounded batch per transaction.
+        reap(store, &mut held, stop, Duration::MAX)?;
+    }
     if !dry_run && held.transactions > 0 {
         store.gc_settle()?;
     }
     Ok(report(
         &plans, &outcome, &freed, store, cfg, dry_run, stopped, started, held,
     ))
+}
+
+/// Deletes the chunk rows of deleted blobs, paced like the pass, until none remain, `stop`,
+/// or `limit` has passed; true if it deleted any.
+pub fn reap(
+    store: &Store,
+    held: &mut Held,
+    stop: &AtomicBool,
+    limit: Duration,
+) -> Result<bool, StoreError> {
+    let began = Instant::now();
+    let mut any = false;
+    while !stop.load(Ordering::Relaxed) && began.elapsed() < limit {
+        let before = held.total;
+        let (rows, more) = store.reap(TX_BUDGET, held)?;
+        any |= rows > 0;
+        if !more {
+            break;
+        }
+        std::thread::sleep((held.total - before).max(Duration::from_millis(1)));
+    }
+    Ok(any)
 }
 
 /// What one repository loses in a pass planned at `now`.

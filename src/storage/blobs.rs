@@ -2,7 +2,7 @@
 
 use super::domains::Domain;
 use super::repos::{ensure_repo, find_repo, find_repo_w, Repo};
-use super::schema::{BLOBS, CHUNKS, LINKS, LINK_MOUNTED, PREFIXES, REFS, REPOS};
+use super::schema::{BLOBS, CHUNKS, DEAD, LINKS, LINK_MOUNTED, PREFIXES, REFS, REPOS};
 use super::{now, Store, StoreError};
 use crate::crypto::Binding;
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -574,6 +574,19 @@ impl Store {
         domain: u64,
         digest: &str,
     ) -> Result<(), StoreError> {
+        self.release_then(tx, domain, digest, false)
+    }
+
+    /// `release`; with `later`, a blob deleted at zero leaves its chunk rows to `reap`
+    /// (listed in `dead_blobs` in the same transaction): the collector's way, whose
+    /// transactions must stay short whatever the size of a blob.
+    pub(super) fn release_then(
+        &self,
+        tx: &WriteTransaction,
+        domain: u64,
+        digest: &str,
+        later: bool,
+    ) -> Result<(), StoreError> {
         let mut blobs = tx.open_table(BLOBS)?;
         let (id, size, count) = blobs
             .get((domain, digest))?
@@ -600,9 +613,59 @@ impl Store {
                     Err(e) => return Err(e),
                 }
             }
-            drop_chunks(tx, id)?;
+            if later {
+                tx.open_table(DEAD)?.insert(id, ())?;
+            } else {
+                drop_chunks(tx, id)?;
+            }
         }
         Ok(())
+    }
+
+    /// Deletes chunk rows of blobs in `dead_blobs`, in one transaction that stops taking rows
+    /// once `budget` has passed (its time goes into `held`); returns the rows deleted and
+    /// whether some remain.
+    pub fn reap(
+        &self,
+        budget: std::time::Duration,
+        held: &mut super::Held,
+    ) -> Result<(u64, bool), StoreError> {
+        const BATCH: usize = 64;
+        let tx = self.write(false)?;
+        let began = std::time::Instant::now();
+        let mut rows = 0u64;
+        let mut changed = false;
+        let more = {
+            let mut dead = tx.open_table(DEAD)?;
+            let mut chunks = tx.open_table(CHUNKS)?;
+            loop {
+                let Some(id) = dead.first()?.map(|(k, _)| k.value()) else {
+                    break false;
+                };
+                if began.elapsed() >= budget && rows > 0 {
+                    break true;
+                }
+                let keys: Vec<(u64, u64)> = chunks
+                    .range((id, 0)..=(id, u64::MAX))?
+                    .take(BATCH)
+                    .map(|r| r.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()?;
+                for k in &keys {
+                    chunks.remove(k)?;
+                }
+                rows += keys.len() as u64;
+                changed = true;
+                if keys.len() < BATCH {
+                    dead.remove(id)?;
+                }
+            }
+        };
+        if !changed {
+            return Ok((0, false)); // nothing to do: dropping the transaction writes nothing
+        }
+        tx.commit()?;
+        held.add(began.elapsed());
+        Ok((rows, more))
     }
 }
 

@@ -95,6 +95,15 @@ pub struct Held {
     pub total: Duration,
 }
 
+impl Held {
+    /// Counts a transaction that held the writer for `took`.
+    pub fn add(&mut self, took: Duration) {
+        self.transactions += 1;
+        self.total += took;
+        self.longest = self.longest.max(took);
+    }
+}
+
 impl Store {
     /// What the collector plans from: every repository's manifests (with tags, push times,
     /// subjects and children), links and references, in one read transaction.
@@ -228,10 +237,7 @@ impl Store {
             done.push(deleted);
         }
         tx.commit()?;
-        let took = began.elapsed();
-        held.transactions += 1;
-        held.total += took;
-        held.longest = held.longest.max(took);
+        held.add(began.elapsed());
         Ok(done)
     }
 
@@ -297,7 +303,7 @@ impl Store {
         }
         links.remove((id, digest))?;
         drop(links);
-        self.release(tx, repo.domain, digest)?;
+        self.release_then(tx, repo.domain, digest, true)?;
         Ok(true)
     }
 }

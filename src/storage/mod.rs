@@ -239,6 +239,7 @@ impl Store {
             tx.open_table(MIRRORS)?;
             tx.open_table(REFS)?;
             tx.open_table(PUSHED)?;
+            tx.open_table(DEAD)?;
         }
         tx.commit()?;
         store.load_domains(options.settle_master_key)?;

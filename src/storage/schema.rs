@@ -58,6 +58,11 @@ pub const REFS: TableDefinition<(u64, &str, &str), u8> = TableDefinition::new("r
 /// number): what lifecycle rules age and order by (the number orders pushes within a second).
 pub const PUSHED: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("pushed");
 
+/// Blob id -> (): a blob the collector deleted whose chunk rows are still to go. They are
+/// deleted a bounded batch per transaction afterwards, so that dropping a large blob never
+/// holds the writer for long (1 GiB is 4,096 rows of 256 KiB).
+pub const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead_blobs");
+
 /// The schema this build writes; a store with another is refused, not guessed at.
 /// Version 2 added encryption domains (`domains`, the domain of each repository and upload);
 /// a version 1 store is migrated at open (all of it plaintext). Version 3 added `references`
