@@ -369,7 +369,7 @@ fn has_rows<V: redb::Value + 'static>(
 mod tests {
     use super::*;
     use crate::digest::Digest;
-    use crate::storage::{NewManifest, StoreOptions};
+    use crate::storage::NewManifest;
 
     fn manifest<'a>(
         body: &'a [u8],
@@ -397,15 +397,7 @@ mod tests {
     fn what_a_skipped_index_lists_stays() {
         let dir = std::env::temp_dir().join(format!("outpost-gc-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let options = StoreOptions {
-            cache_size: 1 << 20,
-            chunk_size: 64 << 10,
-            min_free_space: 0,
-            master_key: None,
-            encryption: Vec::new(),
-            settle_master_key: false,
-        };
-        let s = Store::open(&dir.join("outpost.redb"), options).unwrap();
+        let s = crate::storage::test_store(&dir);
         let child = br#"{"schemaVersion":2,"manifests":[]}"#;
         let child_d = Digest::sha256_of(child);
         s.manifest_put("r", &manifest(child, &child_d, Vec::new(), &[]))

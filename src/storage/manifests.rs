@@ -675,19 +675,7 @@ fn check_references(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::StoreOptions;
-
-    fn store(dir: &std::path::Path) -> Store {
-        let options = StoreOptions {
-            cache_size: 1 << 20,
-            chunk_size: 64 << 10,
-            min_free_space: 0,
-            master_key: None,
-            encryption: Vec::new(),
-            settle_master_key: false,
-        };
-        Store::open(&dir.join("outpost.redb"), options).unwrap()
-    }
+    use crate::storage::test_store as store;
 
     #[test]
     fn a_field_too_long_for_its_prefix_is_refused_not_wrapped() {

@@ -452,6 +452,20 @@ fn keyed_by<V: redb::Value + 'static>(
     Ok(range.next().is_some())
 }
 
+/// A plaintext store in `dir` with small caches and chunks, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_store(dir: &Path) -> Store {
+    let options = StoreOptions {
+        cache_size: 1 << 20,
+        chunk_size: 64 << 10,
+        min_free_space: 0,
+        master_key: None,
+        encryption: Vec::new(),
+        settle_master_key: false,
+    };
+    Store::open(&dir.join("outpost.redb"), options).unwrap()
+}
+
 /// Up to `n` items of `iter`, and whether more followed.
 fn page<T>(
     iter: impl Iterator<Item = Result<T, StoreError>>,
