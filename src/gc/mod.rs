@@ -30,6 +30,8 @@ struct DoomedManifest {
     tags: Vec<String>,
     bytes: u64,
     reason: String,
+    /// Deleted by the pass (or, in a dry run, would be).
+    done: bool,
 }
 
 /// A blob link the plan deletes.
@@ -38,6 +40,8 @@ struct DoomedLink {
     digest: String,
     linked_at: u64,
     bytes: u64,
+    /// Deleted by the pass (or, in a dry run, would be).
+    done: bool,
 }
 
 /// What a pass deletes in one repository.
@@ -49,6 +53,8 @@ struct RepoPlan {
     manifests: Vec<DoomedManifest>,
     links: Vec<DoomedLink>,
     remove: bool,
+    /// Removed by the pass (or, in a dry run, would be).
+    removed: bool,
 }
 
 /// Runs a pass (with `dry_run`, only plans) and reports what it deleted, or would. `stop`
@@ -63,19 +69,18 @@ pub fn run(
     let started = Instant::now();
     let now = unix_now();
     let snap = store.gc_snapshot()?;
-    let plans: Vec<RepoPlan> = snap.repos.iter().map(|r| plan(r, cfg, now)).collect();
+    let mut plans: Vec<RepoPlan> = snap.repos.iter().map(|r| plan(r, cfg, now)).collect();
     let freed = freed_blobs(&snap, &plans);
     let mut held = Held::default();
-    // Per repository: (manifest done flags, link done flags, repository removed).
-    let mut outcome: Vec<(Vec<bool>, Vec<bool>, bool)> = Vec::new();
     let mut stopped = false;
-    for p in &plans {
-        if dry_run || stopped {
-            outcome.push((
-                vec![false; p.manifests.len()],
-                vec![false; p.links.len()],
-                false,
-            ));
+    for p in &mut plans {
+        if dry_run {
+            p.manifests.iter_mut().for_each(|m| m.done = true);
+            p.links.iter_mut().for_each(|l| l.done = true);
+            p.removed = p.remove;
+            continue;
+        }
+        if stopped {
             continue;
         }
         let mut steps: Vec<Step> = p
@@ -106,21 +111,23 @@ pub fn run(
             std::thread::sleep((held.total - before).max(Duration::from_millis(1)));
         }
         done.resize(steps.len(), false);
-        for (m, _) in p.manifests.iter().zip(&done).filter(|(_, &ok)| ok) {
-            log::info!(
-                "gc: deleted {}@{} {:?}: {}",
-                p.name,
-                m.digest,
-                m.tags,
-                m.reason
-            );
+        let mut done = done.into_iter();
+        for m in &mut p.manifests {
+            m.done = done.next() == Some(true);
+            if m.done {
+                log::info!(
+                    "gc: deleted {}@{} {:?}: {}",
+                    p.name,
+                    m.digest,
+                    m.tags,
+                    m.reason
+                );
+            }
         }
-        let links_end = p.manifests.len() + p.links.len();
-        outcome.push((
-            done[..p.manifests.len()].to_vec(),
-            done[p.manifests.len()..links_end].to_vec(),
-            p.remove && done[links_end..].first() == Some(&true),
-        ));
+        for l in &mut p.links {
+            l.done = done.next() == Some(true);
+        }
+        p.removed = p.remove && done.next() == Some(true);
     }
     if !dry_run {
         // The chunk rows of the blobs that went, a bounded batch per transaction.
@@ -130,7 +137,7 @@ pub fn run(
         store.gc_settle()?;
     }
     Ok(report(
-        &plans, &outcome, &freed, store, cfg, dry_run, stopped, started, held,
+        &plans, &freed, store, cfg, dry_run, stopped, started, held,
     ))
 }
 
@@ -233,6 +240,7 @@ fn plan(r: &RepoState, cfg: &GcConfig, now: u64) -> RepoPlan {
                 tags: m.tags.clone(),
                 bytes: m.bytes,
                 reason,
+                done: false,
             });
         }
         p.manifests = blockers_first(r, std::mem::take(&mut p.manifests));
@@ -248,6 +256,7 @@ fn plan(r: &RepoState, cfg: &GcConfig, now: u64) -> RepoPlan {
                 digest: d.clone(),
                 linked_at: at,
                 bytes: size,
+                done: false,
             });
         }
     }
@@ -324,7 +333,6 @@ fn freed_blobs(snap: &GcSnapshot, plans: &[RepoPlan]) -> Vec<(u64, String, u64)>
 #[allow(clippy::too_many_arguments)]
 fn report(
     plans: &[RepoPlan],
-    outcome: &[(Vec<bool>, Vec<bool>, bool)],
     freed: &[(u64, String, u64)],
     store: &Store,
     cfg: &GcConfig,
@@ -333,16 +341,15 @@ fn report(
     started: Instant,
     held: Held,
 ) -> Value {
-    let counts = |ok: bool| dry_run || ok;
     let mut manifests = Vec::new();
     let mut links = Vec::new();
     let mut repos = Vec::new();
     let mut skipped = 0u64;
     let mut bytes = 0u64;
     let grace = words(cfg.grace);
-    for (p, (m_done, l_done, removed)) in plans.iter().zip(outcome) {
-        for (m, &ok) in p.manifests.iter().zip(m_done) {
-            if counts(ok) {
+    for p in plans {
+        for m in &p.manifests {
+            if m.done {
                 bytes += m.bytes;
                 manifests.push(json!({"repository": p.name, "digest": m.digest,
                     "tags": m.tags, "bytes": m.bytes, "reason": m.reason}));
@@ -350,8 +357,8 @@ fn report(
                 skipped += 1;
             }
         }
-        for (l, &ok) in p.links.iter().zip(l_done) {
-            if counts(ok) {
+        for l in &p.links {
+            if l.done {
                 links.push(
                     json!({"repository": p.name, "digest": l.digest, "bytes": l.bytes,
                     "reason": format!("listed by no manifest of the repository; linked \
@@ -361,7 +368,7 @@ fn report(
                 skipped += 1;
             }
         }
-        if p.remove && counts(*removed) {
+        if p.removed {
             repos.push(p.name.clone());
         }
     }

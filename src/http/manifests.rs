@@ -95,13 +95,7 @@ pub fn delete(app: &App, name: &str, reference: &str) -> Result<Reply> {
     let rules = &app.config.immutable_tags;
     match Reference::parse(reference)? {
         Reference::Digest(d) => {
-            let tags = if rules.is_empty() {
-                Vec::new()
-            } else {
-                app.store.tags_of(name, &d)?
-            };
-            app.store.manifest_delete(name, &d)?;
-            for t in tags {
+            for t in app.store.manifest_delete(name, &d)? {
                 if let Some(rule) = crate::registry::immutable::rule_for(rules, name, &t) {
                     log::warn!("deleted immutable tag {name}:{t} ({rule}) with manifest {d}");
                 }

@@ -12,67 +12,64 @@ use std::io::{self, Read};
 use std::sync::Mutex;
 use tiny_http::Request;
 
-/// Sessions whose running hash is kept; past that, an arbitrary one is forgotten and its
-/// digest is recomputed from storage at the finish.
-const HASHER_CACHE_MAX: usize = 1024;
+/// Sessions an upload map keeps; past that, an arbitrary one is forgotten (a hash is then
+/// recomputed from storage at the finish; an acknowledged offset is no longer compared).
+const SESSIONS_KEPT: usize = 1024;
 
-/// Running sha256 state of upload sessions, keyed by id, valid at a given offset. Only a cache:
-/// after a restart (or an eviction) the finish re-reads the stored chunks instead.
-#[derive(Default)]
-pub struct HasherCache(Mutex<HashMap<String, (u64, Hasher)>>);
+/// Something kept per upload session, in memory only, for at most `SESSIONS_KEPT` sessions.
+pub struct PerSession<V>(Mutex<HashMap<String, V>>);
 
-impl HasherCache {
-    fn take(&self, id: &str, at: u64) -> Option<Hasher> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match map.remove(id) {
-            Some((offset, h)) if offset == at => Some(h),
-            _ => None,
-        }
-    }
-
-    fn put(&self, id: &str, at: u64, h: Hasher) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= HASHER_CACHE_MAX {
-            if let Some(k) = map.keys().next().cloned() {
-                map.remove(&k);
-            }
-        }
-        map.insert(id.to_owned(), (at, h));
-    }
-
-    fn forget(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+impl<V> Default for PerSession<V> {
+    fn default() -> Self {
+        PerSession(Mutex::default())
     }
 }
 
-/// The offset each session was last told it stands at (a 202 to a `PATCH`), bounded like the
-/// hasher cache. A store reopened after an I/O error is back at its last durable commit and
-/// may hold less than that: the finish then answers where the session really stands (416 and
-/// `Range`) instead of discarding an upload that lost bytes through no fault of its client.
-#[derive(Default)]
-pub struct Acknowledged(Mutex<HashMap<String, u64>>);
+impl<V> PerSession<V> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, V>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-impl Acknowledged {
-    fn note(&self, id: &str, at: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= HASHER_CACHE_MAX && !map.contains_key(id) {
+    fn put(&self, id: &str, v: V) {
+        let mut map = self.map();
+        if map.len() >= SESSIONS_KEPT && !map.contains_key(id) {
             if let Some(k) = map.keys().next().cloned() {
                 map.remove(&k);
             }
         }
-        map.insert(id.to_owned(), at);
+        map.insert(id.to_owned(), v);
     }
 
-    fn get(&self, id: &str) -> Option<u64> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .copied()
+    fn take(&self, id: &str) -> Option<V> {
+        self.map().remove(id)
     }
 
     fn forget(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.map().remove(id);
+    }
+}
+
+/// Running hash state of upload sessions, valid at a given offset. Only a cache: after a
+/// restart (or an eviction) the finish re-reads the stored chunks instead.
+pub type HasherCache = PerSession<(u64, Hasher)>;
+
+impl HasherCache {
+    /// The hash of session `id` if it stands at offset `at`.
+    fn take_at(&self, id: &str, at: u64) -> Option<Hasher> {
+        self.take(id)
+            .and_then(|(offset, h)| (offset == at).then_some(h))
+    }
+}
+
+/// The offset each session was last told it stands at (a 202 to a `PATCH`). A store reopened
+/// after an I/O error is back at its last durable commit and may hold less than that: the
+/// finish then answers where the session really stands (416 and `Range`) instead of
+/// discarding an upload that lost bytes through no fault of its client.
+pub type Acknowledged = PerSession<u64>;
+
+impl Acknowledged {
+    fn get(&self, id: &str) -> Option<u64> {
+        self.map().get(id).copied()
     }
 }
 
@@ -195,7 +192,7 @@ pub fn status(app: &App, name: &str, id: &str) -> Result<Reply> {
 pub fn patch(app: &App, req: &mut Request, name: &str, id: &str) -> Result<Reply> {
     check_id(id)?;
     let received = append_body(app, req, name, id)?;
-    app.acknowledged.note(id, received);
+    app.acknowledged.put(id, received);
     Ok(session_reply(app, 202, name, id, received))
 }
 
@@ -278,7 +275,7 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
     let mut at = start;
     let mut hasher = app
         .hashers
-        .take(id, at)
+        .take_at(id, at)
         .or_else(|| (at == 0).then(|| Hasher::new(Algorithm::Sha256)));
     let declared = req.body_length();
     let mut pacer = app.buffers.pacer();
@@ -330,7 +327,7 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
         }
     })();
     if let Some(h) = hasher {
-        app.hashers.put(id, at, h);
+        app.hashers.put(id, (at, h));
     }
     result?;
     if declared.is_some_and(|n| n != at - start) {
@@ -367,7 +364,7 @@ fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
     }
     let cached = app
         .hashers
-        .take(id, up.received)
+        .take_at(id, up.received)
         .filter(|h| h.algorithm() == digest.algorithm());
     let actual = match cached {
         Some(h) => h.finish(),

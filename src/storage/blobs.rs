@@ -631,6 +631,10 @@ impl Store {
         held: &mut super::Held,
     ) -> Result<(u64, bool), StoreError> {
         const BATCH: usize = 64;
+        // Usually there is nothing: find that out without taking the writer.
+        if self.read()?.open_table(DEAD)?.first()?.is_none() {
+            return Ok((0, false));
+        }
         let tx = self.write(false)?;
         let began = std::time::Instant::now();
         let mut rows = 0u64;

@@ -186,8 +186,9 @@ impl Store {
         for row in tx.open_table(UPLOADS)?.iter()? {
             let (_, v) = row?;
             let name = v.value().0;
-            if let Some(r) = snap.repos.iter_mut().find(|r| r.name == name) {
-                r.sessions += 1;
+            // Repositories came in name order.
+            if let Ok(i) = snap.repos.binary_search_by(|r| r.name.as_str().cmp(name)) {
+                snap.repos[i].sessions += 1;
             }
         }
         Ok(snap)
@@ -282,7 +283,9 @@ impl Store {
             return Ok(false);
         }
         let tags = tags_of.remove(digest).unwrap_or_default();
-        self.remove_manifest(tx, repo, digest, Some(&tags))
+        Ok(self
+            .remove_manifest(tx, repo, digest, Some(tags))?
+            .is_some())
     }
 
     fn collect_link(

@@ -147,6 +147,16 @@ fn encode(media_type: &str, subject: Option<&Digest>, body: &[u8]) -> Result<Vec
     Ok(v)
 }
 
+/// What a decoded record lists: (digest, `REF_BLOB` or `REF_CHILD`) of its blobs and, for an
+/// index, its manifests.
+fn listed(media_type: &str, body: &[u8]) -> Result<Vec<(String, u8)>, StoreError> {
+    let m = crate::registry::manifest::Manifest::parse(Some(media_type), body)
+        .map_err(|e| StoreError::Corrupt(format!("{e:?}")))?;
+    let blobs = m.blobs.iter().map(|d| (d.digest.to_string(), REF_BLOB));
+    let children = m.children.iter().map(|d| (d.digest.to_string(), REF_CHILD));
+    Ok(blobs.chain(children).collect())
+}
+
 /// (media type, subject, body) of a stored value.
 fn decode(v: &[u8]) -> Result<(&str, &str, &[u8]), StoreError> {
     let bad = || StoreError::Corrupt("undecodable manifest record".into());
@@ -276,47 +286,42 @@ impl Store {
         })
     }
 
-    /// Deletes manifest `digest` from `repo`, with every tag pointing at it and its referrer entry.
-    pub fn manifest_delete(&self, repo: &str, digest: &Digest) -> Result<(), StoreError> {
+    /// Deletes manifest `digest` from `repo`, with every tag pointing at it and its referrer
+    /// entry; returns the tags it removed.
+    pub fn manifest_delete(&self, repo: &str, digest: &Digest) -> Result<Vec<String>, StoreError> {
         let tx = self.write(true)?;
-        {
+        let tags = {
             let repo = find_repo_w(&tx, repo)?;
-            if !self.remove_manifest(&tx, repo, digest.as_str(), None)? {
-                return Err(StoreError::ManifestUnknown);
-            }
-        }
+            self.remove_manifest(&tx, repo, digest.as_str(), None)?
+                .ok_or(StoreError::ManifestUnknown)?
+        };
         tx.commit()?;
         self.space_freed();
-        Ok(())
+        Ok(tags)
     }
 
     /// Removes manifest `digest` of `repo` within `tx`: its record, every tag pointing at it
     /// (`tags`, when the caller knows them; else found by a walk of the repository's tags),
-    /// its referrer entry, its references and push time. False if there was no such manifest.
+    /// its referrer entry, its references and push time. Returns the tags removed; None if
+    /// there was no such manifest.
     pub(super) fn remove_manifest(
         &self,
         tx: &WriteTransaction,
         repo: Repo,
         digest: &str,
-        tags: Option<&[String]>,
-    ) -> Result<bool, StoreError> {
+        tags: Option<Vec<String>>,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         let key = self.domain_key(repo.domain)?;
         let mut manifests = tx.open_table(MANIFESTS)?;
         let Some(value) = manifests.remove((repo.id, digest))? else {
-            return Ok(false);
+            return Ok(None);
         };
         // A record that no longer opens is still deleted; its referrer entry, which it names,
         // cannot be found and stays, and its references are found the slow way.
         let record = open_manifest(key.as_deref(), repo.id, digest, value.value())
             .and_then(|r| {
                 let (media_type, subject, body) = decode(&r)?;
-                let targets = crate::registry::manifest::Manifest::parse(Some(media_type), body)
-                    .ok()
-                    .map(|m| {
-                        let all = m.blobs.iter().chain(&m.children);
-                        all.map(|d| d.digest.to_string()).collect::<Vec<_>>()
-                    });
-                Ok((subject.to_owned(), targets))
+                Ok((subject.to_owned(), listed(media_type, body).ok()))
             })
             .ok();
         drop(value);
@@ -328,22 +333,30 @@ impl Store {
         }
         let id = repo.id;
         let mut tag_table = tx.open_table(TAGS)?;
-        match tags {
+        let tags = match tags {
             Some(tags) => {
-                for t in tags {
+                for t in &tags {
                     tag_table.remove((id, t.as_str()))?;
                 }
+                tags
             }
-            None => tag_table
-                .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, target| {
-                    target != digest
-                })?,
-        }
+            None => {
+                let mut removed = Vec::new();
+                tag_table.retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |k, target| {
+                    let keep = target != digest;
+                    if !keep {
+                        removed.push(k.1.to_owned());
+                    }
+                    keep
+                })?;
+                removed
+            }
+        };
         drop(tag_table);
         let mut refs = tx.open_table(REFS)?;
         match targets {
             Some(targets) => {
-                for t in &targets {
+                for (t, _) in &targets {
                     refs.remove((id, t.as_str(), digest))?;
                 }
             }
@@ -353,7 +366,7 @@ impl Store {
                 })?,
         }
         tx.open_table(PUSHED)?.remove((id, digest))?;
-        Ok(true)
+        Ok(Some(tags))
     }
 
     /// Removes tag `tag` from `repo`; the manifest stays.
@@ -367,23 +380,6 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
-    }
-
-    /// The tags of `repo` that point at manifest `digest`.
-    pub fn tags_of(&self, repo: &str, digest: &Digest) -> Result<Vec<String>, StoreError> {
-        let tx = self.read()?;
-        let repo = find_repo(&tx, repo)?.id;
-        let mut out = Vec::new();
-        for row in tx
-            .open_table(TAGS)?
-            .range::<(u64, &str)>((repo, "")..(repo + 1, ""))?
-        {
-            let (k, v) = row?;
-            if v.value() == digest.as_str() {
-                out.push(k.value().1.to_owned());
-            }
-        }
-        Ok(out)
     }
 
     /// Tags of `repo` after `last`, sorted, at most `n`; and whether more follow.
@@ -447,20 +443,12 @@ impl Store {
             let key = self.domain_key(*domain)?;
             let parsed = open_manifest(key.as_deref(), repo, digest, v.value()).and_then(|r| {
                 let (media_type, _, body) = decode(&r)?;
-                crate::registry::manifest::Manifest::parse(Some(media_type), body)
-                    .map_err(|e| StoreError::Corrupt(format!("{e:?}")))
+                listed(media_type, body)
             });
-            let targets = match parsed {
-                Ok(m) => {
-                    let blobs = m.blobs.iter().map(|d| (d.digest.to_string(), REF_BLOB));
-                    let children = m.children.iter().map(|d| (d.digest.to_string(), REF_CHILD));
-                    blobs.chain(children).collect()
-                }
-                Err(e) => {
-                    log::warn!("manifest {digest} of {name}: {e}; its references are not known");
-                    Vec::new()
-                }
-            };
+            let targets = parsed.unwrap_or_else(|e| {
+                log::warn!("manifest {digest} of {name}: {e}; its references are not known");
+                Vec::new()
+            });
             rows.push((0, repo, digest.to_owned(), targets));
         }
         {
