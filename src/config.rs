@@ -469,7 +469,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             data_dir: PathBuf::from("outpost-data"),
             workers: 8,
-            cache_size: 4 << 20,
+            cache_size: 2 << 20,
             chunk_size: 256 << 10,
             max_manifest_size: 4 << 20,
             upload_ttl: Duration::from_secs(24 * 3600),

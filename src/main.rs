@@ -8,6 +8,7 @@ mod crypto;
 mod digest;
 mod gc;
 mod http;
+mod memory;
 mod mirror;
 mod net;
 mod registry;
@@ -550,23 +551,8 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     })
 }
 
-/// Caps glibc's malloc arenas at one. By default each worker thread may get its own arena,
-/// and each keeps the chunk-sized buffers it freed: 8 parallel 200 MiB GETs peaked at 34 MiB
-/// with per-thread arenas, 12 MiB with one, at the same throughput (allocations here are few
-/// and large, so one arena's lock is not contended).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
-
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    memory::limit_arenas();
     let journal = systemd::stderr_is_journal();
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));

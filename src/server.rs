@@ -326,8 +326,9 @@ fn background(
     Ok((stop, handle))
 }
 
-/// Makes mounts durable within `FLUSH_EVERY`, and drops abandoned upload sessions: at start,
-/// then every quarter of the TTL (1 s to 1 h), until `stop` is dropped.
+/// Makes mounts durable within `FLUSH_EVERY`, hands freed memory back, and drops abandoned
+/// upload sessions: at start, then every quarter of the TTL (1 s to 1 h), until `stop` is
+/// dropped.
 fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
     const FLUSH_EVERY: Duration = Duration::from_secs(1);
     let ttl = app.config.upload_ttl;
@@ -358,6 +359,7 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
             }
             next_purge = std::time::Instant::now() + every;
         }
+        crate::memory::give_back();
         if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(FLUSH_EVERY) {
             return;
         }
