@@ -10,6 +10,7 @@ mod mirrors;
 mod rekey;
 mod repos;
 mod schema;
+mod scrub;
 mod settings;
 mod uploads;
 mod usage;
@@ -20,6 +21,7 @@ pub use domains::KeyInfo;
 pub use gc::{GcSnapshot, Held, RepoState, Step};
 pub use handle::private_dir;
 pub use manifests::NewManifest;
+pub use scrub::ScrubItem;
 
 use crate::clock::unix_now as now;
 use handle::{Handle, Tx};
@@ -105,6 +107,8 @@ pub enum StoreError {
     Corrupt(String),
     /// Stored data failed to open with its key: altered, moved, or its key erased.
     Integrity(String),
+    /// The blob's stored copy failed a scrub: it is not served until healed or pushed again.
+    Quarantined(String),
     /// A key problem an operator must fix: missing or wrong master key, conflicting key.
     Keys(String),
     /// The repository was created with another key while this request ran; retry.
@@ -137,6 +141,11 @@ impl fmt::Display for StoreError {
             StoreError::Unavailable => f.write_str("store is reopening after an I/O failure"),
             StoreError::Corrupt(m) => write!(f, "store unusable: {m}"),
             StoreError::Integrity(m) => write!(f, "integrity check failed: {m}"),
+            StoreError::Quarantined(d) => write!(
+                f,
+                "blob {d} is quarantined: its stored copy failed verification (outpost scrub \
+                 --status lists it); push it again, or a configured mirror heals it"
+            ),
             StoreError::Keys(m) => f.write_str(m),
             StoreError::DomainChanged(r) => write!(
                 f,
@@ -240,6 +249,8 @@ impl Store {
             tx.open_table(REFS)?;
             tx.open_table(PUSHED)?;
             tx.open_table(DEAD)?;
+            tx.open_table(QUARANTINE)?;
+            tx.open_table(SCRUB)?;
         }
         tx.commit()?;
         store.load_domains(options.settle_master_key)?;
