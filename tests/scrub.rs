@@ -316,6 +316,17 @@ fn the_cli_scrubs_a_stopped_store_with_redbs_own_check() {
     let mut reg = Registry::start(dir.path());
     let layer = bytes(201, 100_000);
     let (ld, _) = push_one(&reg.client(), "fleet/app", &layer, "stable", "");
+    // While the registry runs, the command goes through it (its admin socket).
+    let out = outpost()
+        .args(["scrub", "--json", "--repo", "fleet/app", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("using the registry"), "{}", text(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["objects"], 3, "{r:#}");
+    assert!(r["fileCheck"].as_str().unwrap().starts_with("not run"));
     assert!(reg.terminate().success());
     let out = outpost()
         .args(["scrub", "--json", "--data-dir"])

@@ -353,9 +353,9 @@ pub fn summary(r: &Value) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_full_pass_goes_on_from_its_saved_place() {
-        let dir = std::env::temp_dir().join(format!("outpost-scrub-unit-{}", std::process::id()));
+    /// A store in a fresh directory named `tag`, holding three small blobs.
+    fn three_blobs(tag: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("outpost-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = crate::storage::test_store(&dir);
@@ -367,6 +367,47 @@ mod tests {
                 .upload_finish("r", &id, &d, body.len() as u64)
                 .unwrap();
         }
+        store
+    }
+
+    #[test]
+    fn the_schedule_runs_a_pass_when_one_is_due_and_not_before() {
+        let store = three_blobs("scrub-schedule");
+        let cfg = config::ScrubConfig {
+            rate: 1 << 20,
+            interval: Some(Duration::from_secs(3600)),
+        };
+        let healer = heal::Healer::new(&[]);
+        let stop = AtomicBool::new(false);
+        let wait = scheduled(&store, &cfg, &healer, &stop);
+        let last = load(&store).unwrap().last_full_pass.expect("a pass ran");
+        assert_eq!(last.objects, 3);
+        assert!(wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600));
+        // A pass that began 100 s ago: the next is not due; one that began 4,000 s ago: due.
+        for (ago, objects) in [(100, 99), (4000, 3)] {
+            let state = State {
+                current: None,
+                last_full_pass: Some(Progress {
+                    started: unix_now() - ago,
+                    objects: 99,
+                    ..Progress::default()
+                }),
+            };
+            save(&store, &state).unwrap();
+            scheduled(&store, &cfg, &healer, &stop);
+            let last = load(&store).unwrap().last_full_pass.unwrap();
+            assert_eq!(last.objects, objects, "{ago} s ago");
+        }
+        let off = config::ScrubConfig {
+            interval: None,
+            ..cfg
+        };
+        assert_eq!(scheduled(&store, &off, &healer, &stop), Duration::MAX);
+    }
+
+    #[test]
+    fn a_full_pass_goes_on_from_its_saved_place() {
+        let store = three_blobs("scrub-resume");
         let healer = heal::Healer::new(&[]);
         let opts = Options {
             repo: None,
