@@ -81,7 +81,7 @@ Options for serve (flags override the config file, which overrides the defaults)
 
 COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
 --master-key-file FILE, and (settings, repo create/delete, key list, user, export, import,
-mirror, gc, du) --server URL.
+mirror, gc, du, scrub) --server URL.
 Without --server, these commands go by the store in the data directory, never by whatever
 answers on a port: the registry serving it, through its admin socket (admin.sock in the
 data directory: its user and root may use it, whatever the access rules say), or at the

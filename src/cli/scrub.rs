@@ -113,6 +113,7 @@ fn run(config: &Config, reached: &Reach, repo: Option<&str>) -> Result<Value, St
                 rate: None,
                 fresh: true,
                 healer: &healer,
+                background: false,
             };
             let mut r = crate::scrub::run(store, &opts, &AtomicBool::new(false))
                 .map_err(|e| format!("scrub: {e}"))?;

@@ -293,6 +293,7 @@ pub fn scrub(app: &App, query: &super::routes::Query) -> Result<Reply> {
         rate,
         fresh: true,
         healer: &healer,
+        background: false,
     };
     let mut report = crate::scrub::run(&app.store, &opts, &app.stopping)?;
     report["fileCheck"] = serde_json::json!(

@@ -11,12 +11,16 @@ use crate::digest::{Digest, Hasher};
 use crate::storage::{ScrubItem, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One pass at a time per process (the schedule and an operator's `outpost scrub`).
 static PASS: Mutex<()> = Mutex::new(());
+
+/// Passes asked for that wait for `PASS`: a background pass (which may run for days) stops
+/// at its next step for them, its place saved, and goes on afterwards.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
 
 /// The pass running now, for status: (repository or None, bytes, objects, started).
 static RUNNING: Mutex<Option<Progress>> = Mutex::new(None);
@@ -82,6 +86,8 @@ pub struct Options<'a> {
     pub fresh: bool,
     /// Fetches quarantined blobs again from mirrors.
     pub healer: &'a heal::Healer,
+    /// A background pass: it gives way to a pass asked for.
+    pub background: bool,
 }
 
 /// Keeps reading to a rate: after each step, sleeps until the bytes read so far are due.
@@ -92,27 +98,41 @@ struct Pace {
 }
 
 impl Pace {
-    fn step(&mut self, n: u64, stop: &AtomicBool) -> bool {
+    fn step(&mut self, n: u64, halted: &dyn Fn() -> bool) -> bool {
         self.bytes += n;
         if let Some(rate) = self.rate {
             let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
             let elapsed = self.began.elapsed();
             if due > elapsed {
-                std::thread::sleep(due - elapsed);
+                // In slices: a shutdown or a pass asked for does not wait out a long sleep.
+                let wake = Instant::now() + (due - elapsed);
+                while !halted() && Instant::now() < wake {
+                    let left = wake.saturating_duration_since(Instant::now());
+                    std::thread::sleep(left.min(Duration::from_millis(100)));
+                }
             } else if elapsed - due > Duration::from_secs(1) {
                 // Behind (a slow card, a busy writer): no burst to catch up.
                 self.began = Instant::now();
                 self.bytes = 0;
             }
         }
-        !stop.load(Ordering::Relaxed)
+        !halted()
     }
 }
 
 /// Runs a pass (the whole store, or one repository) and reports what it checked and found.
 /// `stop` ends it early (shutdown); a full pass then goes on from there next time.
 pub fn run(store: &Store, opts: &Options<'_>, stop: &AtomicBool) -> Result<Value, StoreError> {
-    let _one = PASS.lock().unwrap_or_else(|p| p.into_inner());
+    if !opts.background {
+        WAITING.fetch_add(1, Ordering::SeqCst);
+    }
+    let one = PASS.lock();
+    if !opts.background {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+    }
+    let _one = one.unwrap_or_else(|p| p.into_inner());
+    let halted =
+        || stop.load(Ordering::Relaxed) || (opts.background && WAITING.load(Ordering::SeqCst) > 0);
     let clock = Instant::now();
     let mut state = load(store)?;
     let mut p = match (opts.repo, state.current.take()) {
@@ -140,14 +160,14 @@ pub fn run(store: &Store, opts: &Options<'_>, stop: &AtomicBool) -> Result<Value
             break;
         }
         for item in items {
-            if stop.load(Ordering::Relaxed) {
+            if halted() {
                 break 'pass;
             }
             let (manifest, scope, digest, checked) = match &item {
                 ScrubItem::Blob(domain, digest, blob) => {
                     let mut go_on = true;
                     let verdict = verify_blob(store, digest, *blob, &mut |n| {
-                        go_on = pace.step(n, stop);
+                        go_on = pace.step(n, &halted);
                         go_on
                     })?;
                     if !go_on {
@@ -158,7 +178,7 @@ pub fn run(store: &Store, opts: &Options<'_>, stop: &AtomicBool) -> Result<Value
                 ScrubItem::Manifest(repo, digest) => {
                     let verdict = store.scrub_manifest(*repo, digest)?;
                     if let Some((n, _)) = verdict {
-                        pace.step(n, stop);
+                        pace.step(n, &halted);
                     }
                     (true, *repo, digest, verdict)
                 }
@@ -218,7 +238,8 @@ pub fn run(store: &Store, opts: &Options<'_>, stop: &AtomicBool) -> Result<Value
 }
 
 /// Re-hashes blob `digest`, calling `pace` after each step: Some(what is wrong) if it is
-/// damaged, None if it went meanwhile (or `pace` stopped it), Some(None) if it is sound.
+/// damaged, None if it went meanwhile, its key is not loaded or `pace` stopped it, Some(None)
+/// if it is sound.
 fn verify_blob(
     store: &Store,
     digest: &str,
@@ -241,7 +262,8 @@ fn verify_blob(
                 (actual != expected).then(|| format!("its stored bytes hash to {actual}")),
             ))
         }
-        Err(StoreError::BlobUnknown) => Ok(None),
+        // Gone meanwhile, or its key is not loaded (no master key): not checked, not damage.
+        Err(StoreError::BlobUnknown | StoreError::Keys(_)) => Ok(None),
         Err(e @ (StoreError::Integrity(_) | StoreError::Corrupt(_))) => {
             Ok(Some(Some(e.to_string())))
         }
@@ -316,6 +338,7 @@ pub fn scheduled(
                 rate: Some(cfg.rate),
                 fresh: false,
                 healer,
+                background: true,
             };
             match run(store, &opts, stop) {
                 Ok(r) => log::info!("scrub: {}", summary(&r)),
@@ -353,6 +376,10 @@ pub fn summary(r: &Value) -> String {
 mod tests {
     use super::*;
 
+    /// Passes share this process's statics (one at a time, background ones give way): the
+    /// tests run theirs one test at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     /// A store in a fresh directory named `tag`, holding three small blobs.
     fn three_blobs(tag: &str) -> Store {
         let dir = std::env::temp_dir().join(format!("outpost-{tag}-{}", std::process::id()));
@@ -372,6 +399,7 @@ mod tests {
 
     #[test]
     fn the_schedule_runs_a_pass_when_one_is_due_and_not_before() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let store = three_blobs("scrub-schedule");
         let cfg = config::ScrubConfig {
             rate: 1 << 20,
@@ -406,7 +434,54 @@ mod tests {
     }
 
     #[test]
+    fn a_background_pass_gives_way_to_one_asked_for() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let store = three_blobs("scrub-yield");
+        let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let id = store.upload_start("r").unwrap();
+        for (n, piece) in big.chunks(store.chunk_payload()).enumerate() {
+            let at = (n * store.chunk_payload()) as u64;
+            store.upload_append("r", &id, at, piece).unwrap();
+        }
+        let d = Digest::sha256_of(&big);
+        store.upload_finish("r", &id, &d, big.len() as u64).unwrap();
+        let healer = heal::Healer::new(&[]);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // 64 KiB/s: this pass would take over 30 s.
+            let background = s.spawn(|| {
+                let opts = Options {
+                    repo: None,
+                    rate: Some(64 << 10),
+                    fresh: false,
+                    healer: &healer,
+                    background: true,
+                };
+                run(&store, &opts, &stop).unwrap()
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let began = Instant::now();
+            let opts = Options {
+                repo: None,
+                rate: None,
+                fresh: true,
+                healer: &healer,
+                background: false,
+            };
+            let r = run(&store, &opts, &stop).unwrap();
+            assert_eq!(r["completed"], true);
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                began.elapsed()
+            );
+            assert_eq!(background.join().unwrap()["completed"], false);
+        });
+    }
+
+    #[test]
     fn a_full_pass_goes_on_from_its_saved_place() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let store = three_blobs("scrub-resume");
         let healer = heal::Healer::new(&[]);
         let opts = Options {
@@ -414,6 +489,7 @@ mod tests {
             rate: None,
             fresh: false,
             healer: &healer,
+            background: false,
         };
         let r = run(&store, &opts, &AtomicBool::new(false)).unwrap();
         assert_eq!(

@@ -129,8 +129,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Verifies manifest `digest` of repository id `repo` as stored now: None if it is gone,
-    /// else its record's size and the problem found, if any.
+    /// Verifies manifest `digest` of repository id `repo` as stored now: None if it is gone
+    /// (or its key is not loaded), else its record's size and the problem found, if any.
     pub fn scrub_manifest(
         &self,
         repo: u64,
@@ -147,6 +147,8 @@ impl Store {
         let problem = match self.verify_manifest_record(domain, repo, digest, stored) {
             Ok(()) => None,
             Err(e @ (StoreError::Integrity(_) | StoreError::Corrupt(_))) => Some(e.to_string()),
+            // Its key is not loaded (no master key): not checked, not damage.
+            Err(StoreError::Keys(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
         Ok(Some((stored.len() as u64, problem)))
