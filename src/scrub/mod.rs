@@ -315,7 +315,8 @@ pub fn status(store: &Store, cfg: &config::ScrubConfig) -> Result<Value, StoreEr
 }
 
 /// The background scrub: goes on with the full pass under way, or starts one when the last
-/// began `interval` ago; returns how long until the next is due.
+/// began `interval` ago, else tries again to heal what is quarantined; returns how long to
+/// wait before looking again (until the next pass is due, at most an hour).
 pub fn scheduled(
     store: &Store,
     cfg: &config::ScrubConfig,
@@ -345,12 +346,20 @@ pub fn scheduled(
                 Err(e) => log::warn!("scrub pass: {e}"),
             }
         }
-        Ok(_) => {}
+        Ok(_) => {
+            // Between passes: what an upstream could not give earlier is asked for again
+            // (each heal logs itself).
+            healer.heal_all(store, stop);
+        }
         Err(e) => log::warn!("scrub: reading its state: {e}"),
     }
-    let wait = load(store).map(|s| due(&s)).unwrap_or(3600);
-    Duration::from_secs(wait.max(60))
+    let wait = load(store).map(|s| due(&s)).unwrap_or(HEAL_EVERY);
+    Duration::from_secs(wait.clamp(60, HEAL_EVERY))
 }
+
+/// Seconds between the background scrub's looks at its schedule, and so between attempts to
+/// heal what stays quarantined (an upstream that was down may be back).
+const HEAL_EVERY: u64 = 3600;
 
 /// One line on a report, for logs and the CLI.
 pub fn summary(r: &Value) -> String {
@@ -411,6 +420,16 @@ mod tests {
         let last = load(&store).unwrap().last_full_pass.expect("a pass ran");
         assert_eq!(last.objects, 3);
         assert!(wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600));
+        let daily = config::ScrubConfig {
+            interval: Some(Duration::from_secs(86400)),
+            ..cfg.clone()
+        };
+        let wait = scheduled(&store, &daily, &healer, &stop);
+        assert_eq!(
+            wait,
+            Duration::from_secs(HEAL_EVERY),
+            "heals are retried hourly"
+        );
         // A pass that began 100 s ago: the next is not due; one that began 4,000 s ago: due.
         for (ago, objects) in [(100, 99), (4000, 3)] {
             let state = State {
