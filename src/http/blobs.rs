@@ -132,6 +132,61 @@ pub fn get_cached(
         Err(StoreError::BlobUnknown | StoreError::RepoUnknown) => {}
         Err(e) => return Err(e.into()),
     }
+    let what = format!("blob {d}");
+    let unknown = || {
+        ApiError::new(
+            404,
+            Code::BlobUnknown,
+            "not cached, and the upstream does not have it",
+        )
+    };
+    // A HEAD, or a Range, is answered from the upstream at once rather than after fetching
+    // the whole blob (a HEAD only asks; a part is passed on without being stored).
+    let range = header(req, "Range");
+    if *req.method() == tiny_http::Method::Head || range.is_some() {
+        let size = app
+            .cache
+            .blob_size(route, &d)
+            .map_err(|e| super::upstream_failed(&what, &e))?
+            .ok_or_else(unknown)?;
+        let (start, len) = match parse_range(range, size) {
+            Wanted::All if *req.method() == tiny_http::Method::Head => {
+                return Ok(Reply {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: Body::Head(size),
+                }
+                .header("Content-Type", "application/octet-stream")
+                .header("Docker-Content-Digest", d.as_str())
+                .header("Accept-Ranges", "bytes"));
+            }
+            Wanted::All => (0, 0),
+            Wanted::Part { start, len } => (start, len),
+            Wanted::Unsatisfiable => {
+                return Err(ApiError::new(
+                    416,
+                    Code::RangeInvalid,
+                    "requested range lies outside the blob",
+                )
+                .header("Content-Range", format!("bytes */{size}")))
+            }
+        };
+        if len > 0 {
+            let last = start + len - 1;
+            let relay = app
+                .cache
+                .blob_part(route, &d, (start, last))
+                .map_err(|e| super::upstream_failed(&what, &e))?;
+            return Ok(Reply {
+                status: 206,
+                headers: Vec::new(),
+                body: Body::Relay(relay),
+            }
+            .header("Content-Type", "application/octet-stream")
+            .header("Docker-Content-Digest", d.as_str())
+            .header("Content-Range", format!("bytes {start}-{last}/{size}")));
+        }
+    }
     match app.cache.blob(
         &app.store,
         route,
@@ -147,16 +202,8 @@ pub fn get_cached(
         }
         .header("Content-Type", "application/octet-stream")
         .header("Docker-Content-Digest", d.as_str())),
-        Err(e) if e.status == Some(404) => Err(ApiError::new(
-            404,
-            Code::BlobUnknown,
-            format!("not cached, and the upstream does not have it: {e}"),
-        )),
-        Err(e) => Err(ApiError::new(
-            503,
-            Code::Unavailable,
-            format!("not cached, and the upstream failed: {e}"),
-        )),
+        Err(e) if e.status == Some(404) => Err(unknown()),
+        Err(e) => Err(super::upstream_failed(&what, &e)),
     }
 }
 
