@@ -165,17 +165,33 @@ fn plan<'a>(
             .flat_map(|m| m.children.iter().map(String::as_str))
             .collect();
         let up = upstream(&r.name).unwrap_or_default();
+        let mut referrers: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (d, m) in &r.manifests {
+            if let Some(s) = &m.subject {
+                referrers.entry(s.as_str()).or_default().push(d.as_str());
+            }
+        }
         for (digest, m) in &r.manifests {
-            if listed.contains(digest.as_str()) || m.subject.is_some() {
+            if listed.contains(digest.as_str())
+                || m.subject
+                    .as_ref()
+                    .is_some_and(|s| r.manifests.contains_key(s))
+            {
                 continue; // goes with the index listing it; a referrer with its subject
             }
             if cfg.pins(&up, None) || m.tags.iter().any(|t| cfg.pins(&up, Some(t))) {
                 continue;
             }
-            let members: Vec<&str> = std::iter::once(digest.as_str())
+            // Referrers (signatures, SBOMs) go first: a manifest with one cannot be deleted.
+            let own: Vec<&str> = std::iter::once(digest.as_str())
                 .chain(m.children.iter().map(String::as_str))
                 .filter(|d| r.manifests.contains_key(*d))
                 .collect();
+            let mut members: Vec<&str> = own
+                .iter()
+                .flat_map(|d| referrers.get(d).into_iter().flatten().copied())
+                .collect();
+            members.extend(own);
             let last_used = members
                 .iter()
                 .filter_map(|d| last_pull(&r.name, d))
@@ -251,4 +267,128 @@ fn plan<'a>(
         .filter(|(_, s)| !s.manifests.is_empty() || !s.links.is_empty())
         .collect();
     (plan, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ManifestState;
+
+    /// A cache repository `c/NAME` with an index `NAME-i` of two platform manifests (each
+    /// listing a blob of `size`), a signature of the index, pulled (fetched) at `at`.
+    fn image(name: &str, size: u64, at: u64) -> RepoState {
+        let m = |d: &str| format!("{name}-{d}");
+        let mut r = RepoState {
+            name: format!("c/{name}"),
+            id: at,
+            ..RepoState::default()
+        };
+        let state = |children: Vec<String>, subject: Option<String>, tags: &[&str]| ManifestState {
+            pushed: at,
+            bytes: 100,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            subject,
+            children,
+            ..ManifestState::default()
+        };
+        r.manifests
+            .insert(m("i"), state(vec![m("a"), m("b")], None, &["v1"]));
+        r.manifests.insert(m("a"), state(vec![], None, &[]));
+        r.manifests.insert(m("b"), state(vec![], None, &[]));
+        r.manifests
+            .insert(m("sig"), state(vec![], Some(m("i")), &[]));
+        for p in ["a", "b"] {
+            r.links.insert(m(&format!("blob-{p}")), (at, size));
+            r.blob_refs.insert(m(&format!("blob-{p}")), vec![m(p)]);
+        }
+        r
+    }
+
+    fn planned(snap: &GcSnapshot, cfg: &CacheConfig, limit: u64) -> (Vec<String>, Evicted) {
+        let none = |_: &str, _: &str| None;
+        let up = |r: &str| r.strip_prefix("c/").map(str::to_owned);
+        let (plan, out) = plan(snap, "c", cfg, limit, 10_000, &none, &up);
+        let steps = plan
+            .iter()
+            .flat_map(|(r, s)| {
+                let mut v: Vec<String> = s
+                    .manifests
+                    .iter()
+                    .chain(&s.links)
+                    .map(|st| match st {
+                        Step::Manifest { digest, .. } => format!("m {digest}"),
+                        Step::Link { digest, .. } => format!("l {digest}"),
+                        Step::Repo => unreachable!(),
+                    })
+                    .collect();
+                if s.emptied {
+                    v.push(format!("r {}", r.name));
+                }
+                v
+            })
+            .collect();
+        (steps, out)
+    }
+
+    #[test]
+    fn the_oldest_unpinned_image_goes_whole_referrers_first_then_children_and_its_blobs() {
+        let snap = GcSnapshot {
+            repos: vec![
+                image("old", 1000, 1),
+                image("pinned", 1000, 0),
+                image("new", 1000, 2),
+            ],
+            ..GcSnapshot::default()
+        };
+        // 3 x (4 manifests of 100 + 2 blobs of 1000) = 7200 bytes.
+        let cfg = CacheConfig {
+            pinned: vec![crate::mirror::cache_config::Pin {
+                repo: "pinned".into(),
+                tag: Some("v1".into()),
+            }],
+            ..CacheConfig::default()
+        };
+        let (steps, out) = planned(&snap, &cfg, 6000);
+        assert_eq!(
+            steps,
+            [
+                "m old-sig",
+                "m old-i",
+                "m old-a",
+                "m old-b",
+                "l old-blob-a",
+                "l old-blob-b",
+                "r c/old"
+            ]
+        );
+        assert_eq!(out.held_after, 4800);
+        assert_eq!(out.evicted.len(), 1);
+        // Under the limit: nothing. Far over it: everything but the pinned image.
+        assert!(planned(&snap, &cfg, 7200).0.is_empty());
+        let (steps, out) = planned(&snap, &cfg, 100);
+        assert_eq!(out.evicted.len(), 2);
+        assert!(steps.iter().all(|s| !s.contains("pinned")), "{steps:?}");
+        assert_eq!(out.held_after, 2400);
+    }
+
+    #[test]
+    fn a_blob_shared_by_two_cache_repositories_leaves_the_cache_with_its_last_link() {
+        let mut a = image("a", 1000, 1);
+        let mut b = image("b", 1000, 2);
+        // b's first platform lists a's first blob instead of its own.
+        b.links.remove("b-blob-a");
+        b.blob_refs.remove("b-blob-a");
+        b.links.insert("a-blob-a".into(), (2, 1000));
+        b.blob_refs.insert("a-blob-a".into(), vec!["b-a".into()]);
+        a.id = 1;
+        b.id = 2;
+        let snap = GcSnapshot {
+            repos: vec![a, b],
+            ..GcSnapshot::default()
+        };
+        // 2 x 400 of manifests + 3 distinct blobs = 3800; evicting a frees only its second blob.
+        let (_, out) = planned(&snap, &CacheConfig::default(), 3700);
+        assert_eq!(out.evicted.len(), 1);
+        assert_eq!(out.held_after, 3800 - 400 - 1000);
+    }
 }
