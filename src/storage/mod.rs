@@ -17,6 +17,8 @@ mod users;
 
 pub use blobs::{trim_thread_buffers, BlobInfo, ChunkHint, MountFrom, MountRefused};
 pub use domains::KeyInfo;
+#[cfg(test)]
+pub use gc::ManifestState;
 pub use gc::{GcSnapshot, Held, RepoState, Step};
 pub use handle::private_dir;
 pub use manifests::NewManifest;
