@@ -48,6 +48,8 @@ pub struct Config {
     pub gc: crate::gc::config::GcConfig,
     /// `immutableTags`: tags a push may set but never move.
     pub immutable_tags: Vec<crate::registry::immutable::ImmutableRule>,
+    /// `quotas` and `maxStoreSize`: byte budgets.
+    pub quotas: crate::quota::Quotas,
 }
 
 /// A `mirrors` entry, validated.
@@ -484,6 +486,7 @@ impl Default for Config {
             mirrors: Vec::new(),
             gc: crate::gc::config::GcConfig::default(),
             immutable_tags: Vec::new(),
+            quotas: crate::quota::Quotas::default(),
         }
     }
 }
@@ -543,6 +546,10 @@ pub struct Overrides {
     pub lifecycle: Option<Vec<crate::gc::config::PolicySpec>>,
     /// `immutableTags`: rules per repository pattern
     pub immutable_tags: Option<Vec<crate::registry::immutable::ImmutableSpec>>,
+    /// `maxStoreSize`: the whole store's byte budget
+    pub max_store_size: Option<Size>,
+    /// `quotas`: byte budgets per repository pattern
+    pub quotas: Option<Vec<crate::quota::config::QuotaSpec>>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -608,6 +615,11 @@ fn number_and_unit(s: &str) -> Option<(u64, &str)> {
 
 /// Parses `1234`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`: all powers of 1024).
 pub fn parse_size(s: &str) -> Result<usize, String> {
+    usize::try_from(parse_size_u64(s)?).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// `parse_size` for sizes that may exceed the address space (store budgets on 32-bit ARM).
+pub fn parse_size_u64(s: &str) -> Result<u64, String> {
     let (num, unit) = number_and_unit(s)
         .ok_or_else(|| format!("{s:?} is not a size (e.g. 4MiB, 512KiB, 1048576)"))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -622,7 +634,6 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         }
     };
     num.checked_mul(mult)
-        .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
@@ -687,6 +698,8 @@ impl Overrides {
             gc_interval: other.gc_interval.or(self.gc_interval),
             lifecycle: other.lifecycle.or(self.lifecycle),
             immutable_tags: other.immutable_tags.or(self.immutable_tags),
+            max_store_size: other.max_store_size.or(self.max_store_size),
+            quotas: other.quotas.or(self.quotas),
         }
     }
 
@@ -778,6 +791,7 @@ impl Overrides {
                 .enumerate()
                 .map(|(i, r)| r.resolve(i + 1))
                 .collect::<Result<_, _>>()?,
+            quotas: crate::quota::config::resolve(self.max_store_size, self.quotas)?,
         };
         for (i, m) in c.mirrors.iter().enumerate() {
             if c.mirrors[..i].iter().any(|o| o.name == m.name) {

@@ -11,6 +11,7 @@ mod http;
 mod memory;
 mod mirror;
 mod net;
+mod quota;
 mod registry;
 mod server;
 mod settings;
