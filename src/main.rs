@@ -18,6 +18,7 @@ mod settings;
 mod storage;
 mod systemd;
 mod tls;
+mod units;
 
 use config::{parse_size, Overrides, Size, Toggle};
 use crypto::Algorithm;

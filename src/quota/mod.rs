@@ -59,7 +59,7 @@ pub struct Exceeded {
 
 impl fmt::Display for Exceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use crate::mirror::progress::human;
+        use crate::units::human;
         let name = if self.quota == STORE {
             STORE.to_owned()
         } else {
