@@ -132,6 +132,12 @@ fn a_repository_quota_refuses_pushes_before_writing() {
     assert_eq!(quota(&c, "plant-a/*").0, (3 * MIB) as u64);
     // Content a covered repository holds already is free, even over the room left.
     assert_eq!(c.push_blob("plant-a/web", &bytes(1, 3 * MIB)).1.status, 201);
+    // Also streamed by a cold client (no length, no digest until the end): it repeats the
+    // stored blob, writes nothing, and is not refused on the way.
+    assert_eq!(
+        c.push_streamed("plant-a/cold", &bytes(1, 3 * MIB)).status,
+        201
+    );
     assert_eq!(quota(&c, "plant-a/*").0, (3 * MIB) as u64);
     assert_consistent(&c);
 }
@@ -242,6 +248,30 @@ fn store_limit_mounts_deletes_collection_restart_and_a_lowered_quota() {
     let c = reg.client();
     assert_eq!((store(&c).0, quota(&c, "team/*").0), used);
     assert_consistent(&c);
+    // outpost du shows them (through the registry's admin socket).
+    let out = outpost()
+        .args(["du", "--config"])
+        .arg(tmp.path().join("outpost.json"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    let du = text(&out);
+    assert!(out.status.success(), "{du}");
+    assert!(
+        du.contains(&format!(
+            "quota team/*: {} bytes used of 3145728 bytes",
+            used.1
+        )),
+        "{du}"
+    );
+    assert!(
+        du.contains(&format!(
+            "quota maxStoreSize: {} bytes used of 6291456 bytes",
+            used.0
+        )),
+        "{du}"
+    );
 
     // Lowered below what it holds: what is there stays, only growth is refused. (The pass
     // took every unlisted link, `base`'s too.)

@@ -293,6 +293,9 @@ fn receive(
     (start, digest): (u64, Option<&Digest>),
 ) -> Result<u64> {
     let room = |end: u64| -> Result<()> {
+        if app.store.upload_repeats(id) {
+            return Ok(()); // writes nothing; if it adds to a quota, the finish refuses it
+        }
         app.store.quota_room(name, digest, end).map_err(|e| {
             discard(app, name, id);
             e.into()

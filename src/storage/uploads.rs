@@ -124,6 +124,12 @@ impl Store {
         lookup(&self.read()?.open_table(UPLOADS)?, repo, id)
     }
 
+    /// True if upload `id` is repeating a stored blob byte for byte so far (it writes
+    /// nothing; the quotas' early check leaves it to the finish).
+    pub fn upload_repeats(&self, id: &str) -> bool {
+        self.progress().contains_key(id)
+    }
+
     /// The blob upload `id` shadows, if any, with its progress. The in-memory progress map
     /// (loaded from `shadows` at open) says which sessions shadow: an ordinary upload's
     /// chunks pay one map lookup here, not a read transaction.
