@@ -1166,17 +1166,23 @@ mod props {
             "minTransferRate",
             "blobMounting",
             "automaticMount",
+            "maxStoreSize",
             "bogus",
         ]);
         let auth = object(&["tokenTtl", "realm", "service"]);
         let rule = object(&["repositories", "key", "algorithm"]);
+        let quota = object(&["repositories", "maxSize"]);
         (
             top,
             proptest::option::of(auth),
             proptest::collection::vec(rule, 0..3),
             proptest::collection::vec(mirror, 0..3),
+            proptest::collection::vec(quota, 0..3),
         )
-            .prop_map(|(mut top, auth, rules, mirrors)| {
+            .prop_map(|(mut top, auth, rules, mirrors, quotas)| {
+                if !quotas.is_empty() {
+                    top["quotas"] = Value::from(quotas);
+                }
                 if let Some(a) = auth {
                     top["auth"] = a;
                 }
