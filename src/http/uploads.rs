@@ -296,14 +296,12 @@ fn receive(
         if app.store.upload_repeats(id) {
             return Ok(()); // writes nothing; if it adds to a quota, the finish refuses it
         }
-        app.store.quota_room(name, digest, end).map_err(|e| {
-            discard(app, name, id);
-            e.into()
-        })
+        Ok(app.store.quota_room(name, digest, end)?)
     };
     let declared = req.body_length();
-    if let Some(n) = declared {
-        room(start.saturating_add(n))?;
+    if let Some(Err(e)) = declared.map(|n| room(start.saturating_add(n))) {
+        discard(app, name, id);
+        return Err(e);
     }
     let mut at = start;
     let mut hasher = app
@@ -359,8 +357,11 @@ fn receive(
             }
         }
     })();
-    if let Some(h) = hasher {
-        app.hashers.put(id, (at, h));
+    match (&result, hasher) {
+        // Refused by a quota: the session goes (its data would only wait for uploadTtl).
+        (Err(e), _) if e.code == Code::Denied => discard(app, name, id),
+        (_, Some(h)) => app.hashers.put(id, (at, h)),
+        _ => {}
     }
     result?;
     if declared.is_some_and(|n| n != at - start) {
