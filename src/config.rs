@@ -48,6 +48,8 @@ pub struct Config {
     pub gc: crate::gc::config::GcConfig,
     /// `immutableTags`: tags a push may set but never move.
     pub immutable_tags: Vec<crate::registry::immutable::ImmutableRule>,
+    /// `quotas` and `maxStoreSize`: byte budgets.
+    pub quotas: crate::quota::Quotas,
 }
 
 /// A `mirrors` entry, validated.
@@ -492,6 +494,7 @@ impl Default for Config {
             mirrors: Vec::new(),
             gc: crate::gc::config::GcConfig::default(),
             immutable_tags: Vec::new(),
+            quotas: crate::quota::Quotas::default(),
         }
     }
 }
@@ -551,6 +554,10 @@ pub struct Overrides {
     pub lifecycle: Option<Vec<crate::gc::config::PolicySpec>>,
     /// `immutableTags`: rules per repository pattern
     pub immutable_tags: Option<Vec<crate::registry::immutable::ImmutableSpec>>,
+    /// `maxStoreSize`: the whole store's byte budget
+    pub max_store_size: Option<Size>,
+    /// `quotas`: byte budgets per repository pattern
+    pub quotas: Option<Vec<crate::quota::config::QuotaSpec>>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -627,7 +634,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     usize::try_from(parse_size_u64(s)?).map_err(|_| format!("{s:?} is too large"))
 }
 
-/// `parse_size` in u64.
+/// `parse_size` for sizes that may exceed the address space (store budgets on 32-bit ARM).
 pub fn parse_size_u64(s: &str) -> Result<u64, String> {
     let (num, unit) = number_and_unit(s)
         .ok_or_else(|| format!("{s:?} is not a size (e.g. 4MiB, 512KiB, 1048576)"))?;
@@ -707,6 +714,8 @@ impl Overrides {
             gc_interval: other.gc_interval.or(self.gc_interval),
             lifecycle: other.lifecycle.or(self.lifecycle),
             immutable_tags: other.immutable_tags.or(self.immutable_tags),
+            max_store_size: other.max_store_size.or(self.max_store_size),
+            quotas: other.quotas.or(self.quotas),
         }
     }
 
@@ -798,6 +807,7 @@ impl Overrides {
                 .enumerate()
                 .map(|(i, r)| r.resolve(i + 1))
                 .collect::<Result<_, _>>()?,
+            quotas: crate::quota::config::resolve(self.max_store_size, self.quotas)?,
         };
         for (i, m) in c.mirrors.iter().enumerate() {
             if c.mirrors[..i].iter().any(|o| o.name == m.name) {
@@ -1211,17 +1221,23 @@ mod props {
             "minTransferRate",
             "blobMounting",
             "automaticMount",
+            "maxStoreSize",
             "bogus",
         ]);
         let auth = object(&["tokenTtl", "realm", "service"]);
         let rule = object(&["repositories", "key", "algorithm"]);
+        let quota = object(&["repositories", "maxSize"]);
         (
             top,
             proptest::option::of(auth),
             proptest::collection::vec(rule, 0..3),
             proptest::collection::vec(mirror, 0..3),
+            proptest::collection::vec(quota, 0..3),
         )
-            .prop_map(|(mut top, auth, rules, mirrors)| {
+            .prop_map(|(mut top, auth, rules, mirrors, quotas)| {
+                if !quotas.is_empty() {
+                    top["quotas"] = Value::from(quotas);
+                }
                 if let Some(a) = auth {
                     top["auth"] = a;
                 }

@@ -11,12 +11,14 @@ mod http;
 mod memory;
 mod mirror;
 mod net;
+mod quota;
 mod registry;
 mod server;
 mod settings;
 mod storage;
 mod systemd;
 mod tls;
+mod units;
 
 use config::{parse_size, Overrides, Size, Toggle};
 use crypto::Algorithm;

@@ -7,7 +7,7 @@
 //! they never do, the finish links the stored blob and nothing but metadata was written.
 
 use super::blobs::{
-    drop_chunks, fingerprint, link, put_chunk, stored_fingerprint, with_sealed, BlobInfo, FP_LEN,
+    drop_chunks, fingerprint, put_chunk, stored_fingerprint, with_sealed, BlobInfo, FP_LEN,
 };
 use super::repos::ensure_repo;
 use super::schema::{BLOBS, CHUNKS, LINK_PUSHED, PREFIXES, SHADOWS, UPLOADS};
@@ -122,6 +122,12 @@ impl Store {
             });
         }
         lookup(&self.read()?.open_table(UPLOADS)?, repo, id)
+    }
+
+    /// True if upload `id` is repeating a stored blob byte for byte so far (it writes
+    /// nothing; the quotas' early check leaves it to the finish).
+    pub fn upload_repeats(&self, id: &str) -> bool {
+        self.progress().contains_key(id)
     }
 
     /// The blob upload `id` shadows, if any, with its progress. The in-memory progress map
@@ -442,12 +448,14 @@ impl Store {
             let tx = self.write(true)?;
             {
                 session(&tx, repo, id)?;
+                let before = self.quota_before(&tx, repo)?;
                 tx.open_table(UPLOADS)?.remove(id)?;
                 tx.open_table(SHADOWS)?.remove(id)?;
-                let repo = ensure_repo(&tx, repo, domain)?;
+                let named = ensure_repo(&tx, repo, domain)?;
                 // Link first, then drop the shadow's own count: the blob never reaches zero.
-                link(&tx, repo.id, domain, digest, LINK_PUSHED)?;
+                self.link(&tx, (repo, named), digest, LINK_PUSHED)?;
                 self.release(&tx, domain, digest.as_str())?;
+                self.quota_enforce(&tx, &before)?;
             }
             tx.commit()?;
             self.progress().remove(id);
@@ -460,6 +468,7 @@ impl Store {
                 return Err(StoreError::UploadOffset(up.received));
             }
             let domain = up.domain;
+            let before = self.quota_before(&tx, repo)?;
             tx.open_table(UPLOADS)?.remove(id)?;
             let mut blobs = tx.open_table(BLOBS)?;
             let duplicate = blobs.get((domain, digest.as_str()))?.is_some();
@@ -469,6 +478,7 @@ impl Store {
             } else {
                 blobs.insert((domain, digest.as_str()), (up.blob, size, 0))?;
                 drop(blobs);
+                self.quota_blob(&tx, size, true)?;
                 if size >= FP_LEN as u64 {
                     let key = self.domain_key(domain)?;
                     let fp =
@@ -477,8 +487,9 @@ impl Store {
                         .insert((domain, fp, digest.as_str()), ())?;
                 }
             }
-            let repo = ensure_repo(&tx, repo, domain)?;
-            link(&tx, repo.id, domain, digest, LINK_PUSHED)?;
+            let named = ensure_repo(&tx, repo, domain)?;
+            self.link(&tx, (repo, named), digest, LINK_PUSHED)?;
+            self.quota_enforce(&tx, &before)?;
             duplicate
         };
         tx.commit()?;
