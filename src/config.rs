@@ -50,6 +50,8 @@ pub struct Config {
     pub scrub: crate::scrub::config::ScrubConfig,
     /// `immutableTags`: tags a push may set but never move.
     pub immutable_tags: Vec<crate::registry::immutable::ImmutableRule>,
+    /// `quotas` and `maxStoreSize`: byte budgets.
+    pub quotas: crate::quota::Quotas,
 }
 
 /// A `mirrors` entry, validated.
@@ -78,6 +80,8 @@ pub struct MirrorConfig {
     /// `pullThrough`: a local repository prefix; `PREFIX/x` pulls `x` from the upstream on a
     /// miss and caches it.
     pub pull_through: Option<String>,
+    /// `cache`: the pull-through cache's tag TTL, size limit and pins.
+    pub cache: crate::mirror::cache_config::CacheConfig,
 }
 
 impl MirrorConfig {
@@ -124,6 +128,7 @@ pub struct MirrorSpec {
     platforms: Option<Vec<String>>,
     interval: Option<String>,
     pull_through: Option<String>,
+    cache: Option<crate::mirror::cache_config::CacheSpec>,
 }
 
 impl MirrorSpec {
@@ -191,6 +196,10 @@ impl MirrorSpec {
                 ));
             }
         }
+        if self.cache.is_some() && pull_through.is_none() {
+            return Err(format!("{what}: cache settings need pullThrough"));
+        }
+        let cache = self.cache.unwrap_or_default().resolve(&what)?;
         if repositories.is_empty() && pull_through.is_none() {
             return Err(format!(
                 "{what}: give repositories to sync, pullThrough for a cache, or both"
@@ -211,6 +220,7 @@ impl MirrorSpec {
             platforms,
             interval,
             pull_through,
+            cache,
         })
     }
 }
@@ -487,6 +497,7 @@ impl Default for Config {
             gc: crate::gc::config::GcConfig::default(),
             scrub: crate::scrub::config::ScrubConfig::default(),
             immutable_tags: Vec::new(),
+            quotas: crate::quota::Quotas::default(),
         }
     }
 }
@@ -550,6 +561,10 @@ pub struct Overrides {
     pub lifecycle: Option<Vec<crate::gc::config::PolicySpec>>,
     /// `immutableTags`: rules per repository pattern
     pub immutable_tags: Option<Vec<crate::registry::immutable::ImmutableSpec>>,
+    /// `maxStoreSize`: the whole store's byte budget
+    pub max_store_size: Option<Size>,
+    /// `quotas`: byte budgets per repository pattern
+    pub quotas: Option<Vec<crate::quota::config::QuotaSpec>>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -604,6 +619,14 @@ impl Size {
             Size::Text(t) => parse_size(t).map_err(|e| format!("{what}: {e}")),
         }
     }
+
+    /// The size in bytes, as u64: sizes of stored data may pass 4 GiB on 32-bit ARM.
+    pub fn bytes_u64(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(t) => parse_size_u64(t),
+        }
+    }
 }
 
 /// Splits `"64 KiB"` into 64 and `"KiB"`; None if it does not start with a number.
@@ -616,6 +639,11 @@ fn number_and_unit(s: &str) -> Option<(u64, &str)> {
 
 /// Parses `1234`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`: all powers of 1024).
 pub fn parse_size(s: &str) -> Result<usize, String> {
+    usize::try_from(parse_size_u64(s)?).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// `parse_size` for sizes that may exceed the address space (store budgets on 32-bit ARM).
+pub fn parse_size_u64(s: &str) -> Result<u64, String> {
     let (num, unit) = number_and_unit(s)
         .ok_or_else(|| format!("{s:?} is not a size (e.g. 4MiB, 512KiB, 1048576)"))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -630,7 +658,6 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         }
     };
     num.checked_mul(mult)
-        .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
@@ -697,6 +724,8 @@ impl Overrides {
             scrub_interval: other.scrub_interval.or(self.scrub_interval),
             lifecycle: other.lifecycle.or(self.lifecycle),
             immutable_tags: other.immutable_tags.or(self.immutable_tags),
+            max_store_size: other.max_store_size.or(self.max_store_size),
+            quotas: other.quotas.or(self.quotas),
         }
     }
 
@@ -789,6 +818,7 @@ impl Overrides {
                 .enumerate()
                 .map(|(i, r)| r.resolve(i + 1))
                 .collect::<Result<_, _>>()?,
+            quotas: crate::quota::config::resolve(self.max_store_size, self.quotas)?,
         };
         for (i, m) in c.mirrors.iter().enumerate() {
             if c.mirrors[..i].iter().any(|o| o.name == m.name) {
@@ -986,6 +1016,45 @@ mod tests {
             r#"[{"name": "x", "upstream": "https://a", "repositories": ["a"], "interval": "365d"}]"#
         )
         .is_ok());
+        // A pull-through cache's own settings.
+        let c = resolve(
+            r#"[{"name": "hub", "upstream": "https://a", "pullThrough": "hub",
+                 "cache": {"tagTtl": "0s", "maxSize": "8GiB", "pinned": ["library/alpine:3.20", "base"]}}]"#,
+        )
+        .unwrap();
+        let cache = &c.mirrors[0].cache;
+        assert_eq!(cache.tag_ttl, Duration::ZERO);
+        assert_eq!(cache.max_size, Some(8 << 30)); // past 4 GiB, on 32-bit ARM too
+        assert!(cache.pins("library/alpine", Some("3.20")) && !cache.pins("library/alpine", None));
+        assert!(cache.pins("base", None) && cache.pins("base", Some("v1")));
+        let default =
+            resolve(r#"[{"name": "hub", "upstream": "https://a", "pullThrough": "hub"}]"#);
+        assert_eq!(
+            default.unwrap().mirrors[0].cache.tag_ttl,
+            Duration::from_secs(300)
+        );
+        for (cache, want) in [
+            (r#""cache": {"maxSize": 0}"#, "maxSize must be more than 0"),
+            (r#""cache": {"maxSize": "lots"}"#, "cache.maxSize"),
+            (
+                r#""cache": {"tagTtl": "400d"}"#,
+                "tagTtl must be 0s to 365d",
+            ),
+            (r#""cache": {"pinned": ["Alpine"]}"#, "cache.pinned"),
+            (r#""cache": {"pinned": ["alpine:"]}"#, "cache.pinned"),
+            (r#""cache": {"size": 1}"#, "unknown field"),
+        ] {
+            err(
+                &format!(
+                    r#"[{{"name": "x", "upstream": "https://a", "pullThrough": "h", {cache}}}]"#
+                ),
+                want,
+            );
+        }
+        err(
+            r#"[{"name": "x", "upstream": "https://a", "repositories": ["a"], "cache": {}}]"#,
+            "cache settings need pullThrough",
+        );
     }
 
     #[test]
@@ -1163,17 +1232,23 @@ mod props {
             "minTransferRate",
             "blobMounting",
             "automaticMount",
+            "maxStoreSize",
             "bogus",
         ]);
         let auth = object(&["tokenTtl", "realm", "service"]);
         let rule = object(&["repositories", "key", "algorithm"]);
+        let quota = object(&["repositories", "maxSize"]);
         (
             top,
             proptest::option::of(auth),
             proptest::collection::vec(rule, 0..3),
             proptest::collection::vec(mirror, 0..3),
+            proptest::collection::vec(quota, 0..3),
         )
-            .prop_map(|(mut top, auth, rules, mirrors)| {
+            .prop_map(|(mut top, auth, rules, mirrors, quotas)| {
+                if !quotas.is_empty() {
+                    top["quotas"] = Value::from(quotas);
+                }
                 if let Some(a) = auth {
                     top["auth"] = a;
                 }

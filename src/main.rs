@@ -11,6 +11,7 @@ mod http;
 mod memory;
 mod mirror;
 mod net;
+mod quota;
 mod registry;
 mod scrub;
 mod server;
@@ -18,6 +19,7 @@ mod settings;
 mod storage;
 mod systemd;
 mod tls;
+mod units;
 
 use config::{parse_size, Overrides, Size, Toggle};
 use crypto::Algorithm;

@@ -304,6 +304,7 @@ pub fn open_store(config: &Config, path: &std::path::Path, serving: bool) -> Res
         master_key: master,
         encryption: config.encryption.clone(),
         settle_master_key: serving,
+        quotas: config.quotas.clone(),
     };
     Store::open(path, options).map_err(|e| match e {
         StoreError::Keys(m) => m,

@@ -902,6 +902,12 @@ fn a_version_1_store_is_migrated_as_plaintext() {
         c.get("/v2/_catalog").json()["repositories"],
         serde_json::json!(["old/app"])
     );
+    // Version 4: the store-wide quota counter was counted from what was there (the blob and
+    // the manifest record).
+    let record = 1 + 2 + OCI_MANIFEST.len() + 1 + manifest.len();
+    let quotas = c.get("/admin/stats").json()["quotas"].clone();
+    assert_eq!(quotas[0]["quota"], "maxStoreSize", "{quotas}");
+    assert_eq!(quotas[0]["used"], content.len() + record, "{quotas}");
 }
 
 #[test]

@@ -4,16 +4,6 @@
 mod common;
 use common::*;
 
-fn write_bytes(pid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// A registry on a real disk (a tmpfs would count no writes at all) whose `sealed/*`
 /// repositories are encrypted.
 fn start(tmp: &TempDir) -> Registry {

@@ -597,9 +597,15 @@ fn collection_races_pushes_tag_moves_and_deletes_across_kills() {
     let dir = TempDir::new("gc-race");
     let cfg = config(
         dir.path(),
+        // Quotas too large to refuse anything: their counters are kept through every
+        // operation and kill, and the final check recounts them (race/a and race/b share
+        // layers: race/* holds each once).
         json!({"gcGracePeriod": "0s", "gcInterval": "off", "lifecycle": [
             {"repositories": "race/*", "rules": [
-                {"priority": 1, "tagStatus": "untagged", "olderThan": "0s"}]}]}),
+                {"priority": 1, "tagStatus": "untagged", "olderThan": "0s"}]}],
+            "maxStoreSize": "1GiB",
+            "quotas": [{"repositories": "race/*", "maxSize": "1GiB"},
+                       {"repositories": "race/a", "maxSize": "1GiB"}]}),
     );
     let data = dir.path().join("data");
     let layers: Vec<Vec<u8>> = (0..6)

@@ -631,10 +631,10 @@ fn pull_through_cache_fetches_once_streams_and_serves_with_the_upstream_down() {
     let top: serde_json::Value =
         serde_json::from_slice(&std::fs::read(second.join("index.json")).unwrap()).unwrap();
     assert_eq!(top["manifests"][0]["digest"], t1.0.as_str());
-    // Something never cached fails cleanly.
+    // Something never cached fails cleanly, saying why.
     let c = b.client();
     let miss = c.get("/v2/cache/plant/never/manifests/v1");
-    assert_eq!(miss.status, 404);
+    assert_eq!((miss.status, miss.code()), (503, "UNAVAILABLE".to_owned()));
     let status = ok(&["mirror", "status", "--config", cfg.to_str().unwrap()]);
     assert!(status.contains("pull-through cache at cache/"), "{status}");
     assert!(
@@ -845,4 +845,237 @@ fn an_interrupted_import_runs_again_and_skips_what_it_stored() {
     assert_eq!(c.get("/v2/plant/app/manifests/v1").status, 200);
     let check = c.get("/admin/check");
     assert_eq!(check.status, 200, "{:?}", check.json());
+}
+
+/// Pushes to `repo:tag` of the registry `c` talks to an image of one layer of `size` bytes
+/// from `seed`; returns (manifest digest, layer).
+fn upstream_image(c: &Client, repo: &str, tag: &str, seed: u64, size: usize) -> (String, Vec<u8>) {
+    let layer = bytes(seed, size);
+    let config = format!(r#"{{"architecture":"arm64","os":"linux","seed":{seed}}}"#).into_bytes();
+    for b in [&config, &layer] {
+        assert_eq!(c.push_blob(repo, b).1.status, 201);
+    }
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
+        sha256(&config),
+        config.len(),
+        sha256(&layer),
+        layer.len()
+    );
+    let r = c.put_manifest(repo, tag, OCI_MANIFEST, manifest.as_bytes());
+    assert_eq!(r.status, 201, "{r:?}");
+    (sha256(manifest.as_bytes()), layer)
+}
+
+/// Pulls `repo:tag` through `c` as a client would: the manifest, then its blobs.
+fn pull_http(c: &Client, repo: &str, tag: &str) -> String {
+    let m = c.get(&format!("/v2/{repo}/manifests/{tag}"));
+    assert_eq!(m.status, 200, "{repo}:{tag}: {m:?}");
+    let v = m.json();
+    let mut blobs = vec![v["config"]["digest"].as_str().unwrap().to_owned()];
+    blobs.extend(
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned()),
+    );
+    for d in blobs {
+        let b = c.get(&format!("/v2/{repo}/blobs/{d}"));
+        assert_eq!(b.status, 200, "{repo}@{d}");
+        assert_eq!(sha256(&b.body), d);
+    }
+    m.header("Docker-Content-Digest").unwrap().to_owned()
+}
+
+fn catalog(c: &Client) -> Vec<String> {
+    c.get("/v2/_catalog").json()["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits (bounded) until the catalog is `want`: a pulled-through blob is committed, and the
+/// cache then evicts, after its last byte went to the client.
+fn settles(c: &Client, want: &[&str]) {
+    let t = std::time::Instant::now();
+    loop {
+        let got = catalog(c);
+        if got == want {
+            return;
+        }
+        assert!(t.elapsed() < bound(Duration::from_secs(5)), "{got:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bounded_cache_evicts_the_least_recently_pulled_and_never_what_is_pinned() {
+    let tmp = TempDir::new("bounded");
+    let a = Registry::start(&tmp.path().join("a"));
+    let up = a.client();
+    let mut layers = Vec::new();
+    for i in 1..=4 {
+        layers.push(upstream_image(&up, &format!("plant/i{i}"), "v1", 700 + i, 1 << 20).1);
+    }
+    let cfg = mirror_config(
+        &tmp.path().join("b"),
+        serde_json::json!([{"name": "a", "upstream": format!("http://{}", a.addr), "pullThrough": "cache",
+            "cache": {"maxSize": "3MiB", "pinned": ["plant/i1"], "tagTtl": "1h"}}]),
+    );
+    let b = Registry::start_with(
+        &tmp.path().join("b/data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = b.client();
+    // Bytes held once the cache has counted `evicted` evictions (its status is written
+    // after the eviction's deletions).
+    let held = |evicted: u64| {
+        let t = std::time::Instant::now();
+        loop {
+            let s = c.get("/admin/mirrors").json();
+            let cache = &s["mirrors"][0]["cache"];
+            if cache["evictedImages"].as_u64() == Some(evicted) {
+                return cache["held"].as_u64().unwrap();
+            }
+            assert!(t.elapsed() < bound(Duration::from_secs(5)), "{cache}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let fetched = |i: usize| {
+        a.log_text()
+            .matches(&format!(
+                "GET /v2/plant/i{i}/blobs/{} 200",
+                sha256(&layers[i - 1])
+            ))
+            .count()
+    };
+    // i1 (pinned) and i2 fit; i3 takes the cache past 3 MiB: i2, pulled least recently
+    // and not pinned, goes.
+    for i in 1..=3 {
+        pull_http(&c, &format!("cache/plant/i{i}"), "v1");
+        std::thread::sleep(Duration::from_millis(1100)); // pulls are ordered by the second
+    }
+    assert!(held(1) <= 3 << 20);
+    settles(&c, &["cache/plant/i1", "cache/plant/i3"]);
+    // Pulled again, i2 comes back from the upstream, and now i3 is the oldest.
+    pull_http(&c, "cache/plant/i2", "v1");
+    assert_eq!(fetched(2), 2);
+    settles(&c, &["cache/plant/i1", "cache/plant/i2"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    // A later pull of i2 counts: i4 evicts neither it (pulled last) nor i1 (pinned).
+    pull_http(&c, "cache/plant/i2", "v1");
+    std::thread::sleep(Duration::from_millis(1100));
+    pull_http(&c, "cache/plant/i4", "v1");
+    settles(&c, &["cache/plant/i1", "cache/plant/i4"]);
+    assert!(held(3) <= 3 << 20);
+    // The pinned image was fetched once and never evicted; the store is consistent.
+    assert_eq!(fetched(1), 1);
+    pull_http(&c, "cache/plant/i1", "v1");
+    assert_eq!(fetched(1), 1);
+    let check = c.get("/admin/check");
+    assert_eq!(check.status, 200, "{check:?}");
+    assert!(b.log_text().contains("evicted cache/plant/i2@"));
+    let status = ok(&["mirror", "status", "--config", cfg.to_str().unwrap()]);
+    assert!(status.contains("image(s) evicted"), "{status}");
+}
+
+#[test]
+fn a_cache_takes_no_pushes_rechecks_tags_per_ttl_answers_heads_at_once_and_names_a_dead_upstream() {
+    let tmp = TempDir::new("cachebehaviour");
+    let mut a = Registry::start(&tmp.path().join("a"));
+    let up = a.client();
+    let (x, _) = upstream_image(&up, "plant/t", "v1", 800, 10_000);
+    let cfg = mirror_config(
+        &tmp.path().join("b"),
+        serde_json::json!([{"name": "a", "upstream": format!("http://{}", a.addr), "pullThrough": "cache",
+            "cache": {"tagTtl": "2s"}}]),
+    );
+    let b = Registry::start_with(
+        &tmp.path().join("b/data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = b.client();
+    let asked = || {
+        a.log_text()
+            .matches("GET /v2/plant/t/manifests/v1 ")
+            .count()
+    };
+
+    // Within tagTtl a tag is served from the cache without asking the upstream.
+    let digest = |r: Resp| r.header("Docker-Content-Digest").unwrap().to_owned();
+    assert_eq!(digest(c.get("/v2/cache/plant/t/manifests/v1")), x);
+    assert_eq!(asked(), 1);
+    let (y, layer_y) = upstream_image(&up, "plant/t", "v1", 801, 10_000);
+    assert_eq!(digest(c.get("/v2/cache/plant/t/manifests/v1")), x);
+    assert_eq!(asked(), 1);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(digest(c.get("/v2/cache/plant/t/manifests/v1")), y);
+    assert_eq!(asked(), 2);
+
+    // Pushes into the cache are refused, and skopeo says why.
+    let r = c.req("POST", "/v2/cache/plant/t/blobs/uploads/", &[], Body::None);
+    assert_eq!(
+        (r.status, r.code()),
+        (405, "UNSUPPORTED".to_owned()),
+        "{r:?}"
+    );
+    let r = c.put_manifest("cache/plant/t", "v2", OCI_MANIFEST, b"{}");
+    assert_eq!(
+        (r.status, r.code()),
+        (405, "UNSUPPORTED".to_owned()),
+        "{r:?}"
+    );
+    let one = new_layout(tmp.path(), "one");
+    let t1 = image(&one, "arm64", &[bytes(802, 5_000)]);
+    layout(&one, OCI_MANIFEST, &t1, "v1");
+    let o = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", one.display()))
+        .arg(format!("docker://{}/cache/plant/mine:v1", b.addr))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("takes no pushes"), "{}", text(&o));
+
+    // A HEAD of a blob the cache lacks asks the upstream and fetches nothing; a Range is
+    // passed on from the upstream.
+    let ly = sha256(&layer_y);
+    let h = c.head(&format!("/v2/cache/plant/t/blobs/{ly}"));
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("Content-Length"), Some("10000"));
+    assert_eq!(h.header("Docker-Content-Digest"), Some(ly.as_str()));
+    let part = c.get_range(&format!("/v2/cache/plant/t/blobs/{ly}"), "100-199");
+    assert_eq!(part.status, 206, "{}", b.log_text());
+    assert_eq!(part.body, &layer_y[100..200]);
+    assert_eq!(part.header("Content-Range"), Some("bytes 100-199/10000"));
+    let upstream = a.log_text();
+    assert_eq!(
+        upstream
+            .matches(&format!("GET /v2/plant/t/blobs/{ly} 200"))
+            .count(),
+        0
+    );
+    assert_eq!(
+        upstream
+            .matches(&format!("GET /v2/plant/t/blobs/{ly} 206"))
+            .count(),
+        1
+    );
+    assert!(c.get("/v2/_catalog").json()["repositories"] == serde_json::json!(["cache/plant/t"]));
+
+    // With the upstream down, what is cached is served, and a miss says the upstream is
+    // unreachable rather than that the image does not exist.
+    a.kill();
+    assert_eq!(digest(c.get("/v2/cache/plant/t/manifests/v1")), y);
+    let miss = c.get("/v2/cache/plant/never/manifests/v1");
+    assert_eq!((miss.status, miss.code()), (503, "UNAVAILABLE".to_owned()));
+    assert!(
+        String::from_utf8_lossy(&miss.body).contains("unreachable"),
+        "{miss:?}"
+    );
+    let miss = c.get(&format!("/v2/cache/plant/t/blobs/{}", sha256(b"never")));
+    assert_eq!((miss.status, miss.code()), (503, "UNAVAILABLE".to_owned()));
 }

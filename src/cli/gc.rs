@@ -125,6 +125,17 @@ pub fn du(config: &Config, server: Option<&str>, json: bool) -> Result<(), Strin
         s["liveBytes"],
         s["overheadBytes"]
     );
+    for q in usage["quotas"].as_array().cloned().unwrap_or_default() {
+        let limit = match q["limit"].as_u64() {
+            Some(n) => format!("{n} bytes"),
+            None => "no limit".into(),
+        };
+        println!(
+            "quota {}: {} bytes used of {limit}",
+            text(&q["quota"]),
+            q["used"]
+        );
+    }
     Ok(())
 }
 

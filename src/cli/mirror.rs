@@ -387,6 +387,14 @@ pub fn status(config: &Config, server: Option<&str>) -> Result<(), String> {
                     .map(|r| format!("; last failure: {r}"))
                     .unwrap_or_default()
             );
+            if let (Some(held), Some(max)) = (c["held"].as_u64(), c["maxSize"].as_u64()) {
+                println!(
+                    "  cache holds {} of its maxSize {}; {} image(s) evicted",
+                    human(held),
+                    human(max),
+                    c["evictedImages"]
+                );
+            }
         }
     }
     Ok(())

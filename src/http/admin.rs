@@ -48,6 +48,7 @@ pub fn stats(app: &App) -> Result<Reply> {
         "uploads": t.uploads,
         "fileBytes": t.file_bytes,
     });
+    out["quotas"] = app.store.quota_usage()?;
     out["settings"] = app.settings.to_json();
     Ok(json(&out))
 }

@@ -66,6 +66,27 @@ fn parse_range(value: Option<&str>, size: u64) -> Wanted {
     }
 }
 
+/// An answer carrying (part of) blob `digest`, or its head.
+fn blob_reply(status: u16, body: Body, digest: &Digest) -> Reply {
+    Reply {
+        status,
+        headers: Vec::new(),
+        body,
+    }
+    .header("Content-Type", "application/octet-stream")
+    .header("Docker-Content-Digest", digest.as_str())
+}
+
+/// A well-formed range outside a blob of `size` bytes.
+fn unsatisfiable(size: u64) -> ApiError {
+    ApiError::new(
+        416,
+        Code::RangeInvalid,
+        "requested range lies outside the blob",
+    )
+    .header("Content-Range", format!("bytes */{size}"))
+}
+
 /// `GET`/`HEAD` a blob linked into `name`.
 pub fn get(app: &App, req: &Request, name: &str, digest: &str) -> Result<Reply> {
     let digest = Digest::parse(digest)?;
@@ -73,15 +94,9 @@ pub fn get(app: &App, req: &Request, name: &str, digest: &str) -> Result<Reply> 
     let grace = app.config.gc.grace.as_secs();
     let blob = app.store.linked_blob_renewed(name, &digest, grace)?;
     let base = |status: u16| {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: Body::Empty,
-        }
-        .header("Content-Type", "application/octet-stream")
-        .header("Docker-Content-Digest", digest.as_str())
-        .header("ETag", format!("\"{digest}\""))
-        .header("Accept-Ranges", "bytes")
+        blob_reply(status, Body::Empty, &digest)
+            .header("ETag", format!("\"{digest}\""))
+            .header("Accept-Ranges", "bytes")
     };
     match parse_range(header(req, "Range"), blob.size) {
         Wanted::All => {
@@ -101,12 +116,7 @@ pub fn get(app: &App, req: &Request, name: &str, digest: &str) -> Result<Reply> 
             r.body = Body::Blob { blob, start, len };
             Ok(r)
         }
-        Wanted::Unsatisfiable => Err(ApiError::new(
-            416,
-            Code::RangeInvalid,
-            "requested range lies outside the blob",
-        )
-        .header("Content-Range", format!("bytes */{}", blob.size))),
+        Wanted::Unsatisfiable => Err(unsatisfiable(blob.size)),
     }
 }
 
@@ -132,6 +142,41 @@ pub fn get_cached(
         Err(StoreError::BlobUnknown | StoreError::RepoUnknown) => {}
         Err(e) => return Err(e.into()),
     }
+    let what = format!("blob {d}");
+    let unknown = || {
+        ApiError::new(
+            404,
+            Code::BlobUnknown,
+            "not cached, and the upstream does not have it",
+        )
+    };
+    // A HEAD, or a Range, is answered from the upstream at once rather than after fetching
+    // the whole blob (a HEAD only asks; a part is passed on without being stored).
+    let range = header(req, "Range");
+    if *req.method() == tiny_http::Method::Head || range.is_some() {
+        let size = app
+            .cache
+            .blob_size(route, &d)
+            .map_err(|e| super::upstream_failed(&what, &e))?
+            .ok_or_else(unknown)?;
+        let (start, len) = match parse_range(range, size) {
+            Wanted::All if *req.method() == tiny_http::Method::Head => {
+                return Ok(blob_reply(200, Body::Head(size), &d).header("Accept-Ranges", "bytes"));
+            }
+            Wanted::All => (0, 0),
+            Wanted::Part { start, len } => (start, len),
+            Wanted::Unsatisfiable => return Err(unsatisfiable(size)),
+        };
+        if len > 0 {
+            let last = start + len - 1;
+            let relay = app
+                .cache
+                .blob_part(route, &d, (start, last))
+                .map_err(|e| super::upstream_failed(&what, &e))?;
+            return Ok(blob_reply(206, Body::Relay(relay), &d)
+                .header("Content-Range", format!("bytes {start}-{last}/{size}")));
+        }
+    }
     match app.cache.blob(
         &app.store,
         route,
@@ -140,23 +185,9 @@ pub fn get_cached(
         app.config.connections.phases.window,
     ) {
         Ok(None) => get(app, req, name, digest),
-        Ok(Some(relay)) => Ok(Reply {
-            status: 200,
-            headers: Vec::new(),
-            body: Body::Relay(relay),
-        }
-        .header("Content-Type", "application/octet-stream")
-        .header("Docker-Content-Digest", d.as_str())),
-        Err(e) if e.status == Some(404) => Err(ApiError::new(
-            404,
-            Code::BlobUnknown,
-            format!("not cached, and the upstream does not have it: {e}"),
-        )),
-        Err(e) => Err(ApiError::new(
-            503,
-            Code::Unavailable,
-            format!("not cached, and the upstream failed: {e}"),
-        )),
+        Ok(Some(relay)) => Ok(blob_reply(200, Body::Relay(relay), &d)),
+        Err(e) if e.status == Some(404) => Err(unknown()),
+        Err(e) => Err(super::upstream_failed(&what, &e)),
     }
 }
 

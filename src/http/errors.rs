@@ -141,6 +141,13 @@ impl From<StoreError> for ApiError {
             StoreError::ManifestRefMismatch(m) | StoreError::ManifestInvalid(m) => {
                 ApiError::new(400, Code::ManifestInvalid, m)
             }
+            StoreError::Quota(q) => {
+                // 403 DENIED: Harbor's answer for a quota; the message names the quota.
+                log::warn!("push refused: {q}");
+                ApiError::new(403, Code::Denied, q.to_string()).detail(serde_json::json!({
+                    "quota": q.quota, "limit": q.limit, "used": q.used, "needs": q.needs,
+                }))
+            }
             e @ StoreError::TagImmutable { .. } => {
                 // As Amazon ECR answers docker for an immutable tag.
                 ApiError::new(400, Code::TagInvalid, e.to_string())

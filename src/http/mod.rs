@@ -102,6 +102,9 @@ enum Body {
     },
     /// A blob coming from a pull-through cache's upstream: stored and sent as it arrives.
     Relay(crate::mirror::cache::Relay),
+    /// Only the head of a body of this many bytes: a `HEAD` answered without the body at
+    /// hand (a blob the cache asked its upstream about).
+    Head(u64),
 }
 
 impl From<ApiError> for Reply {
@@ -198,9 +201,19 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
         (Route::Tags(name), Get) => tags::list(app, &name, &query),
         (Route::Manifest(name, r), Get | Head) => {
             if let Some(route) = app.cache.route(&name) {
-                app.cache.manifest(&app.store, &route, &name, &r);
+                if let Err(e) = app.cache.manifest(&app.store, &route, &name, &r) {
+                    return Err(upstream_failed(&format!("manifest {r}"), &e));
+                }
             }
             manifests::get(app, &name, &r)
+        }
+        (Route::Manifest(name, _), Put)
+        | (Route::Uploads(name), Post)
+        | (Route::Upload(name, _), Patch | Put)
+            if app.cache.route(&name).is_some() =>
+        {
+            let why = app.cache.refuses_pushes(&name).unwrap_or_default();
+            Err(ApiError::new(405, Code::Unsupported, why))
         }
         (Route::Manifest(name, r), Put) => manifests::put(app, req, &name, &r, &query),
         (Route::Manifest(name, r), Delete) => manifests::delete(app, &name, &r),
@@ -240,6 +253,22 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
             format!("method {m} not allowed here"),
         )),
     }
+}
+
+/// The answer for `what` of a pull-through cache that the store lacks and the upstream did
+/// not give: unreachable (no answer) or failing (an error other than 404).
+fn upstream_failed(what: &str, e: &crate::mirror::MirrorError) -> ApiError {
+    let how = if e.status.is_none() {
+        "unreachable"
+    } else {
+        "failing"
+    };
+    ApiError::new(
+        503,
+        Code::Unavailable,
+        format!("{what} is not cached, and the upstream is {how}: {e}"),
+    )
+    .header("Retry-After", "30".to_owned())
 }
 
 /// Value of request header `name`, if present.
@@ -336,6 +365,7 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
             }
         }
         Body::Relay(relay) => stream::relay(app, req, status, &headers, relay),
+        Body::Head(len) => stream::head(req, status, &headers, len),
         Body::Empty => send_bytes(req, status, headers, Vec::new()),
         Body::Bytes(data) => send_bytes(req, status, headers, data),
     }

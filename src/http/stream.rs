@@ -71,6 +71,21 @@ fn read_step(
     Ok(())
 }
 
+/// Sends only a response head announcing `len` bytes (for a `HEAD`).
+pub(super) fn head(
+    mut req: Request,
+    status: u16,
+    headers: &[(&'static str, String)],
+    len: u64,
+) -> u16 {
+    let head = response_head(status, len, headers, req.closes_connection());
+    let mut w = req.into_writer();
+    if let Err(e) = w.write_all(head.as_bytes()).and_then(|()| w.flush()) {
+        log::debug!("response not delivered: {e}");
+    }
+    status
+}
+
 /// Streams a blob straight onto the connection: header, then one store read and one socket
 /// write per step (tiny_http's own body copy goes 8 KiB at a time). The first step is read
 /// before the header is written, so a store failure there is still answered properly (`Err`);
@@ -379,7 +394,7 @@ pub(super) fn relay(
         }
     };
     let digest = relay.digest.clone();
-    let outcome = result.and_then(|()| relay.finish(&app.store, at, hasher));
+    let outcome = result.and_then(|()| relay.finish(&app.cache, &app.store, at, hasher));
     match outcome {
         Ok(()) => {
             if let Some(out) = &mut w {

@@ -121,6 +121,10 @@ pub fn start(
         }
     }
     let digest = query.get("digest").map(Digest::parse).transpose()?;
+    if let (Some(d), Some(n)) = (&digest, req.body_length()) {
+        // A monolithic push over a quota is refused before even a session is written.
+        app.store.quota_room(name, Some(d), n)?;
+    }
     // Only a session without `digest` is announced to the client (202), who may resume it.
     let id = match digest {
         None => app.store.upload_start(name)?,
@@ -129,7 +133,8 @@ pub fn start(
     let Some(digest) = digest else {
         return Ok(session_reply(app, 202, name, &id, 0));
     };
-    let result = receive(app, req, name, &id, 0).and_then(|_| finish(app, name, &id, &digest));
+    let result = receive(app, req, name, &id, (0, Some(&digest)))
+        .and_then(|_| finish(app, name, &id, &digest));
     if result.is_err() {
         discard(app, name, &id);
     }
@@ -191,7 +196,7 @@ pub fn status(app: &App, name: &str, id: &str) -> Result<Reply> {
 /// `PATCH` an upload: one chunk (with `Content-Range`) or a stream (without).
 pub fn patch(app: &App, req: &mut Request, name: &str, id: &str) -> Result<Reply> {
     check_id(id)?;
-    let received = append_body(app, req, name, id)?;
+    let received = append_body(app, req, name, id, None)?;
     app.acknowledged.put(id, received);
     Ok(session_reply(app, 202, name, id, received))
 }
@@ -214,7 +219,7 @@ pub fn put(
     })?;
     let digest = Digest::parse(digest)?;
     if has_body(req) {
-        append_body(app, req, name, id)?;
+        append_body(app, req, name, id, Some(&digest))?;
     }
     finish(app, name, id, &digest)
 }
@@ -236,9 +241,15 @@ fn discard(app: &App, name: &str, id: &str) {
     }
 }
 
-/// Appends the request body at the session's offset, checking `Content-Range` if sent.
-/// Returns the new offset.
-fn append_body(app: &App, req: &mut Request, name: &str, id: &str) -> Result<u64> {
+/// Appends the request body at the session's offset, checking `Content-Range` if sent;
+/// `digest` is the blob's when the request names it. Returns the new offset.
+fn append_body(
+    app: &App,
+    req: &mut Request,
+    name: &str,
+    id: &str,
+    digest: Option<&Digest>,
+) -> Result<u64> {
     let up = app.store.upload(name, id)?;
     let out_of_order = |received: u64| -> ApiError {
         ApiError::from(StoreError::UploadOffset(received)).header("Location", location(name, id))
@@ -263,21 +274,40 @@ fn append_body(app: &App, req: &mut Request, name: &str, id: &str) -> Result<u64
         }
     }
     // Another writer moved the session on: the store's error already says where to.
-    receive(app, req, name, id, up.received).map_err(|e| match e.status {
+    receive(app, req, name, id, (up.received, digest)).map_err(|e| match e.status {
         416 => e.header("Location", location(name, id)),
         _ => e,
     })
 }
 
-/// Streams the body into the session from offset `at`, one chunk per transaction, hashing as
-/// it goes. What arrived before an interruption stays committed, so the client can resume.
-fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Result<u64> {
+/// Streams the body into the session from offset `start`, one chunk per transaction, hashing
+/// as it goes. What arrived before an interruption stays committed, so the client can resume.
+/// A body that would take a quota past its limit (`digest`: the blob's, if known) is refused
+/// before it is read when its length is declared, else at the first chunk that would, and
+/// the session is discarded.
+fn receive(
+    app: &App,
+    req: &mut Request,
+    name: &str,
+    id: &str,
+    (start, digest): (u64, Option<&Digest>),
+) -> Result<u64> {
+    let room = |end: u64| -> Result<()> {
+        if app.store.upload_repeats(id) {
+            return Ok(()); // writes nothing; if it adds to a quota, the finish refuses it
+        }
+        Ok(app.store.quota_room(name, digest, end)?)
+    };
+    let declared = req.body_length();
+    if let Some(Err(e)) = declared.map(|n| room(start.saturating_add(n))) {
+        discard(app, name, id);
+        return Err(e);
+    }
     let mut at = start;
     let mut hasher = app
         .hashers
         .take_at(id, at)
         .or_else(|| (at == 0).then(|| Hasher::new(Algorithm::Sha256)));
-    let declared = req.body_length();
     let mut pacer = app.buffers.pacer();
     let result = (|| -> Result<()> {
         let reader = req.as_reader();
@@ -290,6 +320,7 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
             let (n, eof, err) = fill(reader, buf);
             let took = t.elapsed();
             if n > 0 {
+                room(at + n as u64)?;
                 let turn = app.buffers.turn(super::buffers::Way::Write);
                 let appended = app.store.upload_append(name, id, at, &buf[..n]);
                 drop(turn);
@@ -326,8 +357,11 @@ fn receive(app: &App, req: &mut Request, name: &str, id: &str, start: u64) -> Re
             }
         }
     })();
-    if let Some(h) = hasher {
-        app.hashers.put(id, (at, h));
+    match (&result, hasher) {
+        // Refused by a quota: the session goes (its data would only wait for uploadTtl).
+        (Err(e), _) if e.code == Code::Denied => discard(app, name, id),
+        (_, Some(h)) => app.hashers.put(id, (at, h)),
+        _ => {}
     }
     result?;
     if declared.is_some_and(|n| n != at - start) {
@@ -378,7 +412,11 @@ fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
             format!("uploaded content has digest {actual}, not {digest}: upload discarded"),
         ));
     }
-    if app.store.upload_finish(name, id, digest, up.received)? {
+    let finished = app.store.upload_finish(name, id, digest, up.received);
+    if let Err(StoreError::Quota(_)) = &finished {
+        discard(app, name, id);
+    }
+    if finished? {
         app.stats.deduplicated(up.received);
         log::info!(
             "{digest} ({} bytes) was stored already: linked into {name}, upload dropped",

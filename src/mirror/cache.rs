@@ -3,6 +3,7 @@
 //! blob fetch it once (the others wait, then read the store); when the upstream is down,
 //! what is cached keeps serving.
 
+use super::cache_config::CacheConfig;
 use super::local::LocalSink;
 use super::remote::Remote;
 use super::{MirrorError, Sink, Source};
@@ -27,9 +28,39 @@ struct Cache {
     name: String,
     prefix: String,
     remote: Remote,
+    config: CacheConfig,
     /// After the upstream failed, tags are served from the cache without asking it until
     /// then: a dead upstream must not cost every pull a connect timeout.
     quiet_until: Mutex<Option<Instant>>,
+    /// Tags looked up upstream lately ("repo:tag" -> when), for `tagTtl`.
+    checked: Mutex<HashMap<String, Instant>>,
+    /// Manifests pulled lately ("repo@reference" -> unix seconds): the eviction order.
+    pulled: Mutex<HashMap<String, u64>>,
+    /// Bytes the cache held when last counted, plus what it stored since; None: not counted.
+    held: Mutex<Option<u64>>,
+    /// Taken by the eviction running (one at a time).
+    evicting: Mutex<()>,
+}
+
+/// Entries the `checked` and `pulled` maps keep at most: a flood of distinct references must
+/// not grow them without bound (past it, the oldest half goes; an image whose pull is
+/// forgotten is ordered by when it was fetched).
+const REMEMBERED: usize = 65_536;
+
+/// Locks `m`, whatever a panicking holder left (these maps are hints).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Drops the older half of `map` once it holds `REMEMBERED` entries.
+fn bound<V: Copy + Ord>(map: &mut HashMap<String, V>) {
+    if map.len() < REMEMBERED {
+        return;
+    }
+    let mut ages: Vec<V> = map.values().copied().collect();
+    let (_, median, _) = ages.select_nth_unstable(REMEMBERED / 2);
+    let median = *median;
+    map.retain(|_, v| *v > median);
 }
 
 /// How long a failed upstream is not asked about tags.
@@ -37,14 +68,39 @@ const QUIET: Duration = Duration::from_secs(30);
 
 impl Cache {
     fn quiet(&self) -> bool {
-        self.quiet_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| Instant::now() < t)
+        lock(&self.quiet_until).is_some_and(|t| Instant::now() < t)
     }
 
     fn failed(&self) {
-        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + QUIET);
+        *lock(&self.quiet_until) = Some(Instant::now() + QUIET);
+    }
+
+    /// Whether tag `key` ("repo:tag") was looked up upstream within `tagTtl`.
+    fn fresh(&self, key: &str) -> bool {
+        lock(&self.checked)
+            .get(key)
+            .is_some_and(|t| t.elapsed() < self.config.tag_ttl)
+    }
+
+    fn looked_up(&self, key: String) {
+        let mut m = lock(&self.checked);
+        bound(&mut m);
+        m.insert(key, Instant::now());
+    }
+
+    /// Records a pull of manifest `reference` (tag or digest) of `repo`.
+    fn note_pull(&self, repo: &str, reference: &str) {
+        if self.config.max_size.is_none() {
+            return; // nothing is evicted: the order is of no use
+        }
+        let mut m = lock(&self.pulled);
+        bound(&mut m);
+        m.insert(format!("{repo}@{reference}"), crate::clock::unix_now());
+    }
+
+    /// The upstream repository of local repository `repo` of this cache.
+    fn upstream_of<'r>(&self, repo: &'r str) -> Option<&'r str> {
+        repo.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
     }
 }
 
@@ -85,15 +141,15 @@ pub struct Relay {
     pub body: Box<dyn Read + Send>,
     /// Bytes it has.
     pub size: u64,
-    /// Upload session in the store.
-    pub upload: String,
+    /// Upload session in the store; None: a part passed on without storing it.
+    pub upload: Option<String>,
     /// Local repository.
     pub repo: String,
     /// Its digest.
     pub digest: Digest,
     /// Which cache, for status.
     pub cache: String,
-    _flight: FlightGuard,
+    _flight: Option<FlightGuard>,
 }
 
 impl PullThrough {
@@ -112,7 +168,12 @@ impl PullThrough {
                     name: m.name.clone(),
                     prefix: prefix.clone(),
                     remote,
+                    config: m.cache.clone(),
                     quiet_until: Mutex::default(),
+                    checked: Mutex::default(),
+                    pulled: Mutex::default(),
+                    held: Mutex::default(),
+                    evicting: Mutex::default(),
                 }),
                 Err(e) => log::error!("mirror {}: pull-through cache off: {e}", m.name),
             }
@@ -126,61 +187,186 @@ impl PullThrough {
     /// The cache serving `repo`, if any.
     pub fn route(&self, repo: &str) -> Option<Route<'_>> {
         self.caches.iter().find_map(|c| {
-            let rest = repo.strip_prefix(&c.prefix)?.strip_prefix('/')?;
             Some(Route {
                 cache: c,
-                upstream_repo: rest.to_owned(),
+                upstream_repo: c.upstream_of(repo)?.to_owned(),
             })
         })
     }
 
-    /// Refreshes manifest `reference` of `repo` from the upstream: a tag is looked up each
-    /// time (falling back to the cached one if the upstream fails), a digest only on a miss.
-    /// Stores what it fetched; the caller then serves from the store.
-    pub fn manifest(&self, store: &Store, route: &Route<'_>, repo: &str, reference: &str) {
+    /// Why `repo` takes no pushes, if it is a cache's: its content is the upstream's.
+    pub fn refuses_pushes(&self, repo: &str) -> Option<String> {
+        let r = self.route(repo)?;
+        Some(format!(
+            "{repo} is in the pull-through cache {}/ of {} (mirror {}): it takes no pushes; push to {} as {}, or to a repository outside {}/",
+            r.cache.prefix,
+            r.cache.remote.base(),
+            r.cache.name,
+            r.cache.remote.base(),
+            r.upstream_repo,
+            r.cache.prefix
+        ))
+    }
+
+    /// Refreshes manifest `reference` of `repo` from the upstream: a tag is looked up at
+    /// most every `tagTtl` (the cached one is served meanwhile, and while the upstream
+    /// fails), a digest only on a miss. Stores what it fetched; the caller then serves from
+    /// the store. Err: the store does not have it and the upstream could not say (no
+    /// answer, or an error other than 404), so a "not found" would be a guess.
+    pub fn manifest(
+        &self,
+        store: &Store,
+        route: &Route<'_>,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(), MirrorError> {
         let c = route.cache;
-        let cached = match Reference::parse(reference) {
-            Ok(Reference::Digest(d)) => store.manifest_by_digest(repo, &d).is_ok(),
-            Ok(Reference::Tag(t)) => c.quiet() && store.manifest_by_tag(repo, &t).is_ok(),
-            Err(_) => return,
+        let tag = match Reference::parse(reference) {
+            Ok(Reference::Digest(d)) => {
+                if store.manifest_by_digest(repo, &d).is_ok() {
+                    c.note_pull(repo, reference);
+                    return Ok(());
+                }
+                None
+            }
+            Ok(Reference::Tag(t)) => Some(t),
+            Err(_) => return Ok(()),
         };
-        if cached {
-            return;
+        let key = format!("{repo}:{reference}");
+        if tag.is_some()
+            && (c.quiet() || c.fresh(&key))
+            && store.manifest_by_tag(repo, reference).is_ok()
+        {
+            c.note_pull(repo, reference);
+            return Ok(());
         }
-        let fetched = c.remote.manifest(&route.upstream_repo, reference, None);
-        match fetched {
+        match c.remote.manifest(&route.upstream_repo, reference, None) {
             Ok(f) => {
-                let tag = match Reference::parse(reference) {
-                    Ok(Reference::Tag(t)) => Some(t),
-                    _ => None,
-                };
+                c.note_pull(repo, reference);
                 let unchanged = tag.as_ref().is_some_and(|t| {
                     store
                         .manifest_by_tag(repo, t)
                         .is_ok_and(|m| m.digest == f.digest.as_str())
                 });
-                if unchanged {
-                    return;
+                if !unchanged {
+                    let bytes = f.body.len() as u64;
+                    match LocalSink::lazy(store).put_manifest(repo, &f, tag.as_deref()) {
+                        Ok(()) => {
+                            super::sync::note_cache(store, &c.name, false, bytes, None);
+                            self.grown(store, c, bytes);
+                        }
+                        Err(e) => log::warn!("cache {}: storing {key}: {e}", c.name),
+                    }
                 }
-                let bytes = f.body.len() as u64;
-                match LocalSink::lazy(store).put_manifest(repo, &f, tag.as_deref()) {
-                    Ok(()) => super::sync::note_cache(store, &c.name, false, bytes, None),
-                    Err(e) => log::warn!("cache {}: storing {repo}:{reference}: {e}", c.name),
+                if tag.is_some() {
+                    c.looked_up(key);
                 }
+                Ok(())
             }
             Err(e) => {
                 // An answer (404, 401) means the upstream is there; no answer, it is not.
                 if e.status.is_none() {
                     c.failed();
                 }
-                log::warn!("cache {}: {repo}:{reference} from upstream: {e}", c.name);
-                let have = match Reference::parse(reference) {
-                    Ok(Reference::Tag(t)) => store.manifest_by_tag(repo, &t).is_ok(),
-                    _ => false,
-                };
+                log::warn!("cache {}: {key} from upstream: {e}", c.name);
+                let have = tag.is_some() && store.manifest_by_tag(repo, reference).is_ok();
                 super::sync::note_cache(store, &c.name, have, 0, Some(&e.message));
+                if have {
+                    c.note_pull(repo, reference);
+                    Ok(())
+                } else if e.status == Some(404) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
             }
         }
+    }
+
+    /// Counts `bytes` that cache `c` stored; past its `maxSize`, evicts the images pulled
+    /// least recently until it holds 90 % of it (so that not every fetch evicts).
+    fn grown(&self, store: &Store, c: &Cache, bytes: u64) {
+        let Some(limit) = c.config.max_size else {
+            return;
+        };
+        {
+            let mut held = lock(&c.held);
+            match *held {
+                Some(h) if h.saturating_add(bytes) <= limit => {
+                    *held = Some(h + bytes);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        // Another request is evicting: what it counts includes these bytes.
+        let Ok(_one) = c.evicting.try_lock() else {
+            return;
+        };
+        let pulled = lock(&c.pulled).clone();
+        let last_pull =
+            |repo: &str, reference: &str| pulled.get(&format!("{repo}@{reference}")).copied();
+        let upstream = |repo: &str| c.upstream_of(repo).map(str::to_owned);
+        match super::evict::run(store, &c.prefix, &c.config, limit, &last_pull, &upstream) {
+            Ok(r) => {
+                *lock(&c.held) = Some(r.held_after);
+                for (image, ago) in &r.evicted {
+                    log::info!(
+                        "cache {}: evicted {image} (last pulled {ago} s ago) to stay under maxSize {limit}",
+                        c.name
+                    );
+                }
+                if r.held_after > limit {
+                    log::warn!(
+                        "cache {}: holds {} bytes, over its maxSize of {limit}: the rest is pinned or being pulled",
+                        c.name,
+                        r.held_after
+                    );
+                }
+                super::sync::note_cache_size(
+                    store,
+                    &c.name,
+                    r.held_after,
+                    limit,
+                    r.evicted.len() as u64,
+                );
+            }
+            Err(e) => log::warn!("cache {}: evicting: {e}", c.name),
+        }
+    }
+
+    /// The size of blob `digest` upstream, asked without fetching it (a `HEAD` of a blob
+    /// the cache lacks): None if the upstream does not have it.
+    pub fn blob_size(
+        &self,
+        route: &Route<'_>,
+        digest: &Digest,
+    ) -> Result<Option<u64>, MirrorError> {
+        route.cache.remote.head_blob(&route.upstream_repo, digest)
+    }
+
+    /// Bytes `start` to `last` of blob `digest` (of `size` bytes) straight from the
+    /// upstream, neither stored nor verified (a part cannot be: the client checks the
+    /// whole): a `Range` request does not wait for the whole blob.
+    pub fn blob_part(
+        &self,
+        route: &Route<'_>,
+        digest: &Digest,
+        (start, last): (u64, u64),
+    ) -> Result<Relay, MirrorError> {
+        let resp = route
+            .cache
+            .remote
+            .blob_range(&route.upstream_repo, digest, start, last)?;
+        Ok(Relay {
+            body: Box::new(resp.into_body().into_reader()),
+            size: last - start + 1,
+            upload: None,
+            repo: String::new(),
+            digest: digest.clone(),
+            cache: route.cache.name.clone(),
+            _flight: None,
+        })
     }
 
     /// A blob missing from `repo`: linked from elsewhere in the store if it is there, else
@@ -257,11 +443,11 @@ impl PullThrough {
             return Ok(Some(Relay {
                 body: Box::new(resp.into_body().into_reader()),
                 size,
-                upload,
+                upload: Some(upload),
                 repo: repo.to_owned(),
                 digest: digest.clone(),
                 cache: c.name.clone(),
-                _flight: guard,
+                _flight: Some(guard),
             }));
         }
     }
@@ -283,26 +469,42 @@ impl Relay {
                 "upstream sent more than it announced",
             ));
         }
-        if n > 0 {
+        if let (true, Some(upload)) = (n > 0, &self.upload) {
             store
-                .upload_append(&self.repo, &self.upload, at, &buf[..n])
+                .upload_append(&self.repo, upload, at, &buf[..n])
                 .map_err(std::io::Error::other)?;
             hasher.update(&buf[..n]);
         }
         Ok(n)
     }
 
-    /// Commits the blob if it is complete and its digest verifies, else drops it.
-    pub fn finish(self, store: &Store, got: u64, hasher: Hasher) -> Result<(), String> {
+    /// Commits the blob if it is complete and its digest verifies, else drops it. A part
+    /// passed on only has to be complete.
+    pub fn finish(
+        self,
+        caches: &PullThrough,
+        store: &Store,
+        got: u64,
+        hasher: Hasher,
+    ) -> Result<(), String> {
+        let Some(upload) = &self.upload else {
+            return match got == self.size {
+                true => Ok(()),
+                false => Err(format!("upstream stopped at byte {got} of {}", self.size)),
+            };
+        };
         let digest = hasher.finish();
         if got == self.size && digest == self.digest {
             store
-                .upload_finish(&self.repo, &self.upload, &self.digest, self.size)
+                .upload_finish(&self.repo, upload, &self.digest, self.size)
                 .map_err(|e| e.to_string())?;
             super::sync::note_cache(store, &self.cache, false, self.size, None);
+            if let Some(c) = caches.caches.iter().find(|c| c.name == self.cache) {
+                caches.grown(store, c, self.size);
+            }
             return Ok(());
         }
-        let _ = store.upload_cancel(&self.repo, &self.upload);
+        let _ = store.upload_cancel(&self.repo, upload);
         let why = if got != self.size {
             format!("upstream stopped at byte {got} of {}", self.size)
         } else {

@@ -8,6 +8,8 @@
 
 pub mod archive;
 pub mod cache;
+pub mod cache_config;
+mod evict;
 pub mod layout;
 pub mod local;
 pub mod progress;

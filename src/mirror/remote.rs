@@ -284,6 +284,48 @@ impl Remote {
         Ok(out)
     }
 
+    /// The size of blob `digest` of `repo` (HEAD), if the registry has it.
+    pub fn head_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let resp = self
+            .send("HEAD", &path, &Self::scope(repo, false), &[], || ())
+            .map_err(|e| self.net(&path, e))?;
+        match resp.status().as_u16() {
+            200 => header(&resp, "content-length")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Some)
+                .ok_or_else(|| MirrorError::new(format!("{path}: a HEAD without Content-Length"))),
+            404 => Ok(None),
+            _ => Err(self.refused(&path, resp)),
+        }
+    }
+
+    /// GET of bytes `start` to `last` (inclusive) of blob `digest`: the response and the
+    /// bytes it carries, checked to be that range.
+    pub fn blob_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        last: u64,
+    ) -> Result<Response<Body>> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let range = vec![("Range", format!("bytes={start}-{last}"))];
+        let resp = self
+            .send("GET", &path, &Self::scope(repo, false), &range, || ())
+            .map_err(|e| self.net(&path, e))?;
+        if resp.status() != 206 {
+            return Err(self.refused(&path, resp));
+        }
+        let want = format!("bytes {start}-{last}/");
+        if !header(&resp, "content-range").is_some_and(|v| v.starts_with(&want)) {
+            return Err(MirrorError::new(format!(
+                "{path}: asked for bytes {start}-{last}, got another range"
+            )));
+        }
+        Ok(resp)
+    }
+
     /// GET of blob `digest` from `offset`: the response, checked to start there.
     pub fn blob_response(
         &self,

@@ -239,17 +239,26 @@ pub fn note_cache(store: &Store, name: &str, hit: bool, bytes: u64, failure: Opt
     let Ok(mut st) = state(store, name) else {
         return;
     };
-    let c = &st["cache"];
-    let n = |k: &str| c[k].as_u64().unwrap_or(0);
-    let mut cache = json!({
-        "fetches": n("fetches") + u64::from(!hit),
-        "servedWhileUpstreamDown": n("servedWhileUpstreamDown") + u64::from(hit),
-        "bytesFetched": n("bytesFetched") + bytes,
-        "lastFailure": c["lastFailure"].clone(),
-    });
+    let c = &mut st["cache"];
+    let n = |c: &Value, k: &str| c[k].as_u64().unwrap_or(0);
+    c["fetches"] = json!(n(c, "fetches") + u64::from(!hit));
+    c["servedWhileUpstreamDown"] = json!(n(c, "servedWhileUpstreamDown") + u64::from(hit));
+    c["bytesFetched"] = json!(n(c, "bytesFetched") + bytes);
     if let Some(f) = failure {
-        cache["lastFailure"] = json!({ "at": unix_now(), "reason": f });
+        c["lastFailure"] = json!({ "at": unix_now(), "reason": f });
     }
-    st["cache"] = cache;
+    let _ = store.set_mirror_state(name, &serde_json::to_vec(&st).expect("JSON serializes"));
+}
+
+/// Records what pull-through cache `name` holds after an eviction, its limit, and how many
+/// images that eviction removed.
+pub fn note_cache_size(store: &Store, name: &str, held: u64, limit: u64, evicted: u64) {
+    let Ok(mut st) = state(store, name) else {
+        return;
+    };
+    let c = &mut st["cache"];
+    c["held"] = json!(held);
+    c["maxSize"] = json!(limit);
+    c["evictedImages"] = json!(c["evictedImages"].as_u64().unwrap_or(0) + evicted);
     let _ = store.set_mirror_state(name, &serde_json::to_vec(&st).expect("JSON serializes"));
 }

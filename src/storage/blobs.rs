@@ -483,6 +483,17 @@ impl Store {
                         return Ok(Err(MountRefused::FromUnknown));
                     };
                     if from_domain != domain {
+                        // The client will upload a copy for this domain: refused now if
+                        // that copy would take a quota past its limit.
+                        if holds(id)? {
+                            let size = tx
+                                .open_table(BLOBS)?
+                                .get((from_domain, digest.as_str()))?
+                                .map(|v| v.value().1);
+                            if let Some(size) = size {
+                                self.quota_room(target, Some(digest), size)?;
+                            }
+                        }
                         return Ok(Err(MountRefused::OtherDomain));
                     }
                     if !holds(id)? {
@@ -524,8 +535,10 @@ impl Store {
             .get((domain, digest.as_str()))?
             .map(|v| v.value().1)
             .ok_or_else(|| StoreError::Corrupt(format!("{source} links missing blob {digest}")))?;
-        let target = ensure_repo(&tx, target, domain)?;
-        let linked = link(&tx, target.id, domain, digest, LINK_MOUNTED)?;
+        let before = self.quota_before(&tx, target)?;
+        let repo = ensure_repo(&tx, target, domain)?;
+        let linked = self.link(&tx, (target, repo), digest, LINK_MOUNTED)?;
+        self.quota_enforce(&tx, &before)?;
         if linked != Linked::Unchanged {
             tx.commit()?;
             self.unflushed
@@ -550,7 +563,7 @@ impl Store {
             {
                 return Err(StoreError::BlobUnknown);
             }
-            self.release(&tx, repo.domain, digest.as_str())?;
+            self.unlinked(&tx, (repo_name, repo), digest.as_str(), false)?;
         }
         tx.commit()?;
         self.space_freed();
@@ -570,33 +583,57 @@ pub(super) enum Linked {
     Unchanged,
 }
 
-/// Links `digest` (stored in `domain`, the repository's) into repository id `repo`, counting the
-/// link on the blob in the same transaction; `kind` says how.
-pub(super) fn link(
-    tx: &WriteTransaction,
-    repo: u64,
-    domain: u64,
-    digest: &Digest,
-    kind: u8,
-) -> Result<Linked, StoreError> {
-    let mut links = tx.open_table(LINKS)?;
-    let existing = links.get((repo, digest.as_str()))?.map(|v| v.value());
-    if let Some((old_kind, at)) = existing {
-        // A minute's resolution: repeated pushes of one layer do not rewrite its link.
-        if now().saturating_sub(at) < 60 {
-            return Ok(Linked::Unchanged);
+impl Store {
+    /// Links `digest` (stored in the repository's domain) into repository `name` (`repo`),
+    /// counting the link on the blob, and charging the quotas covering it, in the same
+    /// transaction; `kind` says how.
+    pub(super) fn link(
+        &self,
+        tx: &WriteTransaction,
+        (name, repo): (&str, Repo),
+        digest: &Digest,
+        kind: u8,
+    ) -> Result<Linked, StoreError> {
+        let domain = repo.domain;
+        let mut links = tx.open_table(LINKS)?;
+        let existing = links.get((repo.id, digest.as_str()))?.map(|v| v.value());
+        if let Some((old_kind, at)) = existing {
+            // A minute's resolution: repeated pushes of one layer do not rewrite its link.
+            if now().saturating_sub(at) < 60 {
+                return Ok(Linked::Unchanged);
+            }
+            links.insert((repo.id, digest.as_str()), (old_kind, now()))?;
+            return Ok(Linked::Renewed);
         }
-        links.insert((repo, digest.as_str()), (old_kind, now()))?;
-        return Ok(Linked::Renewed);
+        links.insert((repo.id, digest.as_str()), (kind, now()))?;
+        drop(links);
+        let mut blobs = tx.open_table(BLOBS)?;
+        let (id, size, count) = blobs
+            .get((domain, digest.as_str()))?
+            .map(|v| v.value())
+            .ok_or_else(|| StoreError::Corrupt(format!("linking missing blob {digest}")))?;
+        blobs.insert((domain, digest.as_str()), (id, size, count + 1))?;
+        drop(blobs);
+        self.quota_link(tx, (name, repo), digest.as_str(), size, true)?;
+        Ok(Linked::New)
     }
-    links.insert((repo, digest.as_str()), (kind, now()))?;
-    let mut blobs = tx.open_table(BLOBS)?;
-    let (id, size, count) = blobs
-        .get((domain, digest.as_str()))?
-        .map(|v| v.value())
-        .ok_or_else(|| StoreError::Corrupt(format!("linking missing blob {digest}")))?;
-    blobs.insert((domain, digest.as_str()), (id, size, count + 1))?;
-    Ok(Linked::New)
+
+    /// Repository `name` (`repo`) lost its link to `digest` (already removed within `tx`):
+    /// credits its quotas and drops the blob's count (see `release_then`).
+    pub(super) fn unlinked(
+        &self,
+        tx: &WriteTransaction,
+        (name, repo): (&str, Repo),
+        digest: &str,
+        later: bool,
+    ) -> Result<(), StoreError> {
+        let size = tx
+            .open_table(BLOBS)?
+            .get((repo.domain, digest))?
+            .map_or(0, |v| v.value().1);
+        self.quota_link(tx, (name, repo), digest, size, false)?;
+        self.release_then(tx, repo.domain, digest, later)
+    }
 }
 
 impl Store {
@@ -633,6 +670,8 @@ impl Store {
             blobs.remove((domain, digest))?;
             tx.open_table(QUARANTINE)?
                 .remove((QUARANTINE_BLOB, domain, digest))?;
+            drop(blobs);
+            self.quota_blob(tx, size, false)?;
             if size >= FP_LEN as u64 {
                 let key = self.domain_key(domain)?;
                 let blob = BlobInfo { id, size, domain };

@@ -69,6 +69,7 @@ impl Store {
             ));
         }
         self.check_manifests(&tx, &names, &mut problems, dangling)?;
+        self.check_quotas(&tx, &mut problems)?;
         Ok(problems)
     }
 }

@@ -434,17 +434,18 @@ impl Store {
         for (id, repo) in &sessions {
             self.drop_session(tx, repo, id)?;
         }
-        let blobs: Vec<(String, u64)> = {
+        let blobs: Vec<(String, u64, u64)> = {
             let mut v = Vec::new();
             let table = tx.open_table(BLOBS)?;
             for row in table.range((domain, "")..(domain + 1, ""))? {
                 let (k, b) = row?;
-                v.push((k.value().1.to_owned(), b.value().0));
+                v.push((k.value().1.to_owned(), b.value().0, b.value().1));
             }
             v
         };
-        for (digest, id) in &blobs {
+        for (digest, id, size) in &blobs {
             tx.open_table(BLOBS)?.remove((domain, digest.as_str()))?;
+            self.quota_blob(tx, *size, false)?;
             super::blobs::drop_chunks(tx, *id)?;
         }
         tx.open_table(PREFIXES)?

@@ -228,10 +228,10 @@ impl Store {
                         Some(t) => t,
                         None => tags_of.insert(tags_by_manifest(&tx, repo.id)?),
                     };
-                    self.collect_manifest(&tx, repo, digest, tags, tags_of)?
+                    self.collect_manifest(&tx, (name, repo), digest, tags, tags_of)?
                 }
                 Step::Link { digest, linked_by } => {
-                    self.collect_link(&tx, repo, digest, *linked_by)?
+                    self.collect_link(&tx, (name, repo), digest, *linked_by)?
                 }
                 Step::Repo => collect_repo(&tx, name, repo)?,
             };
@@ -264,7 +264,7 @@ impl Store {
     fn collect_manifest(
         &self,
         tx: &WriteTransaction,
-        repo: Repo,
+        (name, repo): (&str, Repo),
         digest: &str,
         planned_tags: &[String],
         tags_of: &mut HashMap<String, Vec<String>>,
@@ -284,14 +284,14 @@ impl Store {
         }
         let tags = tags_of.remove(digest).unwrap_or_default();
         Ok(self
-            .remove_manifest(tx, repo, digest, Some(tags))?
+            .remove_manifest(tx, (name, repo), digest, Some(tags))?
             .is_some())
     }
 
     fn collect_link(
         &self,
         tx: &WriteTransaction,
-        repo: Repo,
+        (name, repo): (&str, Repo),
         digest: &str,
         linked_by: u64,
     ) -> Result<bool, StoreError> {
@@ -306,7 +306,7 @@ impl Store {
         }
         links.remove((id, digest))?;
         drop(links);
-        self.release_then(tx, repo.domain, digest, true)?;
+        self.unlinked(tx, (name, repo), digest, true)?;
         Ok(true)
     }
 }

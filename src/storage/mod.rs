@@ -7,6 +7,7 @@ mod gc;
 mod handle;
 mod manifests;
 mod mirrors;
+mod quota;
 mod rekey;
 mod repos;
 mod schema;
@@ -18,6 +19,8 @@ mod users;
 
 pub use blobs::{trim_thread_buffers, BlobInfo, ChunkHint, MountFrom, MountRefused};
 pub use domains::KeyInfo;
+#[cfg(test)]
+pub use gc::ManifestState;
 pub use gc::{GcSnapshot, Held, RepoState, Step};
 pub use handle::private_dir;
 pub use manifests::NewManifest;
@@ -46,6 +49,8 @@ pub struct Store {
     unflushed: std::sync::atomic::AtomicBool,
     /// The master key, the encryption rules and the unwrapped data keys.
     keys: domains::Keyring,
+    /// The byte budgets the store enforces (its counters are in `quota_usage`).
+    quotas: crate::quota::Quotas,
 }
 
 /// How a store is opened.
@@ -63,6 +68,8 @@ pub struct StoreOptions {
     /// Drop data key wraps by other master keys than this one (ends a rotation). Only the
     /// registry's start does: a management command must not end a rotation under way.
     pub settle_master_key: bool,
+    /// Byte budgets: `quotas` and `maxStoreSize`.
+    pub quotas: crate::quota::Quotas,
 }
 
 /// Bytes of a chunk row that are not payload: redb's leaf header, value length and key, and
@@ -90,6 +97,8 @@ pub enum StoreError {
     ManifestRefMismatch(String),
     /// A manifest the store cannot hold as it is (a field beyond its record's bound).
     ManifestInvalid(String),
+    /// The push would take a quota past its limit.
+    Quota(crate::quota::Exceeded),
     /// The push would move an immutable tag (pointing at `current`) held by `rule`.
     TagImmutable {
         /// The tag.
@@ -133,6 +142,7 @@ impl fmt::Display for StoreError {
             StoreError::UploadOffset(n) => write!(f, "upload is at offset {n}"),
             StoreError::ManifestBlobUnknown(d) => write!(f, "referenced content {d} unknown"),
             StoreError::ManifestRefMismatch(m) | StoreError::ManifestInvalid(m) => f.write_str(m),
+            StoreError::Quota(e) => e.fmt(f),
             StoreError::TagImmutable { tag, current, rule } => write!(
                 f,
                 "tag {tag} is immutable ({rule}): it stays on {current}; push under a new tag"
@@ -206,10 +216,13 @@ impl Store {
                 options.master_key.take(),
                 std::mem::take(&mut options.encryption),
             ),
+            quotas: std::mem::take(&mut options.quotas),
         };
         let tx = store.write(true)?;
         // Version 2 -> 3 needs the data keys (manifests are parsed): done once they are loaded.
         let mut build_references = false;
+        // Version 3 -> 4: quota counters, counted once the tables are there.
+        let mut upgrade = false;
         {
             let mut meta = tx.open_table(META)?;
             let version = meta.get("schema_version")?.map(|v| v.value());
@@ -224,7 +237,9 @@ impl Store {
                         migrate_v1(&tx)?;
                     }
                     build_references = true;
+                    upgrade = true;
                 }
+                Some(3) => upgrade = true,
                 Some(v) => {
                     return Err(StoreError::Corrupt(format!(
                         "schema version {v}, this build reads {SCHEMA_VERSION}"
@@ -251,20 +266,22 @@ impl Store {
             tx.open_table(DEAD)?;
             tx.open_table(QUARANTINE)?;
             tx.open_table(SCRUB)?;
+            tx.open_table(QUOTA_USAGE)?;
         }
         tx.commit()?;
         store.load_domains(options.settle_master_key)?;
         if build_references {
             let tx = store.write(true)?;
             let n = store.build_references(&tx)?;
-            tx.open_table(META)?
-                .insert("schema_version", SCHEMA_VERSION)?;
+            tx.open_table(META)?.insert("schema_version", 3)?;
             tx.commit()?;
             log::info!(
-                "migrated the store to schema version {SCHEMA_VERSION} (references of {n} \
+                "migrated the store to schema version 3 (references of {n} \
                  manifest(s) recorded)"
             );
         }
+        // The version is set with the counters: a crash before leaves a store migrated again.
+        store.quota_settle(upgrade.then_some(SCHEMA_VERSION))?;
         store.check_rules()?;
         store.load_shadows()?;
         Ok(store)
@@ -473,6 +490,7 @@ pub(crate) fn test_store(dir: &Path) -> Store {
         master_key: None,
         encryption: Vec::new(),
         settle_master_key: false,
+        quotas: crate::quota::Quotas::default(),
     };
     Store::open(&dir.join("outpost.redb"), options).unwrap()
 }

@@ -145,6 +145,8 @@ impl Store {
             let old = self.domain_key(repo.domain)?;
             report.records = reseal_records(&tx, repo.id, old.as_deref(), key.as_deref())?;
             tx.open_table(REPOS)?.insert(name, (repo.id, target))?;
+            // Its links now count in another domain: recount (a stopped registry's rare step).
+            self.quota_rebuild(&tx)?;
         }
         tx.commit()?;
         self.space_freed();

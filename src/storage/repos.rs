@@ -152,11 +152,16 @@ impl Store {
             .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, _| false)?;
         let blobs_before = tx.open_table(BLOBS)?.len()?;
         for d in &digests {
-            self.release(&tx, domain, d)?;
+            self.unlinked(&tx, (name, repo), d, false)?;
         }
         let blobs_freed = blobs_before - tx.open_table(BLOBS)?.len()?;
+        let mut manifest_bytes = 0i128;
         tx.open_table(MANIFESTS)?
-            .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, _| false)?;
+            .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, v| {
+                manifest_bytes += v.len() as i128;
+                false
+            })?;
+        self.quota_manifest(&tx, name, -manifest_bytes)?;
         tx.open_table(TAGS)?
             .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, _| false)?;
         tx.open_table(REFERRERS)?

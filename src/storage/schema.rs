@@ -63,12 +63,18 @@ pub const PUSHED: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::ne
 /// holds the writer for long (1 GiB is 4,096 rows of 256 KiB).
 pub const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead_blobs");
 
+/// Quota key -> bytes it holds: `""` the whole store (every stored blob once per domain, and
+/// every manifest record), a configured pattern the unique (domain, digest) blobs its
+/// repositories link and their manifest records. Written in the transactions that change
+/// them; rebuilt at open when the configured patterns are not exactly its keys.
+pub const QUOTA_USAGE: TableDefinition<&str, u64> = TableDefinition::new("quota_usage");
+
 /// The schema this build writes; a store with another is refused, not guessed at.
 /// Version 2 added encryption domains (`domains`, the domain of each repository and upload);
 /// a version 1 store is migrated at open (all of it plaintext). Version 3 added `references`
 /// and `pushed`, built at open from the stored manifests (push time: the latest link time of
-/// what each lists, else the migration's).
-pub const SCHEMA_VERSION: u64 = 3;
+/// what each lists, else the migration's). Version 4 added `quota_usage`, built at open.
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Version 1's `repos`: name -> id.
 pub const REPOS_V1: TableDefinition<&str, u64> = TableDefinition::new("repos");

@@ -7,7 +7,7 @@
 //! they never do, the finish links the stored blob and nothing but metadata was written.
 
 use super::blobs::{
-    drop_chunks, fingerprint, link, put_chunk, stored_fingerprint, with_sealed, BlobInfo, FP_LEN,
+    drop_chunks, fingerprint, put_chunk, stored_fingerprint, with_sealed, BlobInfo, FP_LEN,
 };
 use super::repos::ensure_repo;
 use super::schema::{
@@ -125,6 +125,12 @@ impl Store {
             });
         }
         lookup(&self.read()?.open_table(UPLOADS)?, repo, id)
+    }
+
+    /// True if upload `id` is repeating a stored blob byte for byte so far (it writes
+    /// nothing; the quotas' early check leaves it to the finish).
+    pub fn upload_repeats(&self, id: &str) -> bool {
+        self.progress().contains_key(id)
     }
 
     /// The blob upload `id` shadows, if any, with its progress. The in-memory progress map
@@ -450,12 +456,14 @@ impl Store {
             let tx = self.write(true)?;
             {
                 session(&tx, repo, id)?;
+                let before = self.quota_before(&tx, repo)?;
                 tx.open_table(UPLOADS)?.remove(id)?;
                 tx.open_table(SHADOWS)?.remove(id)?;
-                let repo = ensure_repo(&tx, repo, domain)?;
+                let named = ensure_repo(&tx, repo, domain)?;
                 // Link first, then drop the shadow's own count: the blob never reaches zero.
-                link(&tx, repo.id, domain, digest, LINK_PUSHED)?;
+                self.link(&tx, (repo, named), digest, LINK_PUSHED)?;
                 self.release(&tx, domain, digest.as_str())?;
+                self.quota_enforce(&tx, &before)?;
             }
             tx.commit()?;
             self.progress().remove(id);
@@ -468,6 +476,7 @@ impl Store {
                 return Err(StoreError::UploadOffset(up.received));
             }
             let domain = up.domain;
+            let before = self.quota_before(&tx, repo)?;
             tx.open_table(UPLOADS)?.remove(id)?;
             let mut blobs = tx.open_table(BLOBS)?;
             let existing = blobs.get((domain, digest.as_str()))?.map(|v| v.value());
@@ -490,9 +499,15 @@ impl Store {
                 drop(blobs);
                 drop_chunks(&tx, up.blob)?;
             } else {
-                let count = replaced.unwrap_or(0);
-                blobs.insert((domain, digest.as_str()), (up.blob, size, count))?;
+                blobs.insert(
+                    (domain, digest.as_str()),
+                    (up.blob, size, replaced.unwrap_or(0)),
+                )?;
                 drop(blobs);
+                // A replaced copy was charged when it was stored: the same bytes, once.
+                if replaced.is_none() {
+                    self.quota_blob(&tx, size, true)?;
+                }
                 if size >= FP_LEN as u64 {
                     let key = self.domain_key(domain)?;
                     let fp =
@@ -501,8 +516,9 @@ impl Store {
                         .insert((domain, fp, digest.as_str()), ())?;
                 }
             }
-            let repo = ensure_repo(&tx, repo, domain)?;
-            link(&tx, repo.id, domain, digest, LINK_PUSHED)?;
+            let named = ensure_repo(&tx, repo, domain)?;
+            self.link(&tx, (repo, named), digest, LINK_PUSHED)?;
+            self.quota_enforce(&tx, &before)?;
             duplicate
         };
         tx.commit()?;

@@ -83,6 +83,7 @@ impl Store {
         let linked: u64 = per.iter().map(|p| p[1]).sum();
         Ok(json!({
             "repositories": list,
+            "quotas": self.quota_usage()?,
             "store": {
                 "repositories": repos.len(),
                 "blobs": blob_count,

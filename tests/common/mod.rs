@@ -535,6 +535,17 @@ pub fn sha256(data: &[u8]) -> String {
     )
 }
 
+/// Bytes process `pid` has caused to be written to storage (`/proc/PID/io`).
+pub fn write_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
