@@ -130,12 +130,7 @@ fn a_rotten_plaintext_chunk_and_manifest_are_quarantined_and_a_push_heals_them()
     let (ld, md) = push_one(&c, "plant/app", &layer, "v1", "");
     // The same image mounted into a second repository, tagged there too.
     for d in [ld.clone(), sha256(br#"{"os":"linux","tag":"v1"}"#)] {
-        let r = c.req(
-            "POST",
-            &format!("/v2/plant/copy/blobs/uploads/?mount={d}&from=plant/app"),
-            &[],
-            Body::None,
-        );
+        let r = c.mount("plant/copy", &d, Some("plant/app"));
         assert_eq!(r.status, 201, "{r:?}");
     }
     let m = c.get(&format!("/v2/plant/app/manifests/{md}")).body;
@@ -192,12 +187,7 @@ fn a_rotten_plaintext_chunk_and_manifest_are_quarantined_and_a_push_heals_them()
     assert_eq!(c.get("/v2/plant/app/manifests/v1").status, 200);
     assert_eq!(c.get("/v2/other/y/manifests/v7").status, 500);
     // Never a mount source: the client is given an upload session instead.
-    let r = c.req(
-        "POST",
-        &format!("/v2/plant/new/blobs/uploads/?mount={ld}&from=plant/app"),
-        &[],
-        Body::None,
-    );
+    let r = c.mount("plant/new", &ld, Some("plant/app"));
     assert_eq!(r.status, 202, "{r:?}");
     let status = c.get("/admin/scrub").json();
     assert_eq!(status["lastFullPass"]["bad"], 2, "{status:#}");

@@ -67,12 +67,7 @@ pub fn scrub(
         return Ok(());
     }
     for f in report["found"].as_array().into_iter().flatten() {
-        println!(
-            "damaged {} {}: {}",
-            text(&f["kind"]),
-            text(&f["digest"]),
-            text(&f["reason"])
-        );
+        print_object("damaged", f);
     }
     for h in report["healed"].as_array().into_iter().flatten() {
         println!(
@@ -156,12 +151,7 @@ fn print_status(s: &Value) {
 
 fn print_quarantine(q: &Value) {
     for b in q.as_array().into_iter().flatten() {
-        println!(
-            "quarantined {} {}: {}",
-            text(&b["kind"]),
-            text(&b["digest"]),
-            text(&b["reason"])
-        );
+        print_object("quarantined", b);
         for r in b["breaks"].as_array().into_iter().flatten() {
             let list = |k: &str| {
                 r[k].as_array()
@@ -181,6 +171,16 @@ fn print_quarantine(q: &Value) {
             );
         }
     }
+}
+
+/// `VERB KIND DIGEST: REASON` of a damaged object.
+fn print_object(verb: &str, o: &Value) {
+    println!(
+        "{verb} {} {}: {}",
+        text(&o["kind"]),
+        text(&o["digest"]),
+        text(&o["reason"])
+    );
 }
 
 fn text(v: &Value) -> &str {
