@@ -46,6 +46,8 @@ pub struct Config {
     pub mirrors: Vec<MirrorConfig>,
     /// `gcGracePeriod`, `gcInterval`, `lifecycle`: the garbage collector.
     pub gc: crate::gc::config::GcConfig,
+    /// `scrubRate`, `scrubInterval`: the background scrub.
+    pub scrub: crate::scrub::config::ScrubConfig,
     /// `immutableTags`: tags a push may set but never move.
     pub immutable_tags: Vec<crate::registry::immutable::ImmutableRule>,
     /// `quotas` and `maxStoreSize`: byte budgets.
@@ -493,6 +495,7 @@ impl Default for Config {
             tls: None,
             mirrors: Vec::new(),
             gc: crate::gc::config::GcConfig::default(),
+            scrub: crate::scrub::config::ScrubConfig::default(),
             immutable_tags: Vec::new(),
             quotas: crate::quota::Quotas::default(),
         }
@@ -550,6 +553,10 @@ pub struct Overrides {
     pub gc_grace_period: Option<String>,
     /// `gcInterval`, e.g. `"1h"`, or `"off"`
     pub gc_interval: Option<String>,
+    /// `scrubRate`, e.g. `"1MiB"` (per second)
+    pub scrub_rate: Option<Size>,
+    /// `scrubInterval`, e.g. `"7d"`, or `"off"`
+    pub scrub_interval: Option<String>,
     /// `lifecycle`: rules per repository pattern
     pub lifecycle: Option<Vec<crate::gc::config::PolicySpec>>,
     /// `immutableTags`: rules per repository pattern
@@ -605,7 +612,8 @@ pub enum Size {
 }
 
 impl Size {
-    fn bytes(&self, what: &str) -> Result<usize, String> {
+    /// The size in bytes; `what` names the key in errors.
+    pub fn bytes(&self, what: &str) -> Result<usize, String> {
         match self {
             Size::Bytes(n) => usize::try_from(*n).map_err(|_| format!("{what}: {n} is too large")),
             Size::Text(t) => parse_size(t).map_err(|e| format!("{what}: {e}")),
@@ -712,6 +720,8 @@ impl Overrides {
             mirrors: other.mirrors.or(self.mirrors),
             gc_grace_period: other.gc_grace_period.or(self.gc_grace_period),
             gc_interval: other.gc_interval.or(self.gc_interval),
+            scrub_rate: other.scrub_rate.or(self.scrub_rate),
+            scrub_interval: other.scrub_interval.or(self.scrub_interval),
             lifecycle: other.lifecycle.or(self.lifecycle),
             immutable_tags: other.immutable_tags.or(self.immutable_tags),
             max_store_size: other.max_store_size.or(self.max_store_size),
@@ -800,6 +810,7 @@ impl Overrides {
                 .map(MirrorSpec::resolve)
                 .collect::<Result<_, _>>()?,
             gc: crate::gc::config::resolve(self.gc_grace_period, self.gc_interval, self.lifecycle)?,
+            scrub: crate::scrub::config::resolve(self.scrub_rate, self.scrub_interval)?,
             immutable_tags: self
                 .immutable_tags
                 .unwrap_or_default()

@@ -13,6 +13,7 @@ mod mirror;
 mod net;
 mod quota;
 mod registry;
+mod scrub;
 mod server;
 mod settings;
 mod storage;
@@ -45,6 +46,7 @@ Usage: outpost serve [OPTIONS]
        outpost mirror status [COMMON]
        outpost gc [--dry-run] [--json] [COMMON]
        outpost du [--json] [COMMON]
+       outpost scrub [--repo NAME] [--status] [--json] [COMMON]
        outpost compact [COMMON]
        outpost --version
 
@@ -54,7 +56,8 @@ Options for serve (flags override the config file, which overrides the defaults)
                             workers, cacheSize, chunkSize, maxManifestSize, uploadTtl,
                             minFreeSpace, blobMounting, automaticMount, masterKeyFile,
                             encryption, auth, access, tls, mirrors, gcGracePeriod,
-                            gcInterval, lifecycle, immutableTags)
+                            gcInterval, lifecycle, immutableTags, scrubRate,
+                            scrubInterval)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --master-key-file FILE    master key for encrypted repositories [default: the systemd
@@ -80,7 +83,7 @@ Options for serve (flags override the config file, which overrides the defaults)
 
 COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
 --master-key-file FILE, and (settings, repo create/delete, key list, user, export, import,
-mirror, gc, du) --server URL.
+mirror, gc, du, scrub) --server URL.
 Without --server, these commands go by the store in the data directory, never by whatever
 answers on a port: the registry serving it, through its admin socket (admin.sock in the
 data directory: its user and root may use it, whatever the access rules say), or at the
@@ -131,6 +134,12 @@ bytes that would be freed, deleting nothing. On a stopped store the rules come f
 --config. du shows per repository the bytes it links, holds alone and shares, and the
 store's file size against its live bytes. compact (registry stopped) gives the file's free
 pages back to the filesystem. --json prints the report as JSON.
+
+scrub re-reads every blob and manifest now (or only those of --repo), re-hashes each
+against its digest and quarantines what is damaged (never served, mounted or deduplicated
+against; healed from a mirror that has it, else by a push of the same content); --status
+shows the last full pass, the pass under way and what each quarantined object breaks. On a
+stopped store it first runs redb's own integrity check of the file.
 
 mirror run runs one sync pass of the config's mirrors (or NAME) now; mirror status shows each
 mirror's last pass, totals and pull-through cache activity.
@@ -194,6 +203,8 @@ enum Command {
     MirrorRun(Common, Option<String>),
     MirrorStatus(Common),
     Gc(Common, bool, bool),
+    /// `scrub`: repository, --status, --json.
+    Scrub(Common, Option<String>, bool, bool),
     Du(Common, bool),
     Compact(Common),
     Help,
@@ -223,6 +234,7 @@ struct Args {
     ca_file: Option<PathBuf>,
     dry_run: bool,
     json: bool,
+    status: bool,
     /// Long options given, to refuse those the command does not take.
     seen: Vec<String>,
 }
@@ -292,6 +304,7 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("all-platforms") => a.all_platforms = true,
             Long("dry-run") => a.dry_run = true,
             Long("json") => a.json = true,
+            Long("status") => a.status = true,
             Long("repo") => a.repo = Some(parser.value()?.string()?),
             Long("user") => a.user = Some(parser.value()?.string()?),
             Long("ca-file") => a.ca_file = Some(PathBuf::from(parser.value()?)),
@@ -379,6 +392,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         ["mirror", "status", ..] => ("mirror status", &["server"], 0),
         ["gc", ..] => ("gc", &["dry-run", "json"], 0),
         ["du", ..] => ("du", &["json"], 0),
+        ["scrub", ..] => ("scrub", &["repo", "status", "json"], 0),
         ["compact", ..] => ("compact", &[], 0),
         ["repo" | "key" | "user" | "tls" | "mirror", sub, ..] => {
             return Err(format!(
@@ -394,7 +408,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         [other, ..] => {
             return Err(format!(
                 "unknown command {other:?} (commands: serve, settings, repo, key, user, tls, \
-                 export, import, mirror, gc, du, compact)"
+                 export, import, mirror, gc, du, scrub, compact)"
             )
             .into())
         }
@@ -404,7 +418,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     if name != "serve" {
         let common = match name {
             "repo create" | "repo delete" | "key list" | "user add" | "user passwd"
-            | "user del" | "user list" | "gc" | "du" => ONLINE,
+            | "user del" | "user list" | "gc" | "du" | "scrub" => ONLINE,
             "key generate" => &[][..],
             _ => COMMON,
         };
@@ -548,6 +562,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         "mirror status" => Command::MirrorStatus(common),
         "gc" => Command::Gc(common, a.dry_run, a.json),
         "du" => Command::Du(common, a.json),
+        "scrub" => Command::Scrub(common, a.repo, a.status, a.json),
         "compact" => Command::Compact(common),
         _ => Command::KeyRotate(common, a.new_master_key),
     })
@@ -634,6 +649,9 @@ fn main() -> ExitCode {
         Command::Du(c, json) => c
             .resolve()
             .and_then(|cfg| cli::gc::du(&cfg, c.server.as_deref(), json)),
+        Command::Scrub(c, repo, status, json) => c.resolve().and_then(|cfg| {
+            cli::scrub::scrub(&cfg, c.server.as_deref(), repo.as_deref(), status, json)
+        }),
         Command::Compact(c) => c.resolve().and_then(|cfg| cli::gc::compact(&cfg)),
         Command::TlsSelfSigned(c, hosts, out, days) => c
             .resolve()

@@ -131,6 +131,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let janitor = background(&app, "janitor", janitor)?;
     let collector = background(&app, "gc", scheduled_gc)?;
     let mirrors = background(&app, "mirrors", scheduled_mirrors)?;
+    let scrubber = background(&app, "scrub", scheduled_scrub)?;
 
     // A TLS client could not read a plain 503: it sees the connection close, and retries.
     let refusal = if tls_on {
@@ -201,7 +202,7 @@ pub fn run(config: Config) -> Result<(), String> {
         admin_pool.drain(Duration::from_secs(5));
         accepted.err()
     });
-    for (stop, thread) in [janitor, collector, mirrors] {
+    for (stop, thread) in [janitor, collector, mirrors, scrubber] {
         drop(stop);
         let _ = thread.join();
     }
@@ -390,6 +391,22 @@ fn scheduled_gc(app: &App, stop: &mpsc::Receiver<()>) {
             Err(e) => log::warn!("gc pass: {e}"),
         }
         wait = every;
+    }
+}
+
+/// Scrubs at `scrubRate`: goes on with a full pass under way, or starts one every
+/// `scrubInterval` (the first check within five minutes of start), until `stop` is dropped.
+fn scheduled_scrub(app: &App, stop: &mpsc::Receiver<()>) {
+    if app.config.scrub.interval.is_none() {
+        return;
+    }
+    let healer = crate::scrub::heal::Healer::new(&app.config.mirrors);
+    let mut wait = Duration::from_secs(300);
+    loop {
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(wait) {
+            return;
+        }
+        wait = crate::scrub::scheduled(&app.store, &app.config.scrub, &healer, &app.stopping);
     }
 }
 

@@ -4,19 +4,6 @@
 mod common;
 use common::*;
 
-fn mount(c: &Client, target: &str, digest: &str, from: Option<&str>) -> Resp {
-    let q = match from {
-        Some(f) => format!("mount={digest}&from={f}"),
-        None => format!("mount={digest}"),
-    };
-    c.req(
-        "POST",
-        &format!("/v2/{target}/blobs/uploads/?{q}"),
-        &[],
-        Body::None,
-    )
-}
-
 fn stats(c: &Client) -> serde_json::Value {
     let r = c.get("/admin/stats");
     assert_eq!(r.status, 200, "{r:?}");
@@ -79,7 +66,7 @@ fn mount_with_from_links_without_copying() {
     assert_eq!(c.head(&blob_path("svc", &d)).status, 404);
 
     let before = stats(&c)["store"].clone();
-    let r = mount(&c, "svc", &d, Some("base"));
+    let r = c.mount("svc", &d, Some("base"));
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(r.header("Location"), Some(blob_path("svc", &d).as_str()));
     assert_eq!(r.header("Docker-Content-Digest"), Some(d.as_str()));
@@ -95,7 +82,7 @@ fn mount_with_from_links_without_copying() {
     assert_eq!(s["mounts"]["bytesNotWritten"], 300_000);
 
     // Mounting again is a no-op 201; a manifest in the target can reference the blob.
-    assert_eq!(mount(&c, "svc", &d, Some("base")).status, 201);
+    assert_eq!(c.mount("svc", &d, Some("base")).status, 201);
     let config = br#"{"architecture":"arm64","os":"linux"}"#;
     let (cd, _) = c.push_blob("svc", config);
     let m = image_manifest((&cd, config.len()), &[(&d, data.len())], "");
@@ -119,22 +106,22 @@ fn refused_mounts_fall_back_to_an_upload() {
     let (od, _) = c.push_blob("empty-of-it", &other);
 
     // Unknown `from`: 202 (never 401/404), and the session works.
-    let r = mount(&c, "t1", &d, Some("no-such-repo"));
+    let r = c.mount("t1", &d, Some("no-such-repo"));
     assert_fallback_upload(&c, &r, "t1", &data);
     // `from` exists but lacks the blob, although another repository holds it.
-    let r = mount(&c, "t2", &d, Some("empty-of-it"));
+    let r = c.mount("t2", &d, Some("empty-of-it"));
     assert_fallback_upload(&c, &r, "t2", &data);
     // Malformed `from`, empty `from`, malformed digest.
     for bad in ["UPPER", "a//b", "", "..%2F..%2Fetc"] {
-        let r = mount(&c, "t3", &d, Some(bad));
+        let r = c.mount("t3", &d, Some(bad));
         assert_eq!(r.status, 202, "from={bad:?}: {r:?}");
     }
-    let r = mount(&c, "t4", "sha256:nothex", Some("holder"));
+    let r = c.mount("t4", "sha256:nothex", Some("holder"));
     assert_eq!(r.status, 202, "{r:?}");
     // A blob nobody holds, with and without `from`.
     let absent = sha256(b"never pushed");
-    assert_eq!(mount(&c, "t5", &absent, Some("holder")).status, 202);
-    assert_eq!(mount(&c, "t5", &absent, None).status, 202);
+    assert_eq!(c.mount("t5", &absent, Some("holder")).status, 202);
+    assert_eq!(c.mount("t5", &absent, None).status, 202);
     // A refused mount still honours `digest=` as a plain monolithic POST would.
     let r = c.req(
         "POST",
@@ -167,8 +154,8 @@ fn automatic_mount_without_from() {
 
     // Absent from `from`, present elsewhere: 202 with `from`, 201 without.
     c.push_blob("unrelated", b"x");
-    assert_eq!(mount(&c, "auto", &d, Some("unrelated")).status, 202);
-    let r = mount(&c, "auto", &d, None);
+    assert_eq!(c.mount("auto", &d, Some("unrelated")).status, 202);
+    let r = c.mount("auto", &d, None);
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(c.get(&blob_path("auto", &d)).body, data);
     wait_log(&reg, "into auto from somewhere/deep");
@@ -177,8 +164,8 @@ fn automatic_mount_without_from() {
     let r = set(&c, r#"{"automaticMount": "disabled"}"#);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["automaticMount"]["value"], "disabled");
-    assert_eq!(mount(&c, "auto2", &d, None).status, 202);
-    assert_eq!(mount(&c, "auto2", &d, Some("auto")).status, 201);
+    assert_eq!(c.mount("auto2", &d, None).status, 202);
+    assert_eq!(c.mount("auto2", &d, Some("auto")).status, 201);
     assert_eq!(stats(&c)["mounts"]["refused"]["automaticDisabled"], 1);
 
     // Also off from the start by flag.
@@ -186,8 +173,8 @@ fn automatic_mount_without_from() {
     let reg2 = Registry::start_with(dir2.path(), &["--automatic-mount", "disabled"]);
     let c2 = reg2.client();
     let (d2, _) = c2.push_blob("a", &data);
-    assert_eq!(mount(&c2, "b", &d2, None).status, 202);
-    assert_eq!(mount(&c2, "b", &d2, Some("a")).status, 201);
+    assert_eq!(c2.mount("b", &d2, None).status, 202);
+    assert_eq!(c2.mount("b", &d2, Some("a")).status, 201);
 }
 
 #[test]
@@ -212,7 +199,7 @@ fn deleting_the_source_keeps_the_target() {
         ));
     }
     for (d, _) in &digests {
-        assert_eq!(mount(&c, "dst", d, Some("src")).status, 201);
+        assert_eq!(c.mount("dst", d, Some("src")).status, 201);
     }
     assert_eq!(
         c.put_manifest("dst", "v1", OCI_MANIFEST, &manifest).status,
@@ -251,15 +238,15 @@ fn the_switch_turns_mounting_off_without_breaking_earlier_mounts() {
     let c = reg.client();
     let data = bytes(8, 40_000);
     let (d, _) = c.push_blob("a", &data);
-    assert_eq!(mount(&c, "early", &d, Some("a")).status, 201);
+    assert_eq!(c.mount("early", &d, Some("a")).status, 201);
 
     let r = set(&c, r#"{"blobMounting": "disabled"}"#);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["blobMounting"]["source"], "runtime");
     // The next mount is refused (with or without from); the earlier one keeps serving.
-    let r = mount(&c, "late", &d, Some("a"));
+    let r = c.mount("late", &d, Some("a"));
     assert_fallback_upload(&c, &r, "late", &data);
-    assert_eq!(mount(&c, "late2", &d, None).status, 202);
+    assert_eq!(c.mount("late2", &d, None).status, 202);
     assert_eq!(c.get(&blob_path("early", &d)).body, data);
     assert_eq!(stats(&c)["mounts"]["refused"]["disabled"], 2);
 
@@ -286,14 +273,14 @@ fn the_switch_turns_mounting_off_without_breaking_earlier_mounts() {
     // A runtime change outlives a restart, and the log says it overrides the file.
     reg.restart();
     let c = reg.client();
-    assert_eq!(mount(&c, "after-restart", &d, Some("a")).status, 202);
+    assert_eq!(c.mount("after-restart", &d, Some("a")).status, 202);
     wait_log(&reg, "overriding the config file");
     assert_eq!(c.get(&blob_path("early", &d)).body, data);
 
     // Re-enable by returning to the config file's value.
     let r = set(&c, r#"{"blobMounting": null}"#);
     assert_eq!(r.json()["blobMounting"]["source"], "config");
-    assert_eq!(mount(&c, "again", &d, Some("a")).status, 201);
+    assert_eq!(c.mount("again", &d, Some("a")).status, 201);
 }
 
 /// A port nothing listens on (bound, then released).
@@ -331,7 +318,7 @@ fn settings_cli_online_and_offline() {
     let (ok, out, err) = outpost(&["settings", "--server", &server, "blobMounting=disabled"]);
     assert!(ok, "{err}");
     assert!(out.contains("disabled  (set at runtime"), "{out}");
-    assert_eq!(mount(&c, "b", &d, Some("a")).status, 202);
+    assert_eq!(c.mount("b", &d, Some("a")).status, 202);
 
     // Operator mistakes get a message that says what to fix; nothing changes.
     let (ok, _, err) = outpost(&["settings", "--server", &server, "blobMounting=off"]);
@@ -373,7 +360,7 @@ fn settings_cli_online_and_offline() {
     assert!(out.contains("enabled   (set at runtime"), "{out}");
     let reg = Registry::start(dir.path());
     let c = reg.client();
-    assert_eq!(mount(&c, "b", &d, Some("a")).status, 201);
+    assert_eq!(c.mount("b", &d, Some("a")).status, 201);
 
     // No store there: said plainly, nothing created, whatever answers at the listen address.
     let empty = TempDir::new("mount-cli-none");
@@ -453,7 +440,7 @@ fn config_file_switch_and_refusal_of_bad_values() {
     let reg = Registry::start_with(dir.path(), &["--config", cfg.to_str().unwrap()]);
     let c = reg.client();
     let (d, _) = c.push_blob("a", b"content");
-    assert_eq!(mount(&c, "b", &d, Some("a")).status, 202);
+    assert_eq!(c.mount("b", &d, Some("a")).status, 202);
     assert_eq!(
         c.get("/admin/settings").json()["blobMounting"]["configFile"],
         "disabled"
@@ -489,7 +476,7 @@ fn concurrent_mounts_and_deletes_never_lose_or_leak_a_blob() {
             s.spawn(move || {
                 let repo = format!("mirror-{t}");
                 for _ in 0..rounds {
-                    let r = mount(&c, &repo, &d, None);
+                    let r = c.mount(&repo, &d, None);
                     if r.status == 202 {
                         // The only holder was mid-delete: upload, as a client would.
                         assert_fallback_upload(&c, &r, &repo, &data);
@@ -530,7 +517,7 @@ fn a_mount_is_durable_within_a_second_even_if_the_registry_is_killed() {
     let c = reg.client();
     let data = bytes(11, 50_000);
     let (d, _) = c.push_blob("a", &data);
-    assert_eq!(mount(&c, "b", &d, Some("a")).status, 201);
+    assert_eq!(c.mount("b", &d, Some("a")).status, 201);
     // Nothing durable follows the mount; the store's flush makes it durable.
     std::thread::sleep(std::time::Duration::from_secs(3));
     reg.kill();

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod gc;
 pub mod mirror;
+pub mod scrub;
 pub mod users;
 
 use crate::config::Config;

@@ -268,6 +268,49 @@ pub fn gc(app: &App, query: &super::routes::Query) -> Result<Reply> {
     Ok(json(&report))
 }
 
+/// `POST /admin/scrub[?repository=R][&rate=SIZE]`: a scrub pass now, of the whole store
+/// (starting a full pass anew) or of one repository, as fast as the store reads unless a
+/// rate per second is given; answers the report. Waits for a pass under way.
+pub fn scrub(app: &App, query: &super::routes::Query) -> Result<Reply> {
+    if let Some(k) = query.unknown(&["repository", "rate"]) {
+        return Err(ApiError::new(
+            400,
+            Code::Unsupported,
+            format!("unknown parameter {k:?}: repository=NAME and rate=SIZE are known"),
+        ));
+    }
+    // An unknown repository is answered by the pass's first read (NAME_UNKNOWN).
+    let repo = query.get("repository");
+    let rate = query
+        .get("rate")
+        .map(crate::config::parse_size)
+        .transpose()
+        .map_err(|e| ApiError::new(400, Code::Unsupported, format!("rate: {e}")))?
+        .filter(|&r| r > 0)
+        .map(|r| r as u64);
+    let healer = crate::scrub::heal::Healer::new(&app.config.mirrors);
+    let opts = crate::scrub::Options {
+        repo,
+        rate,
+        fresh: true,
+        healer: &healer,
+        background: false,
+    };
+    let mut report = crate::scrub::run(&app.store, &opts, &app.stopping)?;
+    report["fileCheck"] = serde_json::json!(
+        "not run: redb's integrity check needs the database to itself (outpost scrub on the \
+         stopped store runs it); every page a blob or manifest lives in was read"
+    );
+    log::info!("scrub (asked for): {}", crate::scrub::summary(&report));
+    Ok(json(&report))
+}
+
+/// `GET /admin/scrub`: the pass running, the full pass under way, the last full pass, and
+/// the quarantine with what each object breaks.
+pub fn scrub_status(app: &App) -> Result<Reply> {
+    Ok(json(&crate::scrub::status(&app.store, &app.config.scrub)?))
+}
+
 /// `GET /admin/du`: space per repository and for the store.
 pub fn du(app: &App) -> Result<Reply> {
     Ok(json(&app.store.usage()?))

@@ -538,7 +538,8 @@ fn need<'r>(route: &'r Route, method: &Method) -> Need<'r> {
         | Route::AdminMirrors
         | Route::AdminMirrorRun(_)
         | Route::AdminGc
-        | Route::AdminDu => Need::Admin,
+        | Route::AdminDu
+        | Route::AdminScrub => Need::Admin,
     }
 }
 

@@ -174,6 +174,7 @@ impl From<StoreError> for ApiError {
                     "stored data failed its integrity check (see the registry's log)",
                 )
             }
+            e @ StoreError::Quarantined(_) => ApiError::new(404, Code::BlobUnknown, e.to_string()),
             StoreError::Keys(m) => ApiError::new(400, Code::Unsupported, m),
             StoreError::UserUnknown => ApiError::new(404, Code::Unsupported, "no such user"),
             e @ (StoreError::DomainChanged(_)

@@ -245,6 +245,8 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
         (Route::AdminMirrorRun(name), Post) => admin::mirror_run(app, &name),
         (Route::AdminGc, Post) => admin::gc(app, &query),
         (Route::AdminDu, Get) => admin::du(app),
+        (Route::AdminScrub, Get) => admin::scrub_status(app),
+        (Route::AdminScrub, Post) => admin::scrub(app, &query),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,

@@ -44,6 +44,8 @@ pub enum Route {
     AdminGc,
     /// `/admin/du`: space per repository
     AdminDu,
+    /// `/admin/scrub`: the scrub's status (GET), a pass now (POST, `?repository=R`)
+    AdminScrub,
     /// `/token`: Docker's token endpoint
     Token,
 }
@@ -60,6 +62,7 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/mirrors" => return Ok(Route::AdminMirrors),
         "/admin/gc" => return Ok(Route::AdminGc),
         "/admin/du" => return Ok(Route::AdminDu),
+        "/admin/scrub" => return Ok(Route::AdminScrub),
         "/token" => return Ok(Route::Token),
         _ => {}
     }

@@ -2,7 +2,10 @@
 
 use super::domains::Domain;
 use super::repos::{ensure_repo, find_repo, find_repo_w, Repo};
-use super::schema::{BLOBS, CHUNKS, DEAD, LINKS, LINK_MOUNTED, PREFIXES, REFS, REPOS};
+use super::schema::{
+    BLOBS, CHUNKS, DEAD, LINKS, LINK_MOUNTED, PREFIXES, QUARANTINE, QUARANTINE_BLOB, REFS, REPOS,
+};
+use super::scrub::is_quarantined;
 use super::{now, Store, StoreError};
 use crate::crypto::Binding;
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -344,6 +347,11 @@ impl Store {
             .map(|v| v.value());
         let (id, size, _) =
             blob.ok_or_else(|| StoreError::Corrupt(format!("link to missing blob {digest}")))?;
+        // Refused before the first byte (and answered as unknown, so a push uploads it again).
+        let quarantine = tx.open_table(QUARANTINE)?;
+        if is_quarantined(&quarantine, QUARANTINE_BLOB, repo.domain, digest.as_str())? {
+            return Err(StoreError::Quarantined(digest.to_string()));
+        }
         let info = BlobInfo {
             id,
             size,
@@ -413,6 +421,18 @@ impl Store {
     /// Feeds the first `blob.size` bytes of `blob` (a stored blob, or what an upload session
     /// received) to `hasher`, one short read transaction per step.
     pub fn hash_into(&self, blob: BlobInfo, hasher: &mut Hasher) -> Result<(), StoreError> {
+        self.hash_paced(blob, hasher, &mut |_| true)
+    }
+
+    /// `hash_into`, calling `pace` with the bytes of each step after it (the scrub sleeps
+    /// there to keep to its rate); stops early, leaving the hash partial, when `pace` says
+    /// false.
+    pub fn hash_paced(
+        &self,
+        blob: BlobInfo,
+        hasher: &mut Hasher,
+        pace: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<(), StoreError> {
         let mut buf = Vec::with_capacity(REHASH_STEP);
         let (mut at, mut hint) = (0, ChunkHint::default());
         while at < blob.size {
@@ -422,6 +442,9 @@ impl Store {
             }
             hasher.update(&buf);
             at += buf.len() as u64;
+            if !pace(buf.len() as u64) {
+                break;
+            }
         }
         Ok(())
     }
@@ -495,6 +518,18 @@ impl Store {
                 }
             }
         };
+        // A damaged copy is no source: the client uploads the blob, which replaces it.
+        if is_quarantined(
+            &tx.open_table(QUARANTINE)?,
+            QUARANTINE_BLOB,
+            domain,
+            digest.as_str(),
+        )? {
+            return Ok(Err(match from {
+                MountFrom::Repo(_) => MountRefused::NotInFrom,
+                MountFrom::Any => MountRefused::NotStored,
+            }));
+        }
         let size = tx
             .open_table(BLOBS)?
             .get((domain, digest.as_str()))?
@@ -633,6 +668,8 @@ impl Store {
             blobs.insert((domain, digest), (id, size, count - 1))?;
         } else {
             blobs.remove((domain, digest))?;
+            tx.open_table(QUARANTINE)?
+                .remove((QUARANTINE_BLOB, domain, digest))?;
             drop(blobs);
             self.quota_blob(tx, size, false)?;
             if size >= FP_LEN as u64 {

@@ -151,6 +151,14 @@ impl Handle {
         Ok(db.compact()?)
     }
 
+    /// redb's integrity check (it repairs what it can); needs no transaction open. True if
+    /// the file was consistent.
+    pub fn check_integrity(&self) -> Result<bool, StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let db = db.as_mut().ok_or(StoreError::Unavailable)?;
+        Ok(db.check_integrity()?)
+    }
+
     /// A write transaction; `durable` ones are on disk when `commit` returns.
     pub fn write(&self, durable: bool) -> Result<Tx<'_, WriteTransaction>, StoreError> {
         let guard = self.guard()?;

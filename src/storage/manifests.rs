@@ -3,7 +3,8 @@
 use super::domains::Domain;
 use super::repos::{ensure_repo, find_repo, find_repo_w, Repo};
 use super::schema::{
-    BLOBS, LINKS, MANIFESTS, PUSHED, REFERRERS, REFS, REF_BLOB, REF_CHILD, REF_LAZY, TAGS,
+    BLOBS, LINKS, MANIFESTS, PUSHED, QUARANTINE, QUARANTINE_MANIFEST, REFERRERS, REFS, REF_BLOB,
+    REF_CHILD, REF_LAZY, TAGS,
 };
 use super::{page, Store, StoreError};
 use crate::crypto::Binding;
@@ -196,6 +197,9 @@ impl Store {
             let digest = m.digest.as_str();
             let value = encode(m.media_type, subject, m.body)?;
             let value = seal_record(key, &manifest_at(repo.id, digest), value);
+            // A push of a quarantined manifest's content replaces the damaged record.
+            tx.open_table(QUARANTINE)?
+                .remove((QUARANTINE_MANIFEST, repo.id, digest))?;
             let old = tx
                 .open_table(MANIFESTS)?
                 .insert((repo.id, digest), value.as_slice())?
@@ -322,6 +326,8 @@ impl Store {
         let Some(value) = manifests.remove((repo.id, digest))? else {
             return Ok(None);
         };
+        tx.open_table(QUARANTINE)?
+            .remove((QUARANTINE_MANIFEST, repo.id, digest))?;
         self.quota_manifest(tx, name, -(value.value().len() as i128))?;
         // A record that no longer opens is still deleted; its referrer entry, which it names,
         // cannot be found and stays, and its references are found the slow way.
@@ -560,11 +566,7 @@ impl Store {
                 problems.push(format!("manifest {digest} in unknown repository {repo}"));
                 continue;
             };
-            let verified = self.domain_key(*domain).and_then(|key| {
-                let record = open_manifest(key.as_deref(), repo, digest, v.value())?;
-                verify_body(digest, decode(&record)?.2)
-            });
-            if let Err(e) = verified {
+            if let Err(e) = self.verify_manifest_record(*domain, repo, digest, v.value()) {
                 problems.push(format!("manifest {digest} of {name}: {e}"));
             }
         }
@@ -614,6 +616,23 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// Ok if the stored record of manifest `digest` of repository id `repo` (in `domain`)
+    /// opens with its key, decodes, and hashes to its digest: what `/admin/check` and the
+    /// scrub ask of every manifest.
+    pub(super) fn verify_manifest_record(
+        &self,
+        domain: u64,
+        repo: u64,
+        digest: &str,
+        stored: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = self.domain_key(domain)?;
+        let record = open_manifest(key.as_deref(), repo, digest, stored)?;
+        verify_body(digest, decode(&record)?.2)
     }
 }
 

@@ -11,6 +11,7 @@ mod quota;
 mod rekey;
 mod repos;
 mod schema;
+mod scrub;
 mod settings;
 mod uploads;
 mod usage;
@@ -23,6 +24,7 @@ pub use gc::ManifestState;
 pub use gc::{GcSnapshot, Held, RepoState, Step};
 pub use handle::private_dir;
 pub use manifests::NewManifest;
+pub use scrub::ScrubItem;
 
 use crate::clock::unix_now as now;
 use handle::{Handle, Tx};
@@ -114,6 +116,8 @@ pub enum StoreError {
     Corrupt(String),
     /// Stored data failed to open with its key: altered, moved, or its key erased.
     Integrity(String),
+    /// The blob's stored copy failed a scrub: it is not served until healed or pushed again.
+    Quarantined(String),
     /// A key problem an operator must fix: missing or wrong master key, conflicting key.
     Keys(String),
     /// The repository was created with another key while this request ran; retry.
@@ -147,6 +151,11 @@ impl fmt::Display for StoreError {
             StoreError::Unavailable => f.write_str("store is reopening after an I/O failure"),
             StoreError::Corrupt(m) => write!(f, "store unusable: {m}"),
             StoreError::Integrity(m) => write!(f, "integrity check failed: {m}"),
+            StoreError::Quarantined(d) => write!(
+                f,
+                "blob {d} is quarantined: its stored copy failed verification (outpost scrub \
+                 --status lists it); push it again, or a configured mirror heals it"
+            ),
             StoreError::Keys(m) => f.write_str(m),
             StoreError::DomainChanged(r) => write!(
                 f,
@@ -255,6 +264,8 @@ impl Store {
             tx.open_table(REFS)?;
             tx.open_table(PUSHED)?;
             tx.open_table(DEAD)?;
+            tx.open_table(QUARANTINE)?;
+            tx.open_table(SCRUB)?;
             tx.open_table(QUOTA_USAGE)?;
         }
         tx.commit()?;

@@ -94,3 +94,19 @@ pub const REF_CHILD: u8 = 1;
 /// Added to a `REFS` kind when the manifest was stored without its references present (a
 /// pull-through cache fetches them on demand): the check does not require them.
 pub const REF_LAZY: u8 = 0x10;
+
+/// (`QUARANTINE_*` kind, scope, digest) -> (unix seconds found, why): objects the scrub
+/// found damaged. A blob's scope is its domain, a manifest's its repository id. A quarantined
+/// blob is never served, mounted or deduplicated against; the row goes when the object is
+/// replaced (healed, pushed again) or deleted. Added without a schema version: a store
+/// without it simply has none, and an older build ignores it (and serves as it always did).
+pub const QUARANTINE: TableDefinition<(u8, u64, &str), (u64, &str)> =
+    TableDefinition::new("quarantine");
+/// A `QUARANTINE` kind: a blob (scope: its domain).
+pub const QUARANTINE_BLOB: u8 = 0;
+/// A `QUARANTINE` kind: a manifest (scope: its repository id).
+pub const QUARANTINE_MANIFEST: u8 = 1;
+
+/// Name -> JSON: the scrub's state (the pass under way and where it stands, the last full
+/// pass), so that a week-long pass goes on after a restart instead of starting again.
+pub const SCRUB: TableDefinition<&str, &[u8]> = TableDefinition::new("scrub");

@@ -10,7 +10,10 @@ use super::blobs::{
     drop_chunks, fingerprint, put_chunk, stored_fingerprint, with_sealed, BlobInfo, FP_LEN,
 };
 use super::repos::ensure_repo;
-use super::schema::{BLOBS, CHUNKS, LINK_PUSHED, PREFIXES, SHADOWS, UPLOADS};
+use super::schema::{
+    BLOBS, CHUNKS, DEAD, LINK_PUSHED, PREFIXES, QUARANTINE, QUARANTINE_BLOB, SHADOWS, UPLOADS,
+};
+use super::scrub::is_quarantined;
 use super::{next_id, now, Store, StoreError};
 use crate::digest::Digest;
 use redb::{ReadableTable, WriteTransaction};
@@ -324,12 +327,17 @@ impl Store {
             let tx = self.read()?;
             let prefixes = tx.open_table(PREFIXES)?;
             let blobs = tx.open_table(BLOBS)?;
+            let quarantine = tx.open_table(QUARANTINE)?;
             for row in prefixes
                 .range((domain, fp, "")..=(domain, fp, "\u{10ffff}"))?
                 .take(MAX_CANDIDATES)
             {
                 let (k, _) = row?;
                 let digest = k.value().2.to_owned();
+                // A damaged copy is never what an upload is compared with.
+                if is_quarantined(&quarantine, QUARANTINE_BLOB, domain, &digest)? {
+                    continue;
+                }
                 let Some((blob, size, _)) =
                     blobs.get((domain, digest.as_str()))?.map(|v| v.value())
                 else {
@@ -471,14 +479,35 @@ impl Store {
             let before = self.quota_before(&tx, repo)?;
             tx.open_table(UPLOADS)?.remove(id)?;
             let mut blobs = tx.open_table(BLOBS)?;
-            let duplicate = blobs.get((domain, digest.as_str()))?.is_some();
+            let existing = blobs.get((domain, digest.as_str()))?.map(|v| v.value());
+            let mut quarantine = tx.open_table(QUARANTINE)?;
+            // A quarantined copy is replaced by this verified one, never deduplicated against.
+            let replaced = match existing {
+                Some((old, _, count))
+                    if is_quarantined(&quarantine, QUARANTINE_BLOB, domain, digest.as_str())? =>
+                {
+                    quarantine.remove((QUARANTINE_BLOB, domain, digest.as_str()))?;
+                    tx.open_table(DEAD)?.insert(old, ())?;
+                    log::warn!("blob {digest}: its quarantined copy is replaced by a verified one");
+                    Some(count)
+                }
+                _ => None,
+            };
+            drop(quarantine);
+            let duplicate = existing.is_some() && replaced.is_none();
             if duplicate {
                 drop(blobs);
                 drop_chunks(&tx, up.blob)?;
             } else {
-                blobs.insert((domain, digest.as_str()), (up.blob, size, 0))?;
+                blobs.insert(
+                    (domain, digest.as_str()),
+                    (up.blob, size, replaced.unwrap_or(0)),
+                )?;
                 drop(blobs);
-                self.quota_blob(&tx, size, true)?;
+                // A replaced copy was charged when it was stored: the same bytes, once.
+                if replaced.is_none() {
+                    self.quota_blob(&tx, size, true)?;
+                }
                 if size >= FP_LEN as u64 {
                     let key = self.domain_key(domain)?;
                     let fp =

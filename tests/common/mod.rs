@@ -447,6 +447,21 @@ impl Client {
         )
     }
 
+    /// `POST /v2/TARGET/blobs/uploads/?mount=DIGEST[&from=FROM]`: a cross-repository mount
+    /// (201), or the upload session a refused one gives (202).
+    pub fn mount(&self, target: &str, digest: &str, from: Option<&str>) -> Resp {
+        let q = match from {
+            Some(f) => format!("mount={digest}&from={f}"),
+            None => format!("mount={digest}"),
+        };
+        self.req(
+            "POST",
+            &format!("/v2/{target}/blobs/uploads/?{q}"),
+            &[],
+            Body::None,
+        )
+    }
+
     /// POST + PUT ?digest= with the whole blob; returns the final response.
     pub fn push_blob(&self, repo: &str, data: &[u8]) -> (String, Resp) {
         let digest = sha256(data);
