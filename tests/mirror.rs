@@ -1079,3 +1079,31 @@ fn a_cache_takes_no_pushes_rechecks_tags_per_ttl_answers_heads_at_once_and_names
     let miss = c.get(&format!("/v2/cache/plant/t/blobs/{}", sha256(b"never")));
     assert_eq!((miss.status, miss.code()), (503, "UNAVAILABLE".to_owned()));
 }
+
+#[test]
+fn a_cache_fill_past_a_quota_is_passed_on_not_kept_and_leaves_nothing_behind() {
+    let tmp = TempDir::new("cachequota");
+    let a = Registry::start(&tmp.path().join("a"));
+    let (_, layer) = upstream_image(&a.client(), "plant/big", "v1", 900, 1 << 20);
+    let dir = tmp.path().join("b");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("outpost.json");
+    let c = serde_json::json!({ "listen": "127.0.0.1:0", "dataDir": dir.join("data"), "maxStoreSize": "512KiB",
+        "mirrors": [{"name": "a", "upstream": format!("http://{}", a.addr), "pullThrough": "cache"}] });
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let b = Registry::start_with(&dir.join("data"), &["--config", cfg.to_str().unwrap()]);
+    let c = b.client();
+    // The pull works; the layer past the quota is not kept, and no upload is left behind.
+    for _ in 0..2 {
+        pull_http(&c, "cache/plant/big", "v1");
+    }
+    let path = format!("/v2/plant/big/blobs/{} 200", sha256(&layer));
+    assert_eq!(a.log_text().matches(&path).count(), 2, "fetched each time");
+    let du = c.get("/admin/du").json();
+    assert_eq!(du["store"]["uploadBytes"], 0, "{du}");
+    assert!(
+        du["store"]["blobBytes"].as_u64().unwrap() < 512 << 10,
+        "{du}"
+    );
+    assert!(b.log_text().contains("passed on, not kept"));
+}

@@ -200,11 +200,20 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
         (Route::Catalog, Get) => tags::catalog(app, &query, &|r| caller.may_list(gate, r)),
         (Route::Tags(name), Get) => tags::list(app, &name, &query),
         (Route::Manifest(name, r), Get | Head) => {
-            if let Some(route) = app.cache.route(&name) {
-                if let Err(e) = app.cache.manifest(&app.store, &route, &name, &r) {
-                    return Err(upstream_failed(&format!("manifest {r}"), &e));
-                }
-            }
+            // Held until the manifest is read: an eviction meanwhile spares its repository.
+            let _pulled = match app.cache.route(&name) {
+                Some(route) => match app.cache.manifest(&app.store, &route, &name, &r) {
+                    Ok(mut p) => match p.unkept.take() {
+                        Some(f) => {
+                            return Ok(Reply::bytes(200, &f.media_type, f.body)
+                                .header("Docker-Content-Digest", f.digest.as_str()))
+                        }
+                        None => Some(p),
+                    },
+                    Err(e) => return Err(upstream_failed(&format!("manifest {r}"), &e)),
+                },
+                None => None,
+            };
             manifests::get(app, &name, &r)
         }
         (Route::Manifest(name, _), Put)

@@ -6,13 +6,14 @@
 use super::cache_config::CacheConfig;
 use super::local::LocalSink;
 use super::remote::Remote;
-use super::{MirrorError, Sink, Source};
+use super::{Fetched, MirrorError, Sink, Source};
 use crate::config::MirrorConfig;
 use crate::digest::{Digest, Hasher};
 use crate::registry::Reference;
 use crate::storage::{Store, StoreError};
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,32 @@ struct Cache {
     held: Mutex<Option<u64>>,
     /// Taken by the eviction running (one at a time).
     evicting: Mutex<()>,
+    /// Set when the cache grew while an eviction ran: it counts again.
+    again: AtomicBool,
+    /// Repositories with a manifest being looked up and served now: never evicted meanwhile.
+    busy: Mutex<HashMap<String, usize>>,
+}
+
+/// Keeps a repository of a cache from eviction while its manifest is served; returned by
+/// `PullThrough::manifest`.
+pub struct Pulled<'a> {
+    cache: &'a Cache,
+    repo: String,
+    /// A manifest fetched but not kept (the store refused it, e.g. past a quota): serve
+    /// these bytes.
+    pub unkept: Option<Fetched>,
+}
+
+impl Drop for Pulled<'_> {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.cache.busy);
+        if let Some(n) = busy.get_mut(&self.repo) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.repo);
+            }
+        }
+    }
 }
 
 /// Entries the `checked` and `pulled` maps keep at most: a flood of distinct references must
@@ -174,6 +201,8 @@ impl PullThrough {
                     pulled: Mutex::default(),
                     held: Mutex::default(),
                     evicting: Mutex::default(),
+                    again: AtomicBool::new(false),
+                    busy: Mutex::default(),
                 }),
                 Err(e) => log::error!("mirror {}: pull-through cache off: {e}", m.name),
             }
@@ -213,24 +242,30 @@ impl PullThrough {
     /// fails), a digest only on a miss. Stores what it fetched; the caller then serves from
     /// the store. Err: the store does not have it and the upstream could not say (no
     /// answer, or an error other than 404), so a "not found" would be a guess.
-    pub fn manifest(
+    pub fn manifest<'c>(
         &self,
         store: &Store,
-        route: &Route<'_>,
+        route: &Route<'c>,
         repo: &str,
         reference: &str,
-    ) -> Result<(), MirrorError> {
+    ) -> Result<Pulled<'c>, MirrorError> {
         let c = route.cache;
+        *lock(&c.busy).entry(repo.to_owned()).or_default() += 1;
+        let mut pulled = Pulled {
+            cache: c,
+            repo: repo.to_owned(),
+            unkept: None,
+        };
         let tag = match Reference::parse(reference) {
             Ok(Reference::Digest(d)) => {
                 if store.manifest_by_digest(repo, &d).is_ok() {
                     c.note_pull(repo, reference);
-                    return Ok(());
+                    return Ok(pulled);
                 }
                 None
             }
             Ok(Reference::Tag(t)) => Some(t),
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(pulled),
         };
         let key = format!("{repo}:{reference}");
         if tag.is_some()
@@ -238,7 +273,7 @@ impl PullThrough {
             && store.manifest_by_tag(repo, reference).is_ok()
         {
             c.note_pull(repo, reference);
-            return Ok(());
+            return Ok(pulled);
         }
         match c.remote.manifest(&route.upstream_repo, reference, None) {
             Ok(f) => {
@@ -248,6 +283,9 @@ impl PullThrough {
                         .manifest_by_tag(repo, t)
                         .is_ok_and(|m| m.digest == f.digest.as_str())
                 });
+                if tag.is_some() {
+                    c.looked_up(key.clone());
+                }
                 if !unchanged {
                     let bytes = f.body.len() as u64;
                     match LocalSink::lazy(store).put_manifest(repo, &f, tag.as_deref()) {
@@ -255,13 +293,13 @@ impl PullThrough {
                             super::sync::note_cache(store, &c.name, false, bytes, None);
                             self.grown(store, c, bytes);
                         }
-                        Err(e) => log::warn!("cache {}: storing {key}: {e}", c.name),
+                        Err(e) => {
+                            log::warn!("cache {}: {key} passed on, not kept: {e}", c.name);
+                            pulled.unkept = Some(f);
+                        }
                     }
                 }
-                if tag.is_some() {
-                    c.looked_up(key);
-                }
-                Ok(())
+                Ok(pulled)
             }
             Err(e) => {
                 // An answer (404, 401) means the upstream is there; no answer, it is not.
@@ -273,9 +311,9 @@ impl PullThrough {
                 super::sync::note_cache(store, &c.name, have, 0, Some(&e.message));
                 if have {
                     c.note_pull(repo, reference);
-                    Ok(())
+                    Ok(pulled)
                 } else if e.status == Some(404) {
-                    Ok(())
+                    Ok(pulled)
                 } else {
                     Err(e)
                 }
@@ -291,23 +329,43 @@ impl PullThrough {
         };
         {
             let mut held = lock(&c.held);
-            match *held {
-                Some(h) if h.saturating_add(bytes) <= limit => {
-                    *held = Some(h + bytes);
+            if let Some(h) = *held {
+                *held = Some(h.saturating_add(bytes));
+                if h.saturating_add(bytes) <= limit {
                     return;
                 }
-                _ => {}
             }
         }
-        // Another request is evicting: what it counts includes these bytes.
-        let Ok(_one) = c.evicting.try_lock() else {
-            return;
-        };
+        // One eviction at a time; one that grew the cache while another ran has that one
+        // count again when it ends (its snapshot may predate these bytes).
+        for _ in 0..4 {
+            let Ok(_one) = c.evicting.try_lock() else {
+                c.again.store(true, Ordering::Relaxed);
+                return;
+            };
+            c.again.store(false, Ordering::Relaxed);
+            self.evict(store, c, limit);
+            drop(_one);
+            if !c.again.swap(false, Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+
+    /// One eviction of cache `c` down to its `limit` (see `evict::run`).
+    fn evict(&self, store: &Store, c: &Cache, limit: u64) {
         let pulled = lock(&c.pulled).clone();
         let last_pull =
             |repo: &str, reference: &str| pulled.get(&format!("{repo}@{reference}")).copied();
+        let busy = lock(&c.busy).clone();
+        let keep = |repo: &str| busy.contains_key(repo);
         let upstream = |repo: &str| c.upstream_of(repo).map(str::to_owned);
-        match super::evict::run(store, &c.prefix, &c.config, limit, &last_pull, &upstream) {
+        let seen = super::evict::Seen {
+            last_pull: &last_pull,
+            busy: &keep,
+            upstream: &upstream,
+        };
+        match super::evict::run(store, &c.prefix, &c.config, limit, &seen) {
             Ok(r) => {
                 *lock(&c.held) = Some(r.held_after);
                 for (image, ago) in &r.evicted {
@@ -318,7 +376,7 @@ impl PullThrough {
                 }
                 if r.held_after > limit {
                     log::warn!(
-                        "cache {}: holds {} bytes, over its maxSize of {limit}: the rest is pinned or being pulled",
+                        "cache {}: holds {} bytes, over its maxSize of {limit}: the rest is pinned or being served",
                         c.name,
                         r.held_after
                     );
@@ -439,11 +497,19 @@ impl PullThrough {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .ok_or_else(|| MirrorError::new("upstream sent a blob without Content-Length"))?;
-            let upload = store.upload_create(repo)?;
+            // Past a quota the blob is passed on without being kept: the client still gets
+            // it, the card gets nothing.
+            let upload = match store.quota_room(repo, Some(digest), size) {
+                Ok(()) => Some(store.upload_create(repo)?),
+                Err(e) => {
+                    log::warn!("cache {}: {repo}@{digest} passed on, not kept: {e}", c.name);
+                    None
+                }
+            };
             return Ok(Some(Relay {
                 body: Box::new(resp.into_body().into_reader()),
                 size,
-                upload: Some(upload),
+                upload,
                 repo: repo.to_owned(),
                 digest: digest.clone(),
                 cache: c.name.clone(),
@@ -495,9 +561,11 @@ impl Relay {
         };
         let digest = hasher.finish();
         if got == self.size && digest == self.digest {
-            store
-                .upload_finish(&self.repo, upload, &self.digest, self.size)
-                .map_err(|e| e.to_string())?;
+            if let Err(e) = store.upload_finish(&self.repo, upload, &self.digest, self.size) {
+                // Refused (a quota filled meanwhile): the session goes with it.
+                let _ = store.upload_cancel(&self.repo, upload);
+                return Err(e.to_string());
+            }
             super::sync::note_cache(store, &self.cache, false, self.size, None);
             if let Some(c) = caches.caches.iter().find(|c| c.name == self.cache) {
                 caches.grown(store, c, self.size);

@@ -9,9 +9,6 @@ use crate::storage::{GcSnapshot, Held, RepoState, Step, Store, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// How long a link that no manifest lists is left alone: a blob being pulled through right
-/// now is linked before its image's manifest is asked for again.
-const IN_FLIGHT: u64 = 60;
 /// How long one eviction transaction keeps adding deletions (as the collector's).
 const TX_BUDGET: Duration = Duration::from_millis(5);
 
@@ -23,6 +20,19 @@ pub struct Evicted {
     pub held_after: u64,
     /// Images evicted (`repo@digest`) and seconds since their last pull.
     pub evicted: Vec<(String, u64)>,
+}
+
+/// What the cache knows beyond the store: when references were pulled
+/// (`last_pull(repo, reference)`; else an image's fetch time counts), which repositories
+/// are being served now (`busy`: never evicted meanwhile), and each repository's upstream
+/// name (`upstream`), which `pinned` speaks of.
+pub struct Seen<'a> {
+    /// When a tag or digest of a repository was last pulled.
+    pub last_pull: &'a dyn Fn(&str, &str) -> Option<u64>,
+    /// Whether a repository has a manifest being served.
+    pub busy: &'a dyn Fn(&str) -> bool,
+    /// The upstream repository of a cache repository.
+    pub upstream: &'a dyn Fn(&str) -> Option<String>,
 }
 
 /// An image: a manifest no other manifest of its repository lists, with those it lists.
@@ -67,20 +77,17 @@ struct RepoSteps {
 }
 
 /// Evicts from the cache of repositories under `prefix/` until it holds at most 90 % of
-/// `limit`, if it holds more than `limit`. `last_pull(repo, reference)` is when a tag or
-/// digest of `repo` was last pulled (else its fetch time counts); `upstream(repo)` names
-/// the upstream repository, which `pinned` speaks of.
+/// `limit`, if it holds more than `limit`.
 pub fn run(
     store: &Store,
     prefix: &str,
     cfg: &CacheConfig,
     limit: u64,
-    last_pull: &dyn Fn(&str, &str) -> Option<u64>,
-    upstream: &dyn Fn(&str) -> Option<String>,
+    seen: &Seen,
 ) -> Result<Evicted, StoreError> {
     let snap = store.gc_snapshot()?;
     let now = unix_now();
-    let (plan, out) = plan(&snap, prefix, cfg, limit, now, last_pull, upstream);
+    let (plan, out) = plan(&snap, prefix, cfg, limit, now, seen);
     let mut held = Held::default();
     for (repo, steps) in plan {
         let mut all = steps.manifests;
@@ -111,8 +118,7 @@ fn plan<'a>(
     cfg: &CacheConfig,
     limit: u64,
     now: u64,
-    last_pull: &dyn Fn(&str, &str) -> Option<u64>,
-    upstream: &dyn Fn(&str) -> Option<String>,
+    seen: &Seen,
 ) -> (Vec<(&'a RepoState, RepoSteps)>, Evicted) {
     let under = format!("{prefix}/");
     let repos: Vec<&RepoState> = snap
@@ -147,12 +153,12 @@ fn plan<'a>(
         held,
     };
     // Links no manifest lists (fetched by digest alone, or left by an evicted image) go
-    // first, unless a pull may be on its way through them.
+    // first: a pull that wants one again fetches it again.
     for (i, r) in repos.iter().enumerate() {
-        for (d, (linked_at, _)) in &r.links {
+        for d in r.links.keys() {
             let listed = r.blob_refs.get(d).is_some_and(|m| !m.is_empty());
-            if !listed && linked_at.saturating_add(IN_FLIGHT) <= now && t.held > target {
-                t.unlink(i, r, d, now - IN_FLIGHT);
+            if !listed && t.held > target && !(seen.busy)(&r.name) {
+                t.unlink(i, r, d, now);
             }
         }
     }
@@ -164,7 +170,10 @@ fn plan<'a>(
             .values()
             .flat_map(|m| m.children.iter().map(String::as_str))
             .collect();
-        let up = upstream(&r.name).unwrap_or_default();
+        if (seen.busy)(&r.name) {
+            continue;
+        }
+        let up = (seen.upstream)(&r.name).unwrap_or_default();
         let mut referrers: HashMap<&str, Vec<&str>> = HashMap::new();
         for (d, m) in &r.manifests {
             if let Some(s) = &m.subject {
@@ -194,8 +203,8 @@ fn plan<'a>(
             members.extend(own);
             let last_used = members
                 .iter()
-                .filter_map(|d| last_pull(&r.name, d))
-                .chain(m.tags.iter().filter_map(|t| last_pull(&r.name, t)))
+                .filter_map(|d| (seen.last_pull)(&r.name, d))
+                .chain(m.tags.iter().filter_map(|t| (seen.last_pull)(&r.name, t)))
                 .max()
                 .unwrap_or(m.pushed);
             images.push((
@@ -306,8 +315,14 @@ mod tests {
 
     fn planned(snap: &GcSnapshot, cfg: &CacheConfig, limit: u64) -> (Vec<String>, Evicted) {
         let none = |_: &str, _: &str| None;
+        let idle = |_: &str| false;
         let up = |r: &str| r.strip_prefix("c/").map(str::to_owned);
-        let (plan, out) = plan(snap, "c", cfg, limit, 10_000, &none, &up);
+        let seen = Seen {
+            last_pull: &none,
+            busy: &idle,
+            upstream: &up,
+        };
+        let (plan, out) = plan(snap, "c", cfg, limit, 10_000, &seen);
         let steps = plan
             .iter()
             .flat_map(|(r, s)| {

@@ -161,6 +161,8 @@ impl Sink for LocalSink<'_> {
         size: u64,
         open: &mut dyn FnMut(u64) -> Result<BlobReader<'a>>,
     ) -> Result<()> {
+        // A quota this blob would pass refuses it before anything is fetched.
+        self.store.quota_room(repo, Some(digest), size)?;
         let (id, mut at, mut hasher) = match self.resume(repo, digest) {
             Some(r) if r.1 <= size => r,
             _ => (
@@ -214,7 +216,13 @@ impl Sink for LocalSink<'_> {
                 "blob {digest}: content has digest {got}: refused (tampered or corrupt)"
             )));
         }
-        self.store.upload_finish(repo, &id, digest, size)?;
+        // Refused at the finish (a quota filled meanwhile): the session goes with it, or
+        // every pass would leave another copy behind.
+        self.store
+            .upload_finish(repo, &id, digest, size)
+            .inspect_err(|_| {
+                let _ = self.store.upload_cancel(repo, &id);
+            })?;
         Ok(())
     }
 
