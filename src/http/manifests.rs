@@ -27,6 +27,26 @@ pub fn get(app: &App, name: &str, reference: &str) -> Result<Reply> {
     Ok(Reply::bytes(200, &m.media_type, m.body).header("Docker-Content-Digest", m.digest))
 }
 
+/// `GET`/`HEAD` a manifest of a pull-through cache's repository: refreshed from the
+/// upstream first (see `PullThrough::manifest`); its repository is spared by evictions until
+/// the manifest is read, and one the store refused is served from the fetched bytes.
+pub fn get_cached(
+    app: &App,
+    route: &crate::mirror::cache::Route<'_>,
+    name: &str,
+    reference: &str,
+) -> Result<Reply> {
+    let mut pulled = app
+        .cache
+        .manifest(&app.store, route, name, reference)
+        .map_err(|e| super::upstream_failed(&format!("manifest {reference}"), &e))?;
+    if let Some(f) = pulled.unkept.take() {
+        return Ok(Reply::bytes(200, &f.media_type, f.body)
+            .header("Docker-Content-Digest", f.digest.as_str()));
+    }
+    get(app, name, reference)
+}
+
 /// `PUT` a manifest: bounded read, digest check, validation, then one transaction that checks
 /// its references and stores it with its tags and referrer entry.
 pub fn put(

@@ -199,23 +199,10 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
         (Route::Base, Get | Head) => Ok(Reply::bytes(200, "application/json", b"{}".to_vec())),
         (Route::Catalog, Get) => tags::catalog(app, &query, &|r| caller.may_list(gate, r)),
         (Route::Tags(name), Get) => tags::list(app, &name, &query),
-        (Route::Manifest(name, r), Get | Head) => {
-            // Held until the manifest is read: an eviction meanwhile spares its repository.
-            let _pulled = match app.cache.route(&name) {
-                Some(route) => match app.cache.manifest(&app.store, &route, &name, &r) {
-                    Ok(mut p) => match p.unkept.take() {
-                        Some(f) => {
-                            return Ok(Reply::bytes(200, &f.media_type, f.body)
-                                .header("Docker-Content-Digest", f.digest.as_str()))
-                        }
-                        None => Some(p),
-                    },
-                    Err(e) => return Err(upstream_failed(&format!("manifest {r}"), &e)),
-                },
-                None => None,
-            };
-            manifests::get(app, &name, &r)
-        }
+        (Route::Manifest(name, r), Get | Head) => match app.cache.route(&name) {
+            Some(route) => manifests::get_cached(app, &route, &name, &r),
+            None => manifests::get(app, &name, &r),
+        },
         (Route::Manifest(name, _), Put)
         | (Route::Uploads(name), Post)
         | (Route::Upload(name, _), Patch | Put)
@@ -266,7 +253,7 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
 
 /// The answer for `what` of a pull-through cache that the store lacks and the upstream did
 /// not give: unreachable (no answer) or failing (an error other than 404).
-fn upstream_failed(what: &str, e: &crate::mirror::MirrorError) -> ApiError {
+pub(super) fn upstream_failed(what: &str, e: &crate::mirror::MirrorError) -> ApiError {
     let how = if e.status.is_none() {
         "unreachable"
     } else {
