@@ -494,6 +494,17 @@ pub fn token(
 }
 
 impl Caller {
+    /// The name the access log and audit trail give the caller: the user, `anonymous`
+    /// (no credentials, or auth off), or `operator` (the admin socket).
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Open | Caller::Anonymous => "anonymous",
+            Caller::Operator => "operator",
+            Caller::User(u) => u,
+            Caller::Token(g) => g.sub.as_deref().unwrap_or("anonymous"),
+        }
+    }
+
     /// True if the caller may pull `repo` (for mounts: pull on `from`). Without a gate the
     /// caller is open or the operator: yes.
     pub fn may_pull(&self, gate: Option<&Gate>, repo: &str) -> bool {

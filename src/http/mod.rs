@@ -141,12 +141,26 @@ impl Reply {
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// Who made a request and from where: for the access log, the audit trail and metrics.
+#[derive(Clone, Debug)]
+pub struct Who {
+    /// `Caller::name`: a user, `anonymous` or `operator`; `anonymous` until auth has
+    /// identified the caller (and for a request refused before it could).
+    pub user: String,
+    /// The client's address; `None` on the admin socket.
+    pub addr: Option<std::net::IpAddr>,
+}
+
 /// Serves one request from `origin`, start to finish, and logs it.
 pub fn handle(app: &App, mut req: Request, origin: Origin) {
     let started = Instant::now();
     let method = req.method().clone();
     let url = req.url().to_owned();
-    let result = dispatch(app, &mut req, origin);
+    let mut who = Who {
+        user: "anonymous".to_owned(),
+        addr: req.remote_addr().map(|a| a.ip()),
+    };
+    let result = dispatch(app, &mut req, origin, &mut who);
     let status = match result {
         Ok(reply) => send(app, req, reply),
         Err(e) => {
@@ -157,9 +171,11 @@ pub fn handle(app: &App, mut req: Request, origin: Origin) {
             send(app, req, e.into())
         }
     };
+    let addr = who.addr.map_or("-".to_owned(), |a| a.to_string());
     log::info!(
-        "{method} {url} {status} {:.1}ms",
-        started.elapsed().as_secs_f64() * 1e3
+        "{method} {url} {status} {:.1}ms {addr} {}",
+        started.elapsed().as_secs_f64() * 1e3,
+        who.user
     );
     // Scratch space a request grew stays with the thread; a connection thread may idle long.
     crate::storage::trim_thread_buffers();
@@ -185,7 +201,8 @@ pub fn busy_response() -> Vec<u8> {
     r
 }
 
-fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
+/// Routes `req` to its handler; `who` learns the caller once auth has identified it.
+fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Result<Reply> {
     let url = req.url().to_owned();
     let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
     let route = routes::route(path)?;
@@ -193,6 +210,7 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin) -> Result<Reply> {
     let method = req.method().clone();
     let gate = app.gate.as_ref();
     let caller = auth::check(gate, &app.store, req, &route, origin)?;
+    caller.name().clone_into(&mut who.user);
     use Method::*;
     match (route, &method) {
         (Route::Token, Get | Post) => auth::token(gate, &app.store, req, &query),
