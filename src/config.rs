@@ -52,6 +52,8 @@ pub struct Config {
     pub immutable_tags: Vec<crate::registry::immutable::ImmutableRule>,
     /// `quotas` and `maxStoreSize`: byte budgets.
     pub quotas: crate::quota::Quotas,
+    /// `logFormat`: text lines or JSON objects (the registry's log).
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// A `mirrors` entry, validated.
@@ -498,6 +500,7 @@ impl Default for Config {
             scrub: crate::scrub::config::ScrubConfig::default(),
             immutable_tags: Vec::new(),
             quotas: crate::quota::Quotas::default(),
+            log_format: crate::logging::LogFormat::Text,
         }
     }
 }
@@ -565,6 +568,8 @@ pub struct Overrides {
     pub max_store_size: Option<Size>,
     /// `quotas`: byte budgets per repository pattern
     pub quotas: Option<Vec<crate::quota::config::QuotaSpec>>,
+    /// `logFormat`: `"text"` or `"json"`
+    pub log_format: Option<String>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -726,6 +731,7 @@ impl Overrides {
             immutable_tags: other.immutable_tags.or(self.immutable_tags),
             max_store_size: other.max_store_size.or(self.max_store_size),
             quotas: other.quotas.or(self.quotas),
+            log_format: other.log_format.or(self.log_format),
         }
     }
 
@@ -819,6 +825,12 @@ impl Overrides {
                 .map(|(i, r)| r.resolve(i + 1))
                 .collect::<Result<_, _>>()?,
             quotas: crate::quota::config::resolve(self.max_store_size, self.quotas)?,
+            log_format: match self.log_format {
+                None => d.log_format,
+                Some(f) => {
+                    crate::logging::LogFormat::parse(&f).map_err(|e| format!("logFormat: {e}"))?
+                }
+            },
         };
         for (i, m) in c.mirrors.iter().enumerate() {
             if c.mirrors[..i].iter().any(|o| o.name == m.name) {

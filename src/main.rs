@@ -8,6 +8,7 @@ mod crypto;
 mod digest;
 mod gc;
 mod http;
+mod logging;
 mod memory;
 mod mirror;
 mod net;
@@ -57,7 +58,7 @@ Options for serve (flags override the config file, which overrides the defaults)
                             minFreeSpace, blobMounting, automaticMount, masterKeyFile,
                             encryption, auth, access, tls, mirrors, gcGracePeriod,
                             gcInterval, lifecycle, immutableTags, scrubRate,
-                            scrubInterval)
+                            scrubInterval, logFormat)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --master-key-file FILE    master key for encrypted repositories [default: the systemd
@@ -79,6 +80,7 @@ Options for serve (flags override the config file, which overrides the defaults)
   --blob-mounting enabled|disabled   honour cross-repository mounts [default: enabled]
   --automatic-mount enabled|disabled mounts without from= search all repositories
                                      [default: enabled]
+  --log-format text|json    json: every log line one JSON object [default: text]
   -h, --help                this help
 
 COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
@@ -341,6 +343,11 @@ fn parse_args() -> Result<Command, lexopt::Error> {
                     .map_err(|e| format!("--min-transfer-rate: {e} (bytes per second)"))?;
                 a.flags.min_transfer_rate = Some(Size::Text(v));
             }
+            Long("log-format") => {
+                let v = parser.value()?.string()?;
+                logging::LogFormat::parse(&v).map_err(|e| format!("--log-format: {e}"))?;
+                a.flags.log_format = Some(v);
+            }
             Long("upload-ttl") => a.flags.upload_ttl = duration(parser.value()?, "--upload-ttl")?,
             Long("max-manifest-size") => {
                 a.flags.max_manifest_size = size(parser.value()?, "--max-manifest-size")?
@@ -571,17 +578,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
 fn main() -> ExitCode {
     memory::limit_arenas();
     let journal = systemd::stderr_is_journal();
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if journal {
-        // The journal adds its own timestamps; "<N>" gives each line its priority.
-        logger.format(|f, r| {
-            use std::io::Write;
-            let priority = systemd::journal_priority(r.level());
-            writeln!(f, "<{priority}>{}: {}", r.target(), r.args())
-        });
-    }
-    logger.init();
+    logging::init(journal);
     let command = match parse_args() {
         Ok(c) => c,
         Err(e) => {
@@ -660,8 +657,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let priority = if journal { "<3>" } else { "" };
-            eprintln!("{priority}outpost: {e}");
+            logging::print_error(journal, &e);
             ExitCode::from(1)
         }
     }

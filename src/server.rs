@@ -26,6 +26,8 @@ const STOP_GRACE: Duration = Duration::from_secs(60);
 /// it cannot start, or if its listening socket fails for good (then it exits non-zero, so that
 /// systemd restarts it).
 pub fn run(config: Config) -> Result<(), String> {
+    // Before anything logs.
+    crate::logging::set_format(config.log_format);
     // First, while this is the only thread: the socket systemd may have passed.
     let activated = systemd::activated_listener()?;
     crate::storage::private_dir(&config.data_dir).map_err(|e| {
@@ -139,7 +141,8 @@ pub fn run(config: Config) -> Result<(), String> {
     } else {
         http::busy_response()
     };
-    let heartbeat = Heartbeat::default();
+    // The App's: `/readyz` reads it too.
+    let heartbeat = &app.heartbeat;
     let (watchdog_stop, watchdog_wait) = mpsc::channel::<()>();
     let lost = thread::scope(|scope| {
         if let Some(admin) = admin {
@@ -158,7 +161,7 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         }
         if let Some(interval) = systemd::watchdog_interval() {
-            let (app, pool, heartbeat) = (&app, &pool, &heartbeat);
+            let (app, pool) = (&app, &pool);
             let started =
                 thread::Builder::new()
                     .name("watchdog".into())
@@ -179,7 +182,7 @@ pub fn run(config: Config) -> Result<(), String> {
         // This thread accepts. A panic here is a lost listener too.
         let l = Listening::Tcp(listener);
         let accepted = catch_unwind(AssertUnwindSafe(|| {
-            accept_loop(&l, &pool, &refusal, &stopping, &heartbeat)
+            accept_loop(&l, &pool, &refusal, &stopping, heartbeat)
         }))
         .unwrap_or_else(|_| Err("the accept loop panicked".into()));
         // New clients are refused at once from here on, rather than left waiting in a backlog

@@ -530,7 +530,8 @@ fn need<'r>(route: &'r Route, method: &Method) -> Need<'r> {
     let repo = |name: &'r String, action| Need::Repo(name.as_str(), action);
     match route {
         Route::Base => Need::SignedIn,
-        Route::Token => Need::Nothing,
+        // Probes reveal nothing but a category of trouble.
+        Route::Token | Route::Health(_) => Need::Nothing,
         Route::Catalog => Need::Catalog,
         Route::Tags(n) | Route::Referrers(n, _) => repo(n, Action::Pull),
         Route::Manifest(n, _) | Route::Blob(n, _) => match method {

@@ -5,6 +5,7 @@ mod auth;
 mod blobs;
 mod buffers;
 mod errors;
+mod health;
 mod manifests;
 mod routes;
 mod stats;
@@ -14,6 +15,8 @@ mod uploads;
 
 pub use admin::key_json;
 pub use auth::Origin;
+#[allow(unused_imports)] // until the metrics listener calls it
+pub use health::health_reply;
 pub use routes::percent_encode;
 
 use crate::config::Config;
@@ -46,6 +49,8 @@ pub struct App {
     cache: crate::mirror::cache::PullThrough,
     /// Transfer buffers, `workers` chunk-sized ones at most.
     buffers: buffers::Buffers,
+    /// Proof of life of the registry port's accept loop (the watchdog and `/readyz` read it).
+    pub heartbeat: crate::net::listener::Heartbeat,
 }
 
 impl App {
@@ -72,6 +77,7 @@ impl App {
             stats: stats::Stats::default(),
             hashers: uploads::HasherCache::default(),
             acknowledged: uploads::Acknowledged::default(),
+            heartbeat: Default::default(),
         })
     }
 
@@ -161,24 +167,41 @@ pub fn handle(app: &App, mut req: Request, origin: Origin) {
         addr: req.remote_addr().map(|a| a.ip()),
     };
     let result = dispatch(app, &mut req, origin, &mut who);
-    let status = match result {
+    let received = req.body_bytes_read();
+    let sent = match result {
         Ok(reply) => send(app, req, reply),
         Err(e) => {
-            let status = e.status;
-            if status >= 500 {
+            if e.status >= 500 {
                 log::warn!("{method} {url}: {}", e.message);
             }
             send(app, req, e.into())
         }
     };
-    let addr = who.addr.map_or("-".to_owned(), |a| a.to_string());
-    log::info!(
-        "{method} {url} {status} {:.1}ms {addr} {}",
-        started.elapsed().as_secs_f64() * 1e3,
-        who.user
-    );
+    log_access(&method, &url, sent, received, started, &who);
     // Scratch space a request grew stays with the thread; a connection thread may idle long.
     crate::storage::trim_thread_buffers();
+}
+
+/// The access log line of a request: `METHOD URL STATUS` first (what greps of the log look
+/// for), then bytes sent and received (bodies), the time taken, the client and the user;
+/// with `logFormat: json` the same as fields.
+fn log_access(method: &Method, url: &str, sent: Sent, received: u64, started: Instant, who: &Who) {
+    let ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+    let addr = who.addr.map_or("-".to_owned(), |a| a.to_string());
+    let (status, bytes, user) = (sent.status, sent.bytes, who.user.as_str());
+    log::info!(
+        target: "outpost::http::access",
+        method = method.as_str(),
+        path = url,
+        status = status,
+        bytes = bytes,
+        received = received,
+        duration_ms = ms,
+        addr = addr.as_str(),
+        user = user;
+        "{method} {url} {status} sent={bytes}B received={received}B time={ms:.1}ms addr={addr} \
+         user={user}"
+    );
 }
 
 /// The whole response a connection gets when every connection slot is taken: 503 with
@@ -214,6 +237,7 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Resu
     use Method::*;
     match (route, &method) {
         (Route::Token, Get | Post) => auth::token(gate, &app.store, req, &query),
+        (Route::Health(probe), Get | Head) => Ok(health::reply(app, probe)),
         (Route::Base, Get | Head) => Ok(Reply::bytes(200, "application/json", b"{}".to_vec())),
         (Route::Catalog, Get) => tags::catalog(app, &query, &|r| caller.may_list(gate, r)),
         (Route::Tags(name), Get) => tags::list(app, &name, &query),
@@ -348,8 +372,16 @@ fn has_body(req: &Request) -> bool {
     header(req, "Transfer-Encoding").is_some() || req.body_length().is_some_and(|n| n > 0)
 }
 
-/// Writes `reply`; returns the status sent.
-fn send(app: &App, req: Request, reply: Reply) -> u16 {
+/// What a response put on the wire: its status and body bytes.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    status: u16,
+    /// Body bytes written (headers aside; none for a `HEAD`).
+    bytes: u64,
+}
+
+/// Writes `reply`; returns what was sent.
+fn send(app: &App, req: Request, reply: Reply) -> Sent {
     let Reply {
         status,
         mut headers,
@@ -370,7 +402,7 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
     match body {
         Body::Blob { blob, start, len } => {
             match stream::blob(app, req, status, &headers, (blob, start, len)) {
-                Ok(()) => status,
+                Ok(bytes) => Sent { status, bytes },
                 // Failed before anything was sent: still time for a proper error.
                 Err(failed) => {
                     let (req, e) = *failed;
@@ -390,13 +422,18 @@ fn header_value_safe(v: &str) -> bool {
     v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
-/// Writes a small, fully known response through tiny_http; returns the status.
+/// Writes a small, fully known response through tiny_http; returns what was sent.
 fn send_bytes(
     req: Request,
     status: u16,
     headers: Vec<(&'static str, String)>,
     data: Vec<u8>,
-) -> u16 {
+) -> Sent {
+    let bytes = if *req.method() == Method::Head {
+        0
+    } else {
+        data.len() as u64
+    };
     let mut response = Response::from_data(data).with_status_code(status);
     for (name, value) in headers {
         // Header values we set are ASCII; anything else is dropped rather than panicking.
@@ -404,8 +441,11 @@ fn send_bytes(
             response.add_header(h);
         }
     }
-    if let Err(e) = req.respond(response) {
-        log::debug!("response not delivered: {e}");
+    match req.respond(response) {
+        Ok(()) => Sent { status, bytes },
+        Err(e) => {
+            log::debug!("response not delivered: {e}");
+            Sent { status, bytes: 0 }
+        }
     }
-    status
 }

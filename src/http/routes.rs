@@ -48,6 +48,8 @@ pub enum Route {
     AdminScrub,
     /// `/token`: Docker's token endpoint
     Token,
+    /// `/healthz` or `/readyz`
+    Health(super::health::Probe),
 }
 
 /// Parses the path part of a request URL (no query).
@@ -65,6 +67,9 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/scrub" => return Ok(Route::AdminScrub),
         "/token" => return Ok(Route::Token),
         _ => {}
+    }
+    if let Some(probe) = super::health::Probe::at(path) {
+        return Ok(Route::Health(probe));
     }
     if let Some(name) = path.strip_prefix("/admin/users/") {
         return if crate::auth::valid_user_name(name) {

@@ -4,7 +4,7 @@
 
 use super::buffers::{Lease, Pacer, Way};
 use super::errors::ApiError;
-use super::App;
+use super::{App, Sent};
 use crate::storage::{BlobInfo, ChunkHint, StoreError};
 use std::io::Write;
 use std::sync::mpsc;
@@ -77,27 +77,27 @@ pub(super) fn head(
     status: u16,
     headers: &[(&'static str, String)],
     len: u64,
-) -> u16 {
+) -> Sent {
     let head = response_head(status, len, headers, req.closes_connection());
     let mut w = req.into_writer();
     if let Err(e) = w.write_all(head.as_bytes()).and_then(|()| w.flush()) {
         log::debug!("response not delivered: {e}");
     }
-    status
+    Sent { status, bytes: 0 }
 }
 
 /// Streams a blob straight onto the connection: header, then one store read and one socket
 /// write per step (tiny_http's own body copy goes 8 KiB at a time). The first step is read
 /// before the header is written, so a store failure there is still answered properly (`Err`);
 /// a failure after that shuts the connection down, so the client sees a truncated transfer
-/// rather than waiting for bytes that will never come.
+/// rather than waiting for bytes that will never come. `Ok`: the body bytes sent.
 pub(super) fn blob(
     app: &App,
     mut req: Request,
     status: u16,
     headers: &[(&'static str, String)],
     (blob, start, len): (BlobInfo, u64, u64),
-) -> Result<(), Box<(Request, ApiError)>> {
+) -> Result<u64, Box<(Request, ApiError)>> {
     let head = response_head(status, len, headers, req.closes_connection());
     let with_body = *req.method() != Method::Head && len > 0;
     // Plaintext over plain HTTP: the body goes to the socket by hand (see `send_raw`).
@@ -173,7 +173,7 @@ pub(super) fn blob(
             a.abort();
         }
     }
-    Ok(())
+    Ok(at - start)
 }
 
 /// Sends `[at, end)` of a plaintext blob to the socket by hand, the first step's bytes in
@@ -359,20 +359,23 @@ pub(super) fn relay(
     status: u16,
     headers: &[(&'static str, String)],
     mut relay: crate::mirror::cache::Relay,
-) -> u16 {
+) -> Sent {
     let head_only = *req.method() == Method::Head;
     let size = relay.size;
     let head = response_head(status, size, headers, req.closes_connection());
     let abort = req.abort_handle();
     let mut w = Some(req.into_writer());
-    let mut client = |bytes: &[u8]| {
+    let mut sent = 0u64;
+    let mut client = |bytes: &[u8], body: bool| {
         if let Some(out) = &mut w {
             if out.write_all(bytes).is_err() {
                 w = None;
+            } else if body {
+                sent += bytes.len() as u64;
             }
         }
     };
-    client(head.as_bytes());
+    client(head.as_bytes(), false);
     let mut hasher = crate::digest::Hasher::new(relay.digest.algorithm());
     let mut at = 0u64;
     let mut lease = app.buffers.pacer().lease();
@@ -386,7 +389,7 @@ pub(super) fn relay(
             Ok(0) => break Ok(()),
             Ok(n) => {
                 if !head_only {
-                    client(&buf[..n]);
+                    client(&buf[..n], true);
                 }
                 at += n as u64;
             }
@@ -408,5 +411,8 @@ pub(super) fn relay(
             }
         }
     }
-    status
+    Sent {
+        status,
+        bytes: sent,
+    }
 }

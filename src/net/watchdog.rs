@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// An accept loop that has not gone round for this long is stuck (it wakes every half second).
-const STUCK_LISTENER: Duration = Duration::from_secs(5);
+pub const STUCK_LISTENER: Duration = Duration::from_secs(5);
 
 /// What the watchdog looks at.
 pub struct Checks<'a> {

@@ -16,12 +16,21 @@ use std::sync::{RwLock, RwLockReadGuard};
 /// Set when redb reports an I/O failure; the handle then reopens the database. Process-wide
 /// because the conversion of redb errors cannot reach the handle (one store per process).
 static IO_FAILED: AtomicBool = AtomicBool::new(false);
+/// Set with `IO_FAILED`, cleared only once a reopen has succeeded: what `/readyz` reports
+/// (`IO_FAILED` itself is cleared while the reopen is attempted).
+static REOPENING: AtomicBool = AtomicBool::new(false);
 
 /// Records that `e` was an I/O failure, after which redb needs reopening.
 pub(super) fn note_redb_error(e: &redb::Error) {
     if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+        REOPENING.store(true, Ordering::SeqCst);
         IO_FAILED.store(true, Ordering::SeqCst);
     }
+}
+
+/// True from an I/O failure until the database has been reopened.
+pub(super) fn reopening() -> bool {
+    REOPENING.load(Ordering::SeqCst)
 }
 
 /// The open database and how to open it again.
@@ -134,6 +143,7 @@ impl Handle {
         match open_db(&self.path, self.cache_size) {
             Ok(fresh) => {
                 *db = Some(fresh);
+                REOPENING.store(false, Ordering::SeqCst);
                 log::warn!("reopened {} at its last durable state", self.path.display());
             }
             Err(e) => {

@@ -294,6 +294,21 @@ impl Store {
         Ok(())
     }
 
+    /// True while the database is being reopened after an I/O failure (requests get 503).
+    pub fn reopening(&self) -> bool {
+        handle::reopening()
+    }
+
+    /// True if the filesystem has more free space than the reserve (`minFreeSpace`), by the
+    /// same measure that refuses upload data with 507.
+    pub fn above_reserve(&self) -> Result<bool, StoreError> {
+        match self.check_space(0) {
+            Ok(()) => Ok(true),
+            Err(StoreError::Full) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Makes acknowledged non-durable commits (mounts) durable, if there are any: called about
     /// once a second and at shutdown. One durable commit covers any number of them.
     pub fn flush(&self) -> Result<(), StoreError> {

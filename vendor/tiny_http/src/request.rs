@@ -53,6 +53,9 @@ pub struct Request {
     // where to read the body from
     data_reader: Option<Box<dyn Read + Send + 'static>>,
 
+    // Outpost patch: body bytes read from `data_reader` so far
+    body_read: Arc<AtomicU64>,
+
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
 
@@ -236,8 +239,16 @@ where
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
+    // Outpost patch: the body bytes the handler reads are counted (for its access log).
+    let body_read = Arc::new(AtomicU64::new(0));
+    let reader = Box::new(CountingReader {
+        inner: reader,
+        count: body_read.clone(),
+    }) as Box<dyn Read + Send + 'static>;
+
     Ok(Request {
         data_reader: Some(reader),
+        body_read,
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -255,7 +266,27 @@ where
     })
 }
 
+/// Outpost patch: counts the bytes read through it into `count`.
+struct CountingReader {
+    inner: Box<dyn Read + Send + 'static>,
+    count: Arc<AtomicU64>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 impl Request {
+    /// Outpost patch: the body bytes the handler has read so far (what was drained unread
+    /// after the answer does not count).
+    pub fn body_bytes_read(&self) -> u64 {
+        self.body_read.load(Ordering::Relaxed)
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {

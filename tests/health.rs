@@ -1,0 +1,190 @@
+//! `/healthz` and `/readyz`: 200 when all is well, with auth on too and without credentials;
+//! `/readyz` 503 with free space below the reserve, and while the store is reopening after an
+//! I/O failure (on a small tmpfs: needs root to mount it, as in CI).
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A probe's answer says at most a category: no path, number or version.
+fn reveals_nothing(r: &Resp) {
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        !body.contains('/') && !body.bytes().any(|b| b.is_ascii_digit()),
+        "probe body says too much: {body:?}"
+    );
+}
+
+fn body(r: &Resp) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// Asks `path` until it answers `status` (a reopen or a probe's cached estimate may lag a
+/// moment); returns that answer, or panics with the last one and the log.
+fn until(reg: &Registry, path: &str, status: u16) -> Resp {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = reg.client().get(path);
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {status}; last {} {:?}; log:\n{}",
+            r.status,
+            body(&r),
+            reg.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn probes_answer_ok_with_and_without_auth() {
+    let dir = TempDir::new("health-ok");
+    let reg = Registry::start(&dir.path().join("data"));
+    let c = reg.client();
+    for path in ["/healthz", "/readyz"] {
+        let r = c.get(path);
+        assert_eq!((r.status, body(&r).as_str()), (200, "ok\n"), "{path}");
+        reveals_nothing(&r);
+        assert_eq!(c.head(path).status, 200, "HEAD {path}");
+    }
+    drop(reg);
+
+    // Auth on: the registry's API asks for credentials, the probes do not.
+    let dir = TempDir::new("health-auth");
+    let cfg = dir.path().join("outpost.json");
+    let config = json!({"auth": {"admins": ["root"]}});
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let reg = Registry::start_with(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = reg.client();
+    assert_eq!(c.get("/v2/").status, 401);
+    assert_eq!(c.get("/admin/stats").status, 401);
+    for path in ["/healthz", "/readyz"] {
+        let r = c.get(path);
+        assert_eq!((r.status, body(&r).as_str()), (200, "ok\n"), "{path}");
+        assert!(r.header("WWW-Authenticate").is_none());
+    }
+    // Wrong credentials are not looked at either (a probe never counts as a failed login).
+    let r = c.with_auth("Basic cm9vdDp3cm9uZw==").get("/readyz");
+    assert_eq!(r.status, 200);
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+fn fs_free(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs only writes into the zeroed struct; `c` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+#[test]
+fn readyz_is_503_below_the_free_space_reserve() {
+    let dir = TempDir::new("health-reserve");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A reserve larger than the disk's free space, by far more than the test writes.
+    let reserve = (fs_free(&data) + (1 << 30)).to_string();
+    let reg = Registry::start_with(&data, &["--min-free-space", &reserve]);
+    let c = reg.client();
+    let r = c.get("/readyz");
+    assert_eq!(
+        (r.status, body(&r).as_str()),
+        (503, "not ready: free space below the reserve\n")
+    );
+    assert!(r.header("Retry-After").is_some(), "{r:?}");
+    reveals_nothing(&r);
+    // The same measure refuses upload data...
+    let (_, push) = c.push_blob("full", b"layer");
+    assert_eq!(push.status, 507, "{push:?}");
+    // ...while the process serves and its store answers.
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted on drop.
+struct SmallDisk(TempDir);
+
+impl SmallDisk {
+    fn mount(mib: u32) -> Option<SmallDisk> {
+        let dir = TempDir::new("health-disk");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallDisk(dir));
+        }
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must be able to mount a tmpfs (run as root)"
+        );
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// The store's I/O fails for real (ENOSPC on a full tmpfs) while its path cannot be opened
+/// (a directory stands there; the registry still holds the file it opened): the reopen that
+/// follows fails and is retried, and `/readyz` says so until the file is back.
+#[test]
+fn readyz_is_503_while_the_store_reopens_after_an_io_failure() {
+    let Some(disk) = SmallDisk::mount(24) else {
+        return;
+    };
+    let data = disk.0.path().join("data");
+    // No reserve: the database itself hits ENOSPC, which redb latches until it is reopened.
+    let reg = Registry::start_with(&data, &["--min-free-space", "0"]);
+    let c = reg.client();
+    assert_eq!(c.get("/readyz").status, 200);
+    let db = data.join("outpost.redb");
+    let held = data.join("outpost.redb.held");
+    std::fs::rename(&db, &held).unwrap();
+    std::fs::create_dir(&db).unwrap();
+
+    // Fill the disk until redb's own write fails (not only the 507 of the space check).
+    let mut seed = 7000;
+    let mut size = 4 << 20;
+    while !reg.log_text().contains("storage I/O failed") {
+        assert!(seed < 7200, "redb never hit ENOSPC: {}", reg.log_text());
+        let (_, r) = c.push_blob("fill", &bytes(seed, size));
+        if r.status != 201 {
+            size = (size / 2).max(4096);
+        }
+        seed += 1;
+    }
+    let r = until(&reg, "/readyz", 503);
+    assert_eq!(body(&r), "not ready: store reopening\n");
+    assert!(r.header("Retry-After").is_some(), "{r:?}");
+    reveals_nothing(&r);
+    assert_eq!(c.get("/healthz").status, 503);
+    // It stays so while the reopen keeps failing (each probe retries it).
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(body(&c.get("/readyz")), "not ready: store reopening\n");
+    let log = reg.log_text();
+    assert!(
+        log.contains("outpost.redb failed") && !log.contains("reopened"),
+        "{log}"
+    );
+
+    // The file back: the next probe reopens it, and the registry is ready again.
+    std::fs::remove_dir(&db).unwrap();
+    std::fs::rename(&held, &db).unwrap();
+    assert_eq!(body(&until(&reg, "/readyz", 200)), "ok\n");
+    assert_eq!(c.get("/healthz").status, 200);
+    assert!(reg.log_text().contains("reopened"));
+}
