@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
+use std::process::Command;
 
 const PASSWORD: &str = "alice-secret-1234";
 
@@ -162,4 +163,41 @@ fn a_log_format_other_than_text_or_json_is_refused() {
         err.contains("logFormat: \"yaml\" is neither text nor json"),
         "{err}"
     );
+}
+
+#[test]
+fn json_lines_keep_their_journal_priority() {
+    // A port that is taken: the registry logs, then ends with its error line.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new("log-journal");
+    let inner = serve(
+        &dir.path().join("data"),
+        &taken.local_addr().unwrap().to_string(),
+    );
+    // JOURNAL_STREAM names stderr's device and inode, as systemd sets it.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$@\"")
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    for l in log.lines() {
+        let (priority, object) = l.split_at(3);
+        assert!(matches!(priority, "<3>" | "<4>" | "<6>"), "{log}");
+        let o: Value = serde_json::from_str(object).unwrap_or_else(|e| panic!("{e}: {l}"));
+        if priority == "<3>" {
+            assert_eq!(o["level"], "error", "{l}");
+            assert!(
+                o["message"].as_str().unwrap().starts_with("cannot listen"),
+                "{l}"
+            );
+        }
+    }
+    assert!(log.lines().any(|l| l.starts_with("<3>{")), "{log}");
 }
