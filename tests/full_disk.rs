@@ -4,36 +4,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
-
-/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted on drop.
-struct SmallDisk(TempDir);
-
-impl SmallDisk {
-    fn mount(mib: u32) -> Option<SmallDisk> {
-        let dir = TempDir::new("disk");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(SmallDisk(dir));
-        }
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must be able to mount a tmpfs (run as root)"
-        );
-        eprintln!("SKIPPED: mounting a tmpfs needs root");
-        None
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
 
 /// Pushes 4 MiB blobs until one is refused; returns the acknowledged ones and the refusal.
 fn fill(c: &Client, repo: &str, seed: u64) -> (Vec<(String, u64)>, Resp) {
@@ -119,16 +89,6 @@ fn an_io_failure_reopens_the_store_instead_of_failing_forever() {
         reg.log_text()
     );
     assert!(reg.log_text().contains("reopened"), "{}", reg.log_text());
-}
-
-/// Bytes available to unprivileged writers on the filesystem holding `path`.
-fn fs_free(path: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: statvfs only writes into the zeroed struct; `c` is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-    st.f_bavail as u64 * st.f_frsize as u64
 }
 
 /// A `size`-byte image manifest over config `cd` (2 bytes), made unique by `n`.

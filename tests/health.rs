@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A probe's answer says at most a category: no path, number or version.
@@ -76,16 +75,6 @@ fn probes_answer_ok_with_and_without_auth() {
     assert_eq!(r.status, 200);
 }
 
-/// Bytes available to unprivileged writers on the filesystem holding `path`.
-fn fs_free(path: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: statvfs only writes into the zeroed struct; `c` is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-    st.f_bavail as u64 * st.f_frsize as u64
-}
-
 #[test]
 fn readyz_is_503_below_the_free_space_reserve() {
     let dir = TempDir::new("health-reserve");
@@ -107,35 +96,6 @@ fn readyz_is_503_below_the_free_space_reserve() {
     assert_eq!(push.status, 507, "{push:?}");
     // ...while the process serves and its store answers.
     assert_eq!(c.get("/healthz").status, 200);
-}
-
-/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted on drop.
-struct SmallDisk(TempDir);
-
-impl SmallDisk {
-    fn mount(mib: u32) -> Option<SmallDisk> {
-        let dir = TempDir::new("health-disk");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(SmallDisk(dir));
-        }
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must be able to mount a tmpfs (run as root)"
-        );
-        eprintln!("SKIPPED: mounting a tmpfs needs root");
-        None
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
 }
 
 /// The store's I/O fails for real (ENOSPC on a full tmpfs) while its path cannot be opened

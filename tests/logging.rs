@@ -38,24 +38,19 @@ fn access_lines_name_client_user_bytes_and_time() {
 
     let data = bytes(1, 300_000);
     // A chunked PATCH declares no length: what was read is counted.
-    let loc = alice.start_upload("team/app");
-    let r = alice.req(
-        "PATCH",
-        &loc,
-        &[],
-        Body::Chunked(data.chunks(70_001).collect()),
-    );
-    assert_eq!(r.status, 202, "{r:?}");
-    let digest = sha256(&data);
-    let put = alice.req("PUT", &format!("{loc}?digest={digest}"), &[], Body::None);
+    let put = alice.push_streamed("team/app", &data);
     assert_eq!(put.status, 201, "{put:?}");
+    let digest = sha256(&data);
     let blob = format!("/v2/team/app/blobs/{digest}");
     assert_eq!(alice.get(&blob).body, data);
     assert_eq!(alice.head(&blob).status, 200);
     assert_eq!(reg.client().get(&blob).status, 401);
 
     let lines = reg.requests();
-    let patch = line(&lines, &format!("PATCH {loc} 202 "));
+    let patch = lines
+        .iter()
+        .find(|l| l.starts_with("PATCH /v2/team/app/blobs/uploads/") && l.contains(" 202 "))
+        .unwrap_or_else(|| panic!("no PATCH line in {lines:#?}"));
     assert!(
         patch.contains(" sent=0B received=300000B time=")
             && patch.ends_with("ms addr=127.0.0.1 user=alice"),

@@ -650,3 +650,42 @@ pub fn text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted on drop.
+pub struct SmallDisk(pub TempDir);
+
+impl SmallDisk {
+    pub fn mount(mib: u32) -> Option<SmallDisk> {
+        let dir = TempDir::new("disk");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallDisk(dir));
+        }
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must be able to mount a tmpfs (run as root)"
+        );
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+pub fn fs_free(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs only writes into the zeroed struct; `c` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
