@@ -110,9 +110,10 @@ pub fn run(config: Config) -> Result<(), String> {
                         log::warn!("second signal {sig}: exiting now");
                         std::process::exit(1);
                     }
+                    // The flag first: once the line is out, `/readyz` says stopping.
+                    stopping.store(true, Ordering::SeqCst);
                     log::info!("signal {sig}: finishing in-flight requests, then stopping");
                     systemd::notify("STOPPING=1\nSTATUS=stopping");
-                    stopping.store(true, Ordering::SeqCst);
                 }
             })
             .map_err(|e| format!("cannot start signal thread: {e}"))?;

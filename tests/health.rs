@@ -148,3 +148,41 @@ fn readyz_is_503_while_the_store_reopens_after_an_io_failure() {
     assert_eq!(c.get("/healthz").status, 200);
     assert!(reg.log_text().contains("reopened"));
 }
+
+/// Once SIGTERM came, `/readyz` says so to whoever still reaches it (a request already on
+/// its way), while running requests finish.
+#[test]
+fn readyz_is_503_once_the_registry_is_stopping() {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    let dir = TempDir::new("health-stop");
+    let mut reg = Registry::start(&dir.path().join("data"));
+    // A running upload keeps the registry finishing for a while.
+    let loc = reg.client().start_upload("stop/app");
+    let mut upload = TcpStream::connect(reg.addr).unwrap();
+    write!(
+        upload,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    .unwrap();
+    // A probe whose head is on its way when the signal comes.
+    let mut probe = TcpStream::connect(reg.addr).unwrap();
+    probe
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(reg.child.id(), "TERM");
+    reg.log_with("finishing in-flight requests");
+    probe.write_all(b"\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(probe), false);
+    assert_eq!(
+        (r.status, body(&r).as_str()),
+        (503, "not ready: stopping\n")
+    );
+    assert!(r.header("Retry-After").is_some(), "{r:?}");
+    upload.write_all(b"0\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(upload), false);
+    assert_eq!(r.status, 202, "the running upload finished: {r:?}");
+    let status = wait_timeout(&mut reg.child, Duration::from_secs(30)).expect("stopped");
+    assert!(status.success(), "{status:?}");
+}
