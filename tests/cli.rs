@@ -246,21 +246,11 @@ struct Secure {
 impl Secure {
     fn new() -> Secure {
         let dir = TempDir::new("cli-https");
-        let tls = dir.path().join("tls");
-        let o = run(&[
-            "tls",
-            "self-signed",
-            "--host",
-            "127.0.0.1",
-            "--out",
-            tls.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
-        let cert = tls.join("outpost.crt");
+        let (cert, key) = self_signed(&dir.path().join("tls"));
         let config = json!({
             "listen": "127.0.0.1:0",
             "dataDir": dir.path().join("data"),
-            "tls": {"certFile": cert, "keyFile": tls.join("outpost.key")},
+            "tls": {"certFile": cert, "keyFile": key},
             "auth": {"admins": ["root"]},
             "access": [{"repositories": "*", "pull": ["authenticated"], "push": ["root"],
                         "delete": ["root"]}],

@@ -650,3 +650,21 @@ pub fn text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// A self-signed certificate for 127.0.0.1 from `outpost tls self-signed`, written into
+/// `dir`; returns (certificate, key) paths.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let out = outpost_stdin(
+        &[
+            "tls",
+            "self-signed",
+            "--host",
+            "127.0.0.1",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    (dir.join("outpost.crt"), dir.join("outpost.key"))
+}
