@@ -339,6 +339,8 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     let common = Common {
         config: a.config,
         flags: Box::new(a.flags),
+        // (`audit` takes --user as its filter: take a.user for it before this, and sign in
+        // as $OUTPOST_USER only.)
         login: cli::Login {
             server: a.server,
             user: a.user.or_else(|| std::env::var("OUTPOST_USER").ok()),

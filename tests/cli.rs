@@ -439,6 +439,16 @@ fn remote_management_over_https_with_credentials() {
     let out = s.ok(&["scrub", "--status"], "");
     assert!(out.contains("last full pass"), "{out}");
 
+    // A user who is no admin is told so.
+    let o = s.cli(&["du"], Some(("alice", "alice-password-2")), "");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("(403)")
+            && err.contains("alice may not do this: give --user NAME of an admin"),
+        "{err}"
+    );
+
     let out = s.ok(&["repo", "delete", "plant/copy"], "");
     assert!(out.contains("deleted repository plant/copy"), "{out}");
     let out = s.ok(&["user", "del", "alice"], "");

@@ -271,7 +271,8 @@ annotations or --repo. Every blob is verified before it is stored; blobs already
 not written again (reported as already present), so an interrupted import can simply be run
 again. A tag that named another image is moved, and the import says from which digest to
 which. Works on the store when no registry serves it (creating it if there is none), else
-through that registry's HTTP API. Progress shows on a terminal.
+through that registry's HTTP API where it listens (the local registry's own tls.certFile is
+trusted). Progress shows on a terminal.
 
 Example:
   outpost import web.tar --repo plant-a/web:1.4 --server https://gw1:5000 --user ci",
@@ -279,11 +280,12 @@ Example:
     Entry {
         name: "mirror run",
         usage: "mirror run [NAME] [COMMON]",
-        summary: "run one sync pass of the config's mirrors now",
+        summary: "run one sync pass of the mirrors now",
         common: Common::Remote,
         text: "\
-Runs one sync pass of the config's mirrors (or only NAME) now, and names each mirror whose
-pass failed. With no store there, it creates one (a gateway's first pass).
+Runs one sync pass of the mirrors with repositories (or only NAME) now, and names each
+mirror whose pass failed: the running registry's mirrors, or the config's on a stopped
+store. With no store there, it creates one (a gateway's first pass).
 
 Example:
   outpost mirror run hub --config /etc/outpost/outpost.json",

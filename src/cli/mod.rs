@@ -88,7 +88,8 @@ impl std::fmt::Display for Endpoint {
 
 /// The registry serving the store in the data directory, or that store itself: decided by
 /// the store, never by whatever answers at the listen address (that may be another registry).
-/// With `--server`, the registry there.
+/// With `--server`, the registry there. A new command that manages a registry takes the
+/// `Login` and does its work through `call` on `Reach::Online`, or on the store.
 fn reach(config: &Config, login: &Login) -> Result<Reach, String> {
     reach_or_create(config, login, false)
 }
@@ -651,4 +652,18 @@ fn reply_json((status, body): (u16, Vec<u8>), at: &Endpoint, ok: u16) -> Result<
         _ => String::new(),
     };
     Err(format!("outpost at {at} refused ({status}): {msg}{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_urls() {
+        let url = |s| super::server_url(s);
+        assert_eq!(url("https://gw1:5000/").unwrap(), "https://gw1:5000");
+        assert_eq!(url("http://10.0.0.5:5000").unwrap(), "http://10.0.0.5:5000");
+        assert_eq!(url("10.0.0.5:5000").unwrap(), "http://10.0.0.5:5000");
+        assert!(url("ftp://gw1").is_err());
+        assert!(url("https://gw1:5000/v2/").is_err());
+        assert!(url("https://").is_err());
+    }
 }
