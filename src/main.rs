@@ -27,132 +27,12 @@ use crypto::Algorithm;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-outpost: an OCI container registry for edge sites
-
-Usage: outpost serve [OPTIONS]
-       outpost settings [COMMON] [NAME=VALUE ...]
-       outpost repo create NAME [--key KEY [--algorithm ALG]] [COMMON]
-       outpost repo delete NAME [--erase] [COMMON]
-       outpost repo move NAME (--key KEY [--algorithm ALG] | --plaintext) [COMMON]
-       outpost key list [COMMON]
-       outpost key generate FILE
-       outpost key rotate [--new-master-key FILE] [COMMON]
-       outpost user add|passwd|del NAME [COMMON]
-       outpost user list [COMMON]
-       outpost tls self-signed --host NAME [--host NAME ...] [--out DIR] [--days N] [COMMON]
-       outpost export IMAGE... -o FILE.tar|DIR [--platform P,...|--all-platforms] [LOGIN] [COMMON]
-       outpost import FILE.tar|DIR [--repo NAME[:TAG]] [--platform P,...] [LOGIN] [COMMON]
-       outpost mirror run [NAME] [COMMON]
-       outpost mirror status [COMMON]
-       outpost gc [--dry-run] [--json] [COMMON]
-       outpost du [--json] [COMMON]
-       outpost scrub [--repo NAME] [--status] [--json] [COMMON]
-       outpost compact [COMMON]
-       outpost --version
-
-Options for serve (flags override the config file, which overrides the defaults):
-  --config FILE             JSON config file (keys: listen, dataDir, maxConnections,
-                            headerTimeout, idleTimeout, ioTimeout, minTransferRate,
-                            workers, cacheSize, chunkSize, maxManifestSize, uploadTtl,
-                            minFreeSpace, blobMounting, automaticMount, masterKeyFile,
-                            encryption, auth, access, tls, mirrors, gcGracePeriod,
-                            gcInterval, lifecycle, immutableTags, scrubRate,
-                            scrubInterval, logFormat)
-  --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
-  --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
-  --master-key-file FILE    master key for encrypted repositories [default: the systemd
-                            credential outpost-master-key, if any]
-  --max-connections N       connections served at once; beyond, idle ones are
-                            closed to make room, else 503   [default: 256]
-  --header-timeout DURATION a request's headers must arrive within this [default: 10s]
-  --idle-timeout DURATION   close kept-alive connections idle this long [default: 60s]
-  --io-timeout DURATION     bodies and responses must move at least the minimum
-                            rate in every such window of waiting [default: 2m]
-  --min-transfer-rate SIZE  that minimum, bytes per second [default: 1KiB]
-  --workers N               chunk-sized buffers every transfer steps through
-                            (memory: N x chunk size)       [default: 8]
-  --cache-size SIZE         database page cache           [default: 4MiB]
-  --chunk-size SIZE         stored chunk size, a power of two [default: 256KiB]
-  --max-manifest-size SIZE  largest manifest accepted     [default: 4MiB]
-  --min-free-space SIZE     refuse uploads below this free disk [default: 64MiB]
-  --upload-ttl DURATION     drop upload sessions idle this long [default: 24h]
-  --blob-mounting enabled|disabled   honour cross-repository mounts [default: enabled]
-  --automatic-mount enabled|disabled mounts without from= search all repositories
-                                     [default: enabled]
-  --log-format text|json    json: every log line one JSON object [default: text]
-  -h, --help                this help
-
-COMMON options of the other commands: --config FILE, --listen ADDR, --data-dir DIR,
---master-key-file FILE, and (settings, repo create/delete, key list, user, export, import,
-mirror, gc, du, scrub) --server URL.
-Without --server, these commands go by the store in the data directory, never by whatever
-answers on a port: the registry serving it, through its admin socket (admin.sock in the
-data directory: its user and root may use it, whatever the access rules say), or at the
-configured listen address (plain HTTP) if that registry has no socket; the store itself
-when no registry serves it. With no store there they say so (user add and mirror run
-create one). --server URL names a registry elsewhere. repo move and key rotate need the
-store to themselves: stop the registry first.
-
-settings shows the switches that can change while the registry runs (blobMounting,
-automaticMount) and sets them: NAME=enabled, NAME=disabled, or NAME=default (back to the
-config file).
-
-repo create makes a repository with data key KEY (created if new; ALG is aes-256-gcm, the
-default, or chacha20-poly1305), or plaintext without --key. repo delete removes a repository
-and what only it holds; --erase also destroys its key (crypto-erase), if no other repository
-uses it. repo move re-encrypts a repository under another key, or to plaintext.
-
-user add and user passwd read the password from the terminal (asked twice, not echoed) or
-the first line of stdin, never from the command line; it is stored as a PBKDF2-SHA256 hash.
-user list also shows the users of auth.htpasswd.
-
-tls self-signed writes DIR/outpost.crt and DIR/outpost.key (DIR defaults to the current
-directory; N days, default 825) for the given host names or IP addresses, and prints the
-tls config lines and how to make docker, podman and containerd trust the certificate.
-
-key generate writes a new master key file (mode 600). key rotate re-wraps every data key
-under a new master key, without re-encrypting data: without --new-master-key it generates one
-and replaces masterKeyFile (a crash at any point leaves a store one of the two keys opens);
-with --new-master-key FILE both keys open the store until outpost first starts with FILE.
-
-export writes the images (REPO:TAG, REPO@DIGEST, or REPO for all its tags) as an OCI image
-layout: a tar file if the name ends in .tar, else a directory. --platform keeps only those
-platforms of multi-platform images (e.g. linux/arm64,linux/arm/v7; the index is rewritten);
-by default, or with --all-platforms, images are exported whole. import reads an OCI image
-layout (tar or directory; what skopeo copy oci-archive:/oci: and docker save write) or an
-older docker save archive, naming repositories from the archive's annotations or --repo.
-Every blob is verified before it is stored; blobs already stored are not written again, so
-an interrupted import can simply be run again. Both work on the store when no registry
-serves it, else through that registry's HTTP API at the configured listen address. LOGIN: --user U when auth is on (the
-password comes from $OUTPOST_PASSWORD, the terminal, or stdin) and --ca-file FILE for an
-https --server whose certificate the system does not trust (the local registry's own
-tls.certFile is trusted). Progress shows on a terminal.
-
-gc runs a garbage collection pass now and prints what it deleted: images that the config's
-lifecycle rules expire, blob links no manifest lists once older than gcGracePeriod, blobs
-whose last link went, repositories left empty. --dry-run prints what it would delete and the
-bytes that would be freed, deleting nothing. On a stopped store the rules come from
---config. du shows per repository the bytes it links, holds alone and shares, and the
-store's file size against its live bytes. compact (registry stopped) gives the file's free
-pages back to the filesystem. --json prints the report as JSON.
-
-scrub re-reads every blob and manifest now (or only those of --repo), re-hashes each
-against its digest and quarantines what is damaged (never served, mounted or deduplicated
-against; healed from a mirror that has it, else by a push of the same content); --status
-shows the last full pass, the pass under way and what each quarantined object breaks. On a
-stopped store it first runs redb's own integrity check of the file.
-
-mirror run runs one sync pass of the config's mirrors (or NAME) now; mirror status shows each
-mirror's last pass, totals and pull-through cache activity.
-
-SIZE is bytes or a number with KiB, MiB or GiB; DURATION is seconds or a number with s, m, h, d. Logs go to stderr; set RUST_LOG (e.g. debug).";
-
 /// Options of the commands that manage a registry (all but serve).
 struct Common {
     config: Option<PathBuf>,
     flags: Box<Overrides>,
-    server: Option<String>,
+    /// Which registry, and who the command is there (--server, --user, --ca-file).
+    login: cli::Login,
 }
 
 impl Common {
@@ -188,16 +68,9 @@ enum Command {
     UserDel(Common, String),
     UserList(Common),
     TlsSelfSigned(Common, Vec<String>, PathBuf, u64),
-    Export(
-        Common,
-        cli::mirror::Login,
-        Vec<String>,
-        PathBuf,
-        Option<Vec<mirror::Platform>>,
-    ),
+    Export(Common, Vec<String>, PathBuf, Option<Vec<mirror::Platform>>),
     Import(
         Common,
-        cli::mirror::Login,
         PathBuf,
         Option<String>,
         Option<Vec<mirror::Platform>>,
@@ -209,8 +82,15 @@ enum Command {
     Scrub(Common, Option<String>, bool, bool),
     Du(Common, bool),
     Compact(Common),
-    Help,
+    /// `help [COMMAND...]`, `COMMAND --help`: the words naming what to explain.
+    Help(Vec<String>),
     Version,
+}
+
+/// A command line that does not parse: one line, and the help topic to point at.
+struct Usage {
+    message: String,
+    topic: Option<String>,
 }
 
 /// Every argument, before it is checked against what the command takes.
@@ -241,10 +121,24 @@ struct Args {
     seen: Vec<String>,
 }
 
-fn parse_args() -> Result<Command, lexopt::Error> {
+fn parse_args() -> Result<Command, Usage> {
+    let mut a = Args::default();
+    let read = read_args(&mut a);
+    let topic = cli::help::topic(&a.words);
+    let usage = |e: lexopt::Error| Usage {
+        message: e.to_string(),
+        topic: topic.clone(),
+    };
+    match read.map_err(usage)? {
+        Some(c) => Ok(c),
+        None => command(a).map_err(usage),
+    }
+}
+
+/// Reads the command line into `a`; a command already if it asks for help or the version.
+fn read_args(a: &mut Args) -> Result<Option<Command>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
-    let mut a = Args::default();
     let toggle = |v: std::ffi::OsString, flag: &str| -> Result<Option<String>, lexopt::Error> {
         let s = v.string()?;
         Toggle::parse(&s).map_err(|e| format!("{flag}: {e}"))?;
@@ -265,8 +159,8 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             a.seen.push(f.to_string());
         }
         match arg {
-            Short('h') | Long("help") => return Ok(Command::Help),
-            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('h') | Long("help") => return Ok(Some(Command::Help(a.words.clone()))),
+            Short('V') | Long("version") => return Ok(Some(Command::Version)),
             Value(v) => a.words.push(v.string()?),
             Long("server") => a.server = Some(parser.value()?.string()?),
             Long("config") => a.config = Some(PathBuf::from(parser.value()?)),
@@ -352,21 +246,46 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("max-manifest-size") => {
                 a.flags.max_manifest_size = size(parser.value()?, "--max-manifest-size")?
             }
-            _ => return Err(arg.unexpected()),
+            // Refused once the command is known, naming it ("--foo is not an option of gc").
+            Long(_) => {
+                let _ = parser.optional_value();
+            }
+            Short(c) => a.seen.push(format!("-{c}")),
         }
     }
-    command(a)
+    Ok(None)
 }
 
 /// The command `a` names, after checking that it takes the arguments given.
 fn command(a: Args) -> Result<Command, lexopt::Error> {
-    const COMMON: &[&str] = &["config", "listen", "data-dir", "master-key-file"];
-    const ONLINE: &[&str] = &["config", "listen", "data-dir", "master-key-file", "server"];
+    const SERVE: &[&str] = &[
+        "config",
+        "listen",
+        "data-dir",
+        "master-key-file",
+        "max-connections",
+        "header-timeout",
+        "idle-timeout",
+        "io-timeout",
+        "min-transfer-rate",
+        "workers",
+        "cache-size",
+        "chunk-size",
+        "max-manifest-size",
+        "min-free-space",
+        "upload-ttl",
+        "blob-mounting",
+        "automatic-mount",
+        "log-format",
+    ];
     let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    // The command, the options of its own (besides COMMON: see cli::help::COMMANDS) and how
+    // many arguments it takes.
     let (name, takes, positionals): (&str, &[&str], usize) = match words.as_slice() {
         [] => return Err("missing command (try: outpost serve)".into()),
-        ["serve", ..] => ("serve", &[], 0),
-        ["settings", ..] => ("settings", ONLINE, usize::MAX),
+        ["help", ..] => return Ok(Command::Help(a.words[1..].to_vec())),
+        ["serve", ..] => ("serve", SERVE, 0),
+        ["settings", ..] => ("settings", &[], usize::MAX),
         ["repo", "create", ..] => ("repo create", &["key", "algorithm"], 1),
         ["repo", "delete", ..] => ("repo delete", &["erase"], 1),
         ["repo", "move", ..] => ("repo move", &["key", "algorithm", "plaintext"], 1),
@@ -380,109 +299,60 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         ["tls", "self-signed", ..] => ("tls self-signed", &["host", "out", "days"], 0),
         ["export", ..] => (
             "export",
-            &[
-                "output",
-                "platform",
-                "all-platforms",
-                "user",
-                "server",
-                "ca-file",
-            ],
+            &["output", "platform", "all-platforms"],
             usize::MAX,
         ),
-        ["import", ..] => (
-            "import",
-            &["repo", "platform", "user", "server", "ca-file"],
-            1,
-        ),
-        ["mirror", "run", ..] => ("mirror run", &["server"], usize::MAX),
-        ["mirror", "status", ..] => ("mirror status", &["server"], 0),
+        ["import", ..] => ("import", &["repo", "platform"], 1),
+        ["mirror", "run", ..] => ("mirror run", &[], usize::MAX),
+        ["mirror", "status", ..] => ("mirror status", &[], 0),
         ["gc", ..] => ("gc", &["dry-run", "json"], 0),
         ["du", ..] => ("du", &["json"], 0),
         ["scrub", ..] => ("scrub", &["repo", "status", "json"], 0),
         ["compact", ..] => ("compact", &[], 0),
-        ["repo" | "key" | "user" | "tls" | "mirror", sub, ..] => {
-            return Err(format!(
-                "unknown command {} {sub:?} (repo: create, delete, move; key: list, generate, \
-                 rotate; user: add, passwd, del, list; tls: self-signed; mirror: run, status)",
-                words[0]
-            )
-            .into())
-        }
-        ["repo" | "key" | "user" | "tls" | "mirror"] => {
-            return Err(format!("{} needs a subcommand (see --help)", words[0]).into())
-        }
-        [other, ..] => {
-            return Err(format!(
-                "unknown command {other:?} (commands: serve, settings, repo, key, user, tls, \
-                 export, import, mirror, gc, du, scrub, compact)"
-            )
-            .into())
-        }
+        [group, rest @ ..] => return Err(unknown(group, rest.first().copied()).into()),
     };
     let skip = name.split(' ').count();
     let rest = &words[skip..];
-    if name != "serve" {
-        let common = match name {
-            "repo create" | "repo delete" | "key list" | "user add" | "user passwd"
-            | "user del" | "user list" | "gc" | "du" | "scrub" => ONLINE,
-            "key generate" => &[][..],
-            _ => COMMON,
+    let common = cli::help::COMMANDS
+        .iter()
+        .find(|e| e.name == name)
+        .map_or(&[][..], |e| e.common.options());
+    if let Some(f) = a
+        .seen
+        .iter()
+        .find(|f| !takes.contains(&f.as_str()) && !common.contains(&f.as_str()))
+    {
+        let dashes = if f.starts_with('-') { "" } else { "--" };
+        return Err(format!("{dashes}{f} is not an option of {name}").into());
+    }
+    if name == "serve" {
+        if let Some(extra) = rest.first() {
+            return Err(
+                format!("serve takes no argument {extra:?} (options start with --)").into(),
+            );
+        }
+    } else if positionals != usize::MAX && rest.len() != positionals {
+        let what = if positionals == 0 {
+            "no arguments"
+        } else {
+            "one argument"
         };
-        if let Some(f) = a
-            .seen
-            .iter()
-            .find(|f| !takes.contains(&f.as_str()) && !common.contains(&f.as_str()))
-        {
-            return Err(format!("--{f} is not an option of {name} (see --help)").into());
-        }
-        if positionals != usize::MAX && rest.len() != positionals {
-            let what = if positionals == 0 {
-                "no arguments".to_owned()
-            } else {
-                "one argument".to_owned()
-            };
-            return Err(format!("{name} takes {what} (see --help)").into());
-        }
-    } else if let Some(extra) = rest.first() {
-        return Err(format!("serve takes no argument {extra:?} (options start with --)").into());
-    } else if let Some(f) = a.seen.iter().find(|f| {
-        matches!(
-            f.as_str(),
-            "server"
-                | "key"
-                | "algorithm"
-                | "plaintext"
-                | "erase"
-                | "new-master-key"
-                | "host"
-                | "out"
-                | "days"
-                | "output"
-                | "platform"
-                | "all-platforms"
-                | "repo"
-                | "user"
-                | "ca-file"
-                | "dry-run"
-                | "json"
-        )
-    }) {
-        return Err(format!("--{f} is not an option of serve (see --help)").into());
+        return Err(format!("{name} takes {what}").into());
     }
     let key = a.key.clone().map(|k| (k, a.algorithm));
     if a.algorithm.is_some() && a.key.is_none() {
         return Err("--algorithm needs --key".into());
     }
-    let login = cli::mirror::Login {
-        server: a.server.clone(),
-        user: a.user,
-        ca_file: a.ca_file,
-    };
     let common = Common {
         config: a.config,
         flags: Box::new(a.flags),
-        server: a.server,
+        // (`audit` takes --user as its filter: take a.user for it before this, and sign in
+        // as $OUTPOST_USER only.)
+        login: cli::Login {
+            server: a.server,
+            user: a.user.or_else(|| std::env::var("OUTPOST_USER").ok()),
+            ca_file: a.ca_file,
+        },
     };
     let arg = || rest.first().map(|s| s.to_string()).unwrap_or_default();
     let repo = |what: &str| -> Result<String, lexopt::Error> {
@@ -553,13 +423,12 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
             }
             Command::Export(
                 common,
-                login,
                 rest.iter().map(|s| s.to_string()).collect(),
                 out,
                 a.platforms,
             )
         }
-        "import" => Command::Import(common, login, PathBuf::from(arg()), a.repo, a.platforms),
+        "import" => Command::Import(common, PathBuf::from(arg()), a.repo, a.platforms),
         "mirror run" => {
             if rest.len() > 1 {
                 return Err("mirror run takes at most one NAME".into());
@@ -575,24 +444,41 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     })
 }
 
+/// Why `group` [`sub`] names no command, and which it could have been.
+fn unknown(group: &str, sub: Option<&str>) -> String {
+    let subs: Vec<&str> = cli::help::COMMANDS
+        .iter()
+        .filter_map(|e| e.name.strip_prefix(group)?.strip_prefix(' '))
+        .collect();
+    if subs.is_empty() {
+        return format!("there is no command {group:?}");
+    }
+    match sub {
+        None => format!("{group} needs a subcommand: {}", subs.join(", ")),
+        Some(s) => format!(
+            "there is no command {group} {s:?} ({group}: {})",
+            subs.join(", ")
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     memory::limit_arenas();
     let journal = systemd::stderr_is_journal();
     logging::init(journal);
     let command = match parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("outpost: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(&e.message, e.topic.as_deref()),
     };
     let result = match command {
-        Command::Help => {
-            println!("{USAGE}");
+        Command::Help(words) => {
+            if let Err(e) = cli::help::print(&words) {
+                return usage_error(&e, None);
+            }
             Ok(())
         }
         Command::Version => {
-            println!("outpost {}", env!("CARGO_PKG_VERSION"));
+            cli::output::line(format_args!("outpost {}", env!("CARGO_PKG_VERSION")));
             Ok(())
         }
         Command::Serve { config, flags } => config
@@ -602,58 +488,59 @@ fn main() -> ExitCode {
             .and_then(server::run),
         Command::Settings(c, changes) => c
             .resolve()
-            .and_then(|cfg| cli::settings(&cfg, c.server.as_deref(), &changes)),
+            .and_then(|cfg| cli::settings(&cfg, &c.login, &changes)),
         Command::RepoCreate(c, name, key) => c
             .resolve()
-            .and_then(|cfg| cli::repo_create(&cfg, c.server.as_deref(), &name, key)),
+            .and_then(|cfg| cli::repo_create(&cfg, &c.login, &name, key)),
         Command::RepoDelete(c, name, erase) => c
             .resolve()
-            .and_then(|cfg| cli::repo_delete(&cfg, c.server.as_deref(), &name, erase)),
+            .and_then(|cfg| cli::repo_delete(&cfg, &c.login, &name, erase)),
         Command::RepoMove(c, name, key) => {
             c.resolve().and_then(|cfg| cli::repo_move(&cfg, &name, key))
         }
-        Command::KeyList(c) => c
-            .resolve()
-            .and_then(|cfg| cli::key_list(&cfg, c.server.as_deref())),
+        Command::KeyList(c) => c.resolve().and_then(|cfg| cli::key_list(&cfg, &c.login)),
         Command::KeyGenerate(path) => cli::key_generate(&path),
         Command::KeyRotate(c, new) => c
             .resolve()
             .and_then(|cfg| cli::key_rotate(&cfg, new.as_deref())),
         Command::UserPut(c, user, create) => c
             .resolve()
-            .and_then(|cfg| cli::users::put(&cfg, c.server.as_deref(), &user, create)),
+            .and_then(|cfg| cli::users::put(&cfg, &c.login, &user, create)),
         Command::UserDel(c, user) => c
             .resolve()
-            .and_then(|cfg| cli::users::delete(&cfg, c.server.as_deref(), &user)),
-        Command::UserList(c) => c
+            .and_then(|cfg| cli::users::delete(&cfg, &c.login, &user)),
+        Command::UserList(c) => c.resolve().and_then(|cfg| cli::users::list(&cfg, &c.login)),
+        Command::Export(c, images, out, platforms) => c
             .resolve()
-            .and_then(|cfg| cli::users::list(&cfg, c.server.as_deref())),
-        Command::Export(c, login, images, out, platforms) => c
-            .resolve()
-            .and_then(|cfg| cli::mirror::export(&cfg, &login, &images, &out, platforms)),
-        Command::Import(c, login, input, repo, platforms) => c
-            .resolve()
-            .and_then(|cfg| cli::mirror::import(&cfg, &login, &input, repo.as_deref(), platforms)),
+            .and_then(|cfg| cli::mirror::export(&cfg, &c.login, &images, &out, platforms)),
+        Command::Import(c, input, repo, platforms) => c.resolve().and_then(|cfg| {
+            cli::mirror::import(&cfg, &c.login, &input, repo.as_deref(), platforms)
+        }),
         Command::MirrorRun(c, name) => c
             .resolve()
-            .and_then(|cfg| cli::mirror::run(&cfg, c.server.as_deref(), name.as_deref())),
+            .and_then(|cfg| cli::mirror::run(&cfg, &c.login, name.as_deref())),
         Command::MirrorStatus(c) => c
             .resolve()
-            .and_then(|cfg| cli::mirror::status(&cfg, c.server.as_deref())),
+            .and_then(|cfg| cli::mirror::status(&cfg, &c.login)),
         Command::Gc(c, dry_run, json) => c
             .resolve()
-            .and_then(|cfg| cli::gc::gc(&cfg, c.server.as_deref(), dry_run, json)),
+            .and_then(|cfg| cli::gc::gc(&cfg, &c.login, dry_run, json)),
         Command::Du(c, json) => c
             .resolve()
-            .and_then(|cfg| cli::gc::du(&cfg, c.server.as_deref(), json)),
-        Command::Scrub(c, repo, status, json) => c.resolve().and_then(|cfg| {
-            cli::scrub::scrub(&cfg, c.server.as_deref(), repo.as_deref(), status, json)
-        }),
+            .and_then(|cfg| cli::gc::du(&cfg, &c.login, json)),
+        Command::Scrub(c, repo, status, json) => c
+            .resolve()
+            .and_then(|cfg| cli::scrub::scrub(&cfg, &c.login, repo.as_deref(), status, json)),
         Command::Compact(c) => c.resolve().and_then(|cfg| cli::gc::compact(&cfg)),
         Command::TlsSelfSigned(c, hosts, out, days) => c
             .resolve()
             .and_then(|cfg| cli::certs::self_signed(&cfg, &hosts, &out, days)),
     };
+    // Output its reader never took (a closed pipe) is no failure; a write that failed is.
+    let result = result.and_then(|()| match cli::output::failure() {
+        Some(e) => Err(format!("writing the output: {e}")),
+        None => Ok(()),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -661,4 +548,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A command line that does not parse: one line saying why, and where to read more.
+fn usage_error(message: &str, topic: Option<&str>) -> ExitCode {
+    let help = topic.map_or("outpost help".to_owned(), |t| format!("outpost help {t}"));
+    eprintln!("outpost: {message}\nTry '{help}'.");
+    ExitCode::from(2)
 }

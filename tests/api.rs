@@ -807,7 +807,11 @@ fn cli_reports_bad_flags_and_config() {
     let (_, r) = reg.client().push_blob("cfg", &bytes(1, 200_000));
     assert_eq!(r.status, 201);
     assert!(data.join("outpost.redb").exists());
-    let out = common::outpost().arg("--help").output().unwrap();
+    // serve's page lists its options (the overview names the commands only).
+    let out = common::outpost()
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--data-dir"));
 }
 

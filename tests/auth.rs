@@ -611,7 +611,7 @@ fn users_on_the_command_line_and_in_htpasswd() {
     assert!(fails(&["user", "add", "anonymous"], "long-enough-pw\n").contains("not a user name"));
     assert!(fails(&["user", "add", "eve"], "short\n").contains("8 to 1024"));
     assert!(fails(&["user", "add", "eve", "--password", "x"], "").contains("--password"));
-    assert!(fails(&["user", "frobnicate"], "").contains("unknown command"));
+    assert!(fails(&["user", "frobnicate"], "").contains("there is no command user"));
     // The htpasswd file is re-read when it changes.
     let htpasswd = site.dir.path().join("htpasswd");
     let ci = std::fs::read_to_string(&htpasswd).unwrap();

@@ -843,21 +843,9 @@ fn a_stopping_registry_refuses_new_connections_at_once() {
 fn a_full_tls_port_closes_new_connections_without_plain_bytes() {
     let tmp = TempDir::new("tls-full");
     let t = tmp.path();
-    let tls = t.join("tls");
-    let out = common::outpost_stdin(
-        &[
-            "tls",
-            "self-signed",
-            "--host",
-            "127.0.0.1",
-            "--out",
-            tls.to_str().unwrap(),
-        ],
-        "",
-    );
-    assert!(out.status.success(), "{}", common::text(&out));
+    let (cert, key) = common::self_signed(&t.join("tls"));
     let cfg = t.join("outpost.json");
-    let config = serde_json::json!({"tls": {"certFile": tls.join("outpost.crt"), "keyFile": tls.join("outpost.key")}});
+    let config = serde_json::json!({"tls": {"certFile": cert, "keyFile": key}});
     std::fs::write(&cfg, config.to_string()).unwrap();
     let reg = Registry::start_with(
         &t.join("data"),
@@ -869,7 +857,7 @@ fn a_full_tls_port_closes_new_connections_without_plain_bytes() {
     let digest = common::sha256(&bytes(4, 4 << 20));
     let mut upload = std::process::Command::new("curl")
         .args(["-sS", "--cacert"])
-        .arg(tls.join("outpost.crt"))
+        .arg(&cert)
         .args(["--limit-rate", "200K", "-X", "POST", "--data-binary"])
         .arg(format!("@{}", body.display()))
         .arg(format!(

@@ -789,7 +789,7 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
         Vec::<String>::new(),
         "the other registry was reached"
     );
-    assert!(out.contains("5 blob(s) re-encrypted"), "{out}");
+    assert!(out.contains("5 blob(s) encrypted"), "{out}");
     let mut reg = site.start();
     let c = reg.client();
     let r = c.get(&format!("/v2/plant-a/open/manifests/{md}"));
@@ -810,7 +810,12 @@ fn repositories_are_created_with_a_key_and_moved_explicitly() {
     assert_eq!(c.stored_blobs().0, 5, "the plaintext copies are gone");
     // And back to plaintext.
     reg.terminate();
-    site.ok(&["repo", "move", "plant-a/open", "--plaintext"]);
+    let out = site.ok(&["repo", "move", "plant-a/open", "--plaintext"]);
+    // It says what it did: decrypted, not re-encrypted.
+    assert!(
+        out.contains("to plaintext: 5 blob(s) decrypted") && !out.contains("encrypted ("),
+        "{out}"
+    );
     let reg = site.start();
     let r = reg
         .client()

@@ -647,16 +647,7 @@ fn pull_through_cache_fetches_once_streams_and_serves_with_the_upstream_down() {
 fn mirroring_signs_in_to_registries_with_auth_and_tls_on() {
     let tmp = TempDir::new("mirror-auth");
     let a_dir = tmp.path().join("a");
-    let tls = tmp.path().join("tls");
-    ok(&[
-        "tls",
-        "self-signed",
-        "--host",
-        "127.0.0.1",
-        "--out",
-        tls.to_str().unwrap(),
-    ]);
-    let cert = tls.join("outpost.crt");
+    let (cert, key) = self_signed(&tmp.path().join("tls"));
     std::fs::create_dir_all(&a_dir).unwrap();
     let a_cfg = a_dir.join("outpost.json");
     std::fs::write(
@@ -664,7 +655,7 @@ fn mirroring_signs_in_to_registries_with_auth_and_tls_on() {
         serde_json::json!({
             "listen": "127.0.0.1:0",
             "dataDir": a_dir.join("data"),
-            "tls": {"certFile": cert, "keyFile": tls.join("outpost.key")},
+            "tls": {"certFile": cert, "keyFile": key},
             "access": [{"repositories": "plant/*", "pull": ["hq"], "push": ["hq"]}]
         })
         .to_string(),

@@ -422,7 +422,7 @@ fn settings_cli_without_an_admin_socket_acts_only_on_the_server_named() {
     let (ok, out, err) = outpost(&["settings", "--server", &listen, "blobMounting=disabled"]);
     assert!(ok, "{err}");
     assert!(
-        err.contains(&format!("using the registry at {listen}")),
+        err.contains(&format!("using the registry at http://{listen}")),
         "{err}"
     );
     assert!(out.contains("disabled  (set at runtime"), "{out}");

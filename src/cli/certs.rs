@@ -1,6 +1,7 @@
 //! `outpost tls self-signed`: a certificate and key for a site without a CA, and how to make
 //! docker, podman and containerd trust it.
 
+use super::output::out;
 use crate::config::Config;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -31,7 +32,7 @@ pub fn self_signed(config: &Config, hosts: &[String], dir: &Path, days: u64) -> 
     let port = config.listen.port();
     let host = &hosts[0];
     let at = format!("{host}:{port}");
-    println!(
+    out!(
         "wrote {cert} (certificate for {names}, {days} days, SHA-256 {fp})\n\
          and {key} (its private key, mode 600).\n\n\
          Serve HTTPS with it: in the config file\n  \

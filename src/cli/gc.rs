@@ -1,14 +1,15 @@
 //! `outpost gc`, `outpost du`, `outpost compact`: space on a running registry or a stopped store.
 
-use super::{call, call_for, reach, stopped_store, Reach};
+use super::output::out;
+use super::{call, call_for, reach, stopped_store, Login, Reach};
 use crate::config::Config;
 use serde_json::Value;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 /// `outpost gc [--dry-run] [--json]`.
-pub fn gc(config: &Config, server: Option<&str>, dry_run: bool, json: bool) -> Result<(), String> {
-    let report = match reach(config, server)? {
+pub fn gc(config: &Config, login: &Login, dry_run: bool, json: bool) -> Result<(), String> {
+    let report = match reach(config, login)? {
         // A pass may wait for one under way and delete for a while: wait long.
         Reach::Online(at) => call_for(
             &at,
@@ -24,7 +25,7 @@ pub fn gc(config: &Config, server: Option<&str>, dry_run: bool, json: bool) -> R
         }
     };
     if json {
-        println!("{report:#}");
+        out!("{report:#}");
         return Ok(());
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
@@ -34,7 +35,7 @@ pub fn gc(config: &Config, server: Option<&str>, dry_run: bool, json: bool) -> R
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        println!(
+        out!(
             "{verb} manifest {}@{}{} ({} bytes): {}",
             text(&m["repository"]),
             text(&m["digest"]),
@@ -48,7 +49,7 @@ pub fn gc(config: &Config, server: Option<&str>, dry_run: bool, json: bool) -> R
         );
     }
     for l in list("blobLinks") {
-        println!(
+        out!(
             "{verb} blob link {}@{} ({} bytes): {}",
             text(&l["repository"]),
             text(&l["digest"]),
@@ -57,19 +58,19 @@ pub fn gc(config: &Config, server: Option<&str>, dry_run: bool, json: bool) -> R
         );
     }
     for b in list("blobs") {
-        println!(
+        out!(
             "{verb} blob {} ({} bytes): no repository links it",
             text(&b["digest"]),
             b["bytes"]
         );
     }
     for r in list("repositories") {
-        println!("{verb} repository {}: nothing left in it", text(&r));
+        out!("{verb} repository {}: nothing left in it", text(&r));
     }
-    println!("{}", crate::gc::summary(&report));
+    out!("{}", crate::gc::summary(&report));
     if !dry_run {
         let w = &report["writer"];
-        println!(
+        out!(
             "{:.2} s; {} write transaction(s), the longest held the writer {:.1} ms",
             report["seconds"].as_f64().unwrap_or(0.0),
             w["transactions"],
@@ -84,25 +85,29 @@ fn text(v: &Value) -> &str {
 }
 
 /// `outpost du [--json]`.
-pub fn du(config: &Config, server: Option<&str>, json: bool) -> Result<(), String> {
-    let usage = match reach(config, server)? {
+pub fn du(config: &Config, login: &Login, json: bool) -> Result<(), String> {
+    let usage = match reach(config, login)? {
         Reach::Online(at) => call(&at, "GET", "/admin/du", None, 200)?,
         Reach::Offline(store, _) => store.usage().map_err(|e| format!("du: {e}"))?,
     };
     if json {
-        println!("{usage:#}");
+        out!("{usage:#}");
         return Ok(());
     }
-    println!(
+    out!(
         "{:<40} {:>14} {:>14} {:>14} {:>9}",
-        "REPOSITORY", "LINKED", "ONLY HERE", "SHARED", "MANIFESTS"
+        "REPOSITORY",
+        "LINKED",
+        "ONLY HERE",
+        "SHARED",
+        "MANIFESTS"
     );
     for r in usage["repositories"]
         .as_array()
         .cloned()
         .unwrap_or_default()
     {
-        println!(
+        out!(
             "{:<40} {:>14} {:>14} {:>14} {:>9}",
             text(&r["name"]),
             r["linkedBytes"],
@@ -112,7 +117,7 @@ pub fn du(config: &Config, server: Option<&str>, json: bool) -> Result<(), Strin
         );
     }
     let s = &usage["store"];
-    println!(
+    out!(
         "store: {} blob(s) of {} bytes stored once ({} bytes saved by sharing), {} bytes of \
          manifests, {} bytes in open uploads; file {} bytes, {} live, {} free pages and \
          overhead (outpost compact gives free pages back while the registry is stopped)",
@@ -130,7 +135,7 @@ pub fn du(config: &Config, server: Option<&str>, json: bool) -> Result<(), Strin
             Some(n) => format!("{n} bytes"),
             None => "no limit".into(),
         };
-        println!(
+        out!(
             "quota {}: {} bytes used of {limit}",
             text(&q["quota"]),
             q["used"]
@@ -156,7 +161,7 @@ pub fn compact(config: &Config) -> Result<(), String> {
         (Some(a), Some(b)) => format!("{} bytes written", b.saturating_sub(a)),
         _ => "bytes written unknown".into(),
     };
-    println!(
+    out!(
         "compacted: the file went from {before} to {after} bytes ({} bytes given back; {wrote})",
         before.saturating_sub(after)
     );

@@ -1,28 +1,18 @@
 //! `outpost export`, `outpost import` and `outpost mirror`: against the running registry
-//! over HTTP (with credentials when auth is on), or on the store when it is stopped.
+//! over HTTP(S) (with credentials when auth is on), or on the store when it is stopped.
 
-use super::{call_for, reach, Reach};
+use super::output::out;
+use super::{call_for, reach, Endpoint, Login, Reach};
 use crate::config::Config;
 use crate::mirror::archive::Archive;
 use crate::mirror::layout::LayoutWriter;
 use crate::mirror::local::{LocalSink, LocalSource};
 use crate::mirror::progress::{human, Progress};
 use crate::mirror::remote::Remote;
-use crate::mirror::{copy_image, ImageName, Platform, Sink, Source};
+use crate::mirror::{copy_image, is_index, ImageName, Platform, Sink, Source};
 use crate::storage::Store;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Who the CLI is towards a running registry: `--user` (password from `$OUTPOST_PASSWORD`,
-/// the terminal, or the first line of stdin).
-pub struct Login {
-    /// `--server`: the registry's URL.
-    pub server: Option<String>,
-    /// `--user`.
-    pub user: Option<String>,
-    /// `--ca-file`: CA certificates for an https `--server`.
-    pub ca_file: Option<std::path::PathBuf>,
-}
 
 /// The store, or an HTTP client of the running registry.
 enum Target {
@@ -30,49 +20,26 @@ enum Target {
     Http(Box<Remote>),
 }
 
+/// Where images are copied from or to: the registry `--server` names, else the one serving
+/// the store (over HTTP where it says it listens: copying needs the registry API, not the
+/// admin socket), else the store.
 fn target(config: &Config, login: &Login, create: bool) -> Result<Target, String> {
-    let url = match &login.server {
-        Some(s) if s.starts_with("http://") || s.starts_with("https://") => Some(s.clone()),
-        Some(s) => Some(format!("http://{s}")),
-        None => None,
-    };
-    // With --server the registry is remote: never fall back to a local store.
-    let reached = match &url {
-        Some(_) => None,
-        None => Some(super::reach_or_create(config, None, create)?),
-    };
-    let url = match reached {
-        Some(Reach::Offline(store, _)) => return Ok(Target::Store(store)),
-        Some(Reach::Online(at)) => {
-            // Copying needs HTTP: the registry serving the store, where it says it listens.
-            let (addr, tls) = super::http_addr(&at, config)?;
+    match super::reach_or_create(config, login, create)? {
+        Reach::Offline(store, _) => Ok(Target::Store(store)),
+        Reach::Online(Endpoint::Remote(r)) => Ok(Target::Http(r)),
+        Reach::Online(at @ Endpoint::Socket(_)) => {
+            let (addr, tls) = super::http_addr(&at)?;
             let scheme = if tls { "https" } else { "http" };
-            format!("{scheme}://{addr}")
+            // The local registry's own certificate is what a self-signed setup trusts.
+            let ca = match &login.ca_file {
+                Some(f) => Some(f.as_path()),
+                None => config.tls.as_ref().map(|t| t.cert_file.as_path()),
+            };
+            Ok(Target::Http(Box::new(
+                login.remote(&format!("{scheme}://{addr}"), ca)?,
+            )))
         }
-        None => url.expect("set when not reached"),
-    };
-    let creds = match &login.user {
-        None => None,
-        Some(u) => Some((u.clone(), password(u)?)),
-    };
-    // The local registry's own certificate is what a self-signed setup trusts.
-    let ca = match (&login.ca_file, &login.server) {
-        (Some(f), _) => Some(f.as_path()),
-        (None, None) => config.tls.as_ref().map(|t| t.cert_file.as_path()),
-        (None, Some(_)) => None,
-    };
-    Ok(Target::Http(Box::new(Remote::new(&url, creds, ca)?)))
-}
-
-fn password(user: &str) -> Result<String, String> {
-    if let Ok(p) = std::env::var("OUTPOST_PASSWORD") {
-        return Ok(p);
     }
-    // SAFETY: isatty only inspects file descriptor 0.
-    if unsafe { libc::isatty(0) } == 1 {
-        return super::users::prompt_hidden(&format!("password for {user}: "));
-    }
-    super::users::stdin_line()
 }
 
 /// `outpost export IMAGE... -o OUT [--platform P,...]`.
@@ -147,10 +114,10 @@ pub fn export(
         Ok(done) => {
             writer.finish().map_err(|e| e.message)?;
             for d in &done {
-                println!("exported {d}");
+                out!("exported {d}");
             }
             report("exported", total, started);
-            println!("wrote {}", out.display());
+            out!("wrote {}", out.display());
             Ok(())
         }
         Err(e) => {
@@ -162,7 +129,7 @@ pub fn export(
 
 fn report(verb: &str, bytes: u64, started: Instant) {
     let secs = started.elapsed().as_secs_f64().max(0.001);
-    println!(
+    out!(
         "{verb} {} in {:.1}s ({}/s)",
         human(bytes),
         secs,
@@ -204,6 +171,18 @@ pub fn import(
         plan.push((r, t, e.digest.clone()));
     }
     let mut target = target(config, login, true)?;
+    // What each tag names now, to say so when the import moves it.
+    let before: Vec<Option<(String, String)>> = plan
+        .iter()
+        .map(|(repo, tag, _)| {
+            let tag = tag.as_deref()?;
+            let m = match &target {
+                Target::Store(s) => LocalSource(s).manifest(repo, tag, None),
+                Target::Http(r) => r.manifest(repo, tag, None),
+            };
+            m.ok().map(|m| (m.digest.to_string(), shape(&m)))
+        })
+        .collect();
     let mut local;
     let sink: &mut dyn Sink = match &mut target {
         Target::Store(s) => {
@@ -215,9 +194,9 @@ pub fn import(
     let mut progress = Progress::for_terminal();
     let started = Instant::now();
     let mut failed = Vec::new();
-    let (mut moved, mut present) = (0u64, 0u64);
+    let (mut stored, mut present) = ((0u64, 0u64), (0u64, 0u64));
     let mut lines = Vec::new();
-    for (repo, tag, digest) in &plan {
+    for ((repo, tag, digest), before) in plan.iter().zip(&before) {
         let name = match tag {
             Some(t) => format!("{repo}:{t}"),
             None => format!("{repo}@{digest}"),
@@ -233,14 +212,24 @@ pub fn import(
             &mut progress,
         ) {
             Ok(c) => {
-                moved += c.bytes_copied;
-                present += c.bytes_total - c.bytes_copied;
+                stored.0 += c.blobs_copied;
+                stored.1 += c.bytes_copied;
+                present.0 += c.blobs_present;
+                present.1 += c.bytes_total - c.bytes_copied;
+                let top = c.top.expect("a copy stores its top manifest");
                 lines.push(format!(
                     "imported {name} ({}): {} blob(s) stored, {} already present",
-                    c.top.map(|t| t.digest.to_string()).unwrap_or_default(),
-                    c.blobs_copied,
-                    c.blobs_present
+                    top.digest, c.blobs_copied, c.blobs_present
                 ));
+                if let Some((old, was)) = before {
+                    if *old != top.digest.to_string() {
+                        lines.push(format!(
+                            "  tag {name} moved from {old} ({was}) to {} ({})",
+                            top.digest,
+                            shape(&top)
+                        ));
+                    }
+                }
             }
             Err(e) => failed.push(format!("{name}: {e}")),
         }
@@ -251,13 +240,19 @@ pub fn import(
         s.flush().map_err(|e| e.to_string())?;
     }
     for l in &lines {
-        println!("{l}");
+        out!("{l}");
     }
-    report("imported", moved, started);
-    if present > 0 {
-        println!(
-            "{} were already stored and not written again",
-            human(present)
+    // A summary only of what was imported: a refused import reports its refusal alone.
+    if !lines.is_empty() {
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        out!(
+            "{} blob(s) stored ({}) in {secs:.1}s ({}/s); {} blob(s) already present ({}, not \
+             written again)",
+            stored.0,
+            human(stored.1),
+            human((stored.1 as f64 / secs) as u64),
+            present.0,
+            human(present.1)
         );
     }
     if failed.is_empty() {
@@ -271,54 +266,103 @@ pub fn import(
     ))
 }
 
-/// `outpost mirror run [NAME]`: one pass of each named (or every) mirror with repositories.
-pub fn run(config: &Config, server: Option<&str>, name: Option<&str>) -> Result<(), String> {
-    let chosen: Vec<_> = config
+/// What kind of image `m` is, for a tag's move: how many platforms an index lists.
+fn shape(m: &crate::mirror::Fetched) -> String {
+    if !is_index(m) {
+        return "a single-platform image".into();
+    }
+    let n = serde_json::from_slice::<serde_json::Value>(&m.body)
+        .ok()
+        .and_then(|v| v["manifests"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    format!("an index of {n} platform(s)")
+}
+
+/// `outpost mirror run [NAME]`: one pass of each named (or every) mirror with repositories:
+/// those the running registry has, else the config's.
+pub fn run(config: &Config, login: &Login, name: Option<&str>) -> Result<(), String> {
+    let syncing = |n: &str| name.is_none_or(|want| want == n);
+    let none = || match name {
+        Some(n) => format!("no mirror named {n} with repositories to sync"),
+        None => "no mirrors with repositories to sync are configured".into(),
+    };
+    let local: Vec<_> = config
         .mirrors
         .iter()
-        .filter(|m| name.is_none_or(|n| n == m.name) && !m.repositories.is_empty())
+        .filter(|m| syncing(&m.name) && !m.repositories.is_empty())
         .collect();
-    if chosen.is_empty() {
-        return Err(match name {
-            Some(n) => format!("no mirror named {n} with repositories to sync in the config"),
-            None => "the config has no mirrors with repositories to sync".into(),
-        });
+    // Nothing to run here: say so before creating a store for it.
+    if login.server.is_none() && local.is_empty() {
+        return Err(format!("{} in the config", none()));
     }
     // A gateway's first pass may be what creates its store.
-    let reached = super::reach_or_create(config, server, true)?;
-    let mut bad = 0;
-    for m in chosen {
+    let reached = super::reach_or_create(config, login, true)?;
+    let names: Vec<String> = match &reached {
+        Reach::Online(at) => super::call(at, "GET", "/admin/mirrors", None, 200)?["mirrors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| !m["repositories"].as_array().is_none_or(Vec::is_empty))
+            .filter_map(|m| m["name"].as_str().map(str::to_owned))
+            .filter(|n| syncing(n))
+            .collect(),
+        Reach::Offline(..) => local.iter().map(|m| m.name.clone()).collect(),
+    };
+    if names.is_empty() {
+        return Err(format!(
+            "{} at {}",
+            none(),
+            login.server.as_deref().unwrap_or("the registry")
+        ));
+    }
+    let mut failed = Vec::new();
+    for n in &names {
         let report = match &reached {
             Reach::Online(at) => call_for(
                 at,
                 "POST",
-                &format!("/admin/mirrors/{}/run", m.name),
+                &format!("/admin/mirrors/{n}/run"),
                 None,
                 200,
                 Duration::from_secs(24 * 3600),
-            )?,
+            ),
             Reach::Offline(store, _) => {
+                let m = local
+                    .iter()
+                    .find(|m| &m.name == n)
+                    .expect("chosen from these");
                 let stopping = std::sync::atomic::AtomicBool::new(false);
-                let r =
-                    crate::mirror::sync::run_pass(store, m, &stopping, Progress::for_terminal())
-                        .map_err(|e| e.message)?;
-                store.flush().map_err(|e| e.to_string())?;
-                r
+                crate::mirror::sync::run_pass(store, m, &stopping, Progress::for_terminal())
+                    .map_err(|e| e.message)
+                    .and_then(|r| store.flush().map(|()| r).map_err(|e| e.to_string()))
             }
         };
-        if report["result"] != "ok" {
-            bad += 1;
+        match report {
+            Ok(r) => {
+                if r["result"] != "ok" {
+                    failed.push(n.clone());
+                }
+                print_run(n, &r);
+            }
+            Err(e) => {
+                eprintln!("outpost: mirror {n}: {e}");
+                failed.push(n.clone());
+            }
         }
-        print_run(&m.name, &report);
     }
-    if bad > 0 {
-        return Err(format!("{bad} mirror pass(es) had failures"));
+    if !failed.is_empty() {
+        return Err(format!(
+            "the pass of mirror(s) {} failed ({} of {})",
+            failed.join(", "),
+            failed.len(),
+            names.len()
+        ));
     }
     Ok(())
 }
 
 fn print_run(name: &str, r: &serde_json::Value) {
-    println!(
+    out!(
         "mirror {name}: {} ({} image(s) checked, {} fetched, {} blob(s), {} in {:.1}s)",
         r["result"].as_str().unwrap_or("?"),
         r["images"],
@@ -328,7 +372,7 @@ fn print_run(name: &str, r: &serde_json::Value) {
         r["durationMs"].as_u64().unwrap_or(0) as f64 / 1000.0
     );
     for f in r["failures"].as_array().into_iter().flatten() {
-        println!(
+        out!(
             "  failed {}: {}",
             f["image"].as_str().unwrap_or(""),
             f["reason"].as_str().unwrap_or("")
@@ -337,8 +381,8 @@ fn print_run(name: &str, r: &serde_json::Value) {
 }
 
 /// `outpost mirror status`.
-pub fn status(config: &Config, server: Option<&str>) -> Result<(), String> {
-    let v = match reach(config, server)? {
+pub fn status(config: &Config, login: &Login) -> Result<(), String> {
+    let v = match reach(config, login)? {
         Reach::Online(at) => call_for(
             &at,
             "GET",
@@ -353,11 +397,11 @@ pub fn status(config: &Config, server: Option<&str>) -> Result<(), String> {
     };
     let list = v["mirrors"].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        println!("no mirrors are configured");
+        out!("no mirrors are configured");
     }
     for m in list {
         let name = m["name"].as_str().unwrap_or("?");
-        println!(
+        out!(
             "{name}: {}{}{}",
             m["upstream"].as_str().unwrap_or("?"),
             m["pullThrough"]
@@ -373,11 +417,11 @@ pub fn status(config: &Config, server: Option<&str>) -> Result<(), String> {
         if m["lastRun"].is_object() {
             print_run(name, &m["lastRun"]);
         } else if !m["repositories"].as_array().is_none_or(Vec::is_empty) {
-            println!("mirror {name}: never run");
+            out!("mirror {name}: never run");
         }
         if m["cache"].is_object() {
             let c = &m["cache"];
-            println!(
+            out!(
                 "  cache: {} fetch(es), {} fetched, {} served while the upstream failed{}",
                 c["fetches"],
                 human(c["bytesFetched"].as_u64().unwrap_or(0)),
@@ -388,7 +432,7 @@ pub fn status(config: &Config, server: Option<&str>) -> Result<(), String> {
                     .unwrap_or_default()
             );
             if let (Some(held), Some(max)) = (c["held"].as_u64(), c["maxSize"].as_u64()) {
-                println!(
+                out!(
                     "  cache holds {} of its maxSize {}; {} image(s) evicted",
                     human(held),
                     human(max),

@@ -1,22 +1,66 @@
 //! Commands besides `serve` that manage a registry: over the HTTP admin API of the registry
-//! serving the store, or directly on the store when none does.
+//! serving the store (its admin socket) or of one elsewhere (`--server`, HTTP or HTTPS with
+//! credentials), or directly on the store when none serves it.
+
+pub mod output;
 
 pub mod certs;
 pub mod gc;
+pub mod help;
 pub mod mirror;
 pub mod scrub;
 pub mod users;
 
+use output::out;
+
 use crate::config::Config;
 use crate::crypto::{Algorithm, MasterKey};
+use crate::mirror::remote::Remote;
 use crate::settings::Settings;
 use crate::storage::Store;
 use serde_json::{Map, Value};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Which registry a command reaches and who it is there: `--server`, `--user` (password
+/// from `$OUTPOST_PASSWORD`, the terminal, or the first line of stdin), `--ca-file`.
+#[derive(Default)]
+pub struct Login {
+    /// `--server`: the registry's URL (`http://` or `https://`; plain `HOST:PORT` is HTTP).
+    pub server: Option<String>,
+    /// `--user`, else `$OUTPOST_USER`.
+    pub user: Option<String>,
+    /// `--ca-file`: CA certificates (PEM) for an https registry.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Login {
+    /// A client of the registry at `url` with these credentials (the password asked for
+    /// now), trusting `ca` (else the system's roots).
+    fn remote(&self, url: &str, ca: Option<&Path>) -> Result<Remote, String> {
+        let creds = match &self.user {
+            None => None,
+            Some(u) => Some((u.clone(), password(u)?)),
+        };
+        Remote::new(url, creds, ca)
+    }
+}
+
+/// The password of `user` signing in to a registry: `$OUTPOST_PASSWORD`, else asked on the
+/// terminal, else the first line of stdin.
+fn password(user: &str) -> Result<String, String> {
+    if let Ok(p) = std::env::var("OUTPOST_PASSWORD") {
+        return Ok(p);
+    }
+    // SAFETY: isatty only inspects file descriptor 0.
+    if unsafe { libc::isatty(0) } == 1 {
+        return users::prompt_hidden(&format!("password for {user}: "));
+    }
+    users::stdin_line()
+}
 
 /// Where a command's work is done: over HTTP by the registry serving the store, or on the store.
 enum Reach {
@@ -28,30 +72,32 @@ enum Reach {
 enum Endpoint {
     /// Its admin socket: the operator, whatever the access rules say.
     Socket(PathBuf),
-    /// Its listener, over plain HTTP, as an anonymous client.
-    Tcp(SocketAddr),
+    /// A registry at a URL (`--server`), over HTTP or HTTPS through the mirror's client,
+    /// as `--user` or anonymous.
+    Remote(Box<Remote>),
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Socket(p) => write!(f, "{}", p.display()),
-            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Remote(r) => write!(f, "{}", r.base()),
         }
     }
 }
 
 /// The registry serving the store in the data directory, or that store itself: decided by
 /// the store, never by whatever answers at the listen address (that may be another registry).
-/// With `server`, the registry there.
-fn reach(config: &Config, server: Option<&str>) -> Result<Reach, String> {
-    reach_or_create(config, server, false)
+/// With `--server`, the registry there. A new command that manages a registry takes the
+/// `Login` and does its work through `call` on `Reach::Online`, or on the store.
+fn reach(config: &Config, login: &Login) -> Result<Reach, String> {
+    reach_or_create(config, login, false)
 }
 
 /// `reach`, creating the store if there is none (`create`): users set up before the first
 /// start, a gateway's first mirror pass.
-fn reach_or_create(config: &Config, server: Option<&str>, create: bool) -> Result<Reach, String> {
-    let reached = find(config, server, create)?;
+fn reach_or_create(config: &Config, login: &Login, create: bool) -> Result<Reach, String> {
+    let reached = find(config, login, create)?;
     // Which registry a command acts on is never left to guess.
     match &reached {
         Reach::Online(Endpoint::Socket(p)) => eprintln!(
@@ -59,7 +105,10 @@ fn reach_or_create(config: &Config, server: Option<&str>, create: bool) -> Resul
             config.data_dir.display(),
             p.display()
         ),
-        Reach::Online(Endpoint::Tcp(a)) => eprintln!("using the registry at {a}"),
+        Reach::Online(Endpoint::Remote(r)) => match r.user() {
+            Some(u) => eprintln!("using the registry at {} as {u}", r.base()),
+            None => eprintln!("using the registry at {}", r.base()),
+        },
         Reach::Offline(_, path) => {
             eprintln!("using the store {} (no registry serves it)", path.display())
         }
@@ -68,12 +117,11 @@ fn reach_or_create(config: &Config, server: Option<&str>, create: bool) -> Resul
 }
 
 /// `reach_or_create` without saying which.
-fn find(config: &Config, server: Option<&str>, create: bool) -> Result<Reach, String> {
-    if let Some(s) = server {
-        let addr = server_addr(s)?;
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| format!("cannot reach outpost at {addr}: {e}"))?;
-        return Ok(Reach::Online(Endpoint::Tcp(addr)));
+fn find(config: &Config, login: &Login, create: bool) -> Result<Reach, String> {
+    if let Some(s) = &login.server {
+        let url = server_url(s)?;
+        let remote = login.remote(&url, login.ca_file.as_deref())?;
+        return Ok(Reach::Online(Endpoint::Remote(Box::new(remote))));
     }
     let socket = config.data_dir.join(crate::server::ADMIN_SOCKET);
     match UnixStream::connect(&socket) {
@@ -181,27 +229,22 @@ fn call_for(
     ok: u16,
     wait: Duration,
 ) -> Result<Value, String> {
-    let unreachable = |e: std::io::Error| format!("cannot reach outpost at {at}: {e}");
     let reply = match at {
         Endpoint::Socket(p) => {
+            let unreachable = |e: std::io::Error| format!("cannot reach outpost at {at}: {e}");
             let conn = UnixStream::connect(p).map_err(unreachable)?;
             conn.set_read_timeout(Some(wait)).map_err(unreachable)?;
             request(conn, "localhost", method, path, body)
+                .map_err(|e| format!("talking to outpost at {at}: {e}"))?
         }
-        Endpoint::Tcp(a) => {
-            let conn =
-                TcpStream::connect_timeout(a, Duration::from_secs(5)).map_err(unreachable)?;
-            conn.set_read_timeout(Some(wait)).map_err(unreachable)?;
-            request(conn, &a.to_string(), method, path, body)
-        }
-    }
-    .map_err(|e| format!("talking to outpost at {at}: {e}"))?;
+        Endpoint::Remote(r) => r.admin(method, path, body, wait)?,
+    };
     reply_json(reply, at, ok)
 }
 
 /// `outpost settings [NAME=VALUE ...]`: shows the runtime switches, changing the given ones
 /// first. VALUE is `enabled`, `disabled`, or `default` (back to the config file's value).
-pub fn settings(config: &Config, server: Option<&str>, changes: &[String]) -> Result<(), String> {
+pub fn settings(config: &Config, login: &Login, changes: &[String]) -> Result<(), String> {
     let mut patch = Map::new();
     for change in changes {
         let (name, value) = change
@@ -213,7 +256,7 @@ pub fn settings(config: &Config, server: Option<&str>, changes: &[String]) -> Re
         };
         patch.insert(name.to_owned(), value);
     }
-    let shown = match reach(config, server)? {
+    let shown = match reach(config, login)? {
         Reach::Online(at) => {
             if patch.is_empty() {
                 call(&at, "GET", "/admin/settings", None, 200)?
@@ -251,12 +294,12 @@ fn key_words(key: Option<&str>) -> String {
 /// `outpost repo create NAME [--key K [--algorithm A]]`.
 pub fn repo_create(
     config: &Config,
-    server: Option<&str>,
+    login: &Login,
     name: &str,
     key: Option<(String, Option<Algorithm>)>,
 ) -> Result<(), String> {
     let words = key_words(key.as_ref().map(|k| k.0.as_str()));
-    match reach(config, server)? {
+    match reach(config, login)? {
         Reach::Online(at) => {
             let mut body = Map::new();
             if let Some((k, alg)) = &key {
@@ -278,18 +321,13 @@ pub fn repo_create(
             .repo_create(name, key.as_ref().map(|(k, a)| (k.as_str(), *a)))
             .map_err(|e| format!("cannot create {name}: {e}"))?,
     }
-    println!("created repository {name} ({words})");
+    out!("created repository {name} ({words})");
     Ok(())
 }
 
 /// `outpost repo delete NAME [--erase]`.
-pub fn repo_delete(
-    config: &Config,
-    server: Option<&str>,
-    name: &str,
-    erase: bool,
-) -> Result<(), String> {
-    let (key, freed, erased) = match reach(config, server)? {
+pub fn repo_delete(config: &Config, login: &Login, name: &str, erase: bool) -> Result<(), String> {
+    let (key, freed, erased) = match reach(config, login)? {
         Reach::Online(at) => {
             let path = format!("/admin/repositories/{name}?erase={erase}");
             let v = call(&at, "DELETE", &path, None, 200)?;
@@ -306,12 +344,12 @@ pub fn repo_delete(
             (d.key, d.blobs_freed, d.erased)
         }
     };
-    println!(
+    out!(
         "deleted repository {name} ({}); {freed} blob(s) no other repository held were deleted",
         key_words(key.as_deref())
     );
     if erased {
-        println!(
+        out!(
             "key {:?} destroyed: what it sealed, including any copy of the old blocks (a backup, \
              a cloned card), can no longer be decrypted. Its wrapped copy may linger in freed \
              pages of the database until they are reused; rotating the master key (outpost key \
@@ -322,7 +360,8 @@ pub fn repo_delete(
     Ok(())
 }
 
-/// `outpost repo move NAME (--key K [--algorithm A] | --plaintext)`: re-encrypts.
+/// `outpost repo move NAME (--key K [--algorithm A] | --plaintext)`: (re-)encrypts or
+/// decrypts.
 pub fn repo_move(
     config: &Config,
     name: &str,
@@ -332,11 +371,24 @@ pub fn repo_move(
     let m = store
         .repo_move(name, key.as_ref().map(|(k, a)| (k.as_str(), *a)))
         .map_err(|e| format!("cannot move {name}: {e}"))?;
-    println!(
-        "moved {name} from {} to {}: {} blob(s) re-encrypted ({} bytes), {} already stored \
-         with the new key, {} manifest record(s) re-sealed",
+    let to = key.as_ref().map(|k| k.0.as_str());
+    // What happened to the bytes: the words say which way they went.
+    let (verb, target) = match (m.from.is_some(), to.is_some()) {
+        (true, false) => ("decrypted", "in plaintext".to_owned()),
+        (false, true) => ("encrypted", "with the new key".to_owned()),
+        (true, true) => ("re-encrypted", "with the new key".to_owned()),
+        (false, false) => ("copied", "in plaintext".to_owned()),
+    };
+    let records = if to.is_some() {
+        "re-sealed"
+    } else {
+        "stored in plaintext"
+    };
+    out!(
+        "moved {name} from {} to {}: {} blob(s) {verb} ({} bytes), {} already stored \
+         {target}, {} manifest record(s) {records}",
         key_words(m.from.as_deref()),
-        key_words(key.as_ref().map(|k| k.0.as_str())),
+        key_words(to),
         m.blobs_copied,
         m.bytes_copied,
         m.blobs_shared,
@@ -346,8 +398,8 @@ pub fn repo_move(
 }
 
 /// `outpost key list`: names, algorithms and users of the data keys (never key material).
-pub fn key_list(config: &Config, server: Option<&str>) -> Result<(), String> {
-    let keys = match reach(config, server)? {
+pub fn key_list(config: &Config, login: &Login) -> Result<(), String> {
+    let keys = match reach(config, login)? {
         Reach::Online(at) => call(&at, "GET", "/admin/keys", None, 200)?["keys"].clone(),
         Reach::Offline(store, _) => {
             let keys = store.keys().map_err(|e| e.to_string())?;
@@ -356,14 +408,14 @@ pub fn key_list(config: &Config, server: Option<&str>) -> Result<(), String> {
     };
     let keys = keys.as_array().cloned().unwrap_or_default();
     if keys.is_empty() {
-        println!("no data keys: every repository is plaintext");
+        out!("no data keys: every repository is plaintext");
     }
     for k in keys {
         let repos: Vec<&str> = k["repositories"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        println!(
+        out!(
             "{:<20} {:<18} {} blob(s), {} bytes; master key {}; repositories: {}",
             k["name"].as_str().unwrap_or("?"),
             k["algorithm"].as_str().unwrap_or("?"),
@@ -390,7 +442,7 @@ pub fn key_list(config: &Config, server: Option<&str>) -> Result<(), String> {
 /// `outpost key generate FILE`.
 pub fn key_generate(path: &Path) -> Result<(), String> {
     let id = crate::crypto::generate_master_key(path)?;
-    println!(
+    out!(
         "wrote a new master key to {} (id {id}, mode 600). Keep a copy somewhere safe: without \
          it, encrypted repositories cannot be read.",
         path.display()
@@ -441,7 +493,7 @@ pub fn key_rotate(config: &Config, new: Option<&Path>) -> Result<(), String> {
         .add_master_wraps(&new_key)
         .map_err(|e| format!("cannot re-wrap the data keys: {e}"))?;
     let Some((next, file)) = replace else {
-        println!(
+        out!(
             "{n} data key(s) are now wrapped by master key id {} as well as id {}. Point \
              masterKeyFile or LoadCredential at {} and start outpost: the first start with it \
              drops the old wraps (until then either key opens the store).",
@@ -465,7 +517,7 @@ pub fn key_rotate(config: &Config, new: Option<&Path>) -> Result<(), String> {
     store
         .finish_master_rotation(&new_key)
         .map_err(|e| format!("dropping the old wraps: {e} (the next start does it)"))?;
-    println!(
+    out!(
         "rotated the master key: {n} data key(s) re-wrapped from id {} to id {}; {} now holds \
          the new key. Destroy every copy of the old one (backups included).",
         current.id(),
@@ -493,7 +545,7 @@ fn print_settings(v: &Value) {
         } else {
             "config file".to_owned()
         };
-        println!("{name:<16} {value:<9} ({note})");
+        out!("{name:<16} {value:<9} ({note})");
     }
 }
 
@@ -501,21 +553,16 @@ fn open_offline(config: &Config, path: &Path) -> Result<Store, String> {
     crate::server::open_store(config, path, false)
 }
 
-/// Where the registry at `at` listens for HTTP, and whether with TLS: what it says through
-/// its admin socket, else (a registry reached at an address) that address.
-fn http_addr(at: &Endpoint, config: &Config) -> Result<(SocketAddr, bool), String> {
-    match at {
-        Endpoint::Tcp(a) => Ok((*a, config.tls.is_some())),
-        Endpoint::Socket(_) => {
-            let stats = call(at, "GET", "/admin/stats", None, 200)?;
-            let listen = &stats["listen"];
-            let addr = listen["address"]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| format!("outpost at {at} did not say where it listens"))?;
-            Ok((local_addr(addr), listen["tls"] == true))
-        }
-    }
+/// Where the registry serving the store through its admin socket `at` listens for HTTP,
+/// and whether with TLS: what it says.
+fn http_addr(at: &Endpoint) -> Result<(SocketAddr, bool), String> {
+    let stats = call(at, "GET", "/admin/stats", None, 200)?;
+    let listen = &stats["listen"];
+    let addr = listen["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("outpost at {at} did not say where it listens"))?;
+    Ok((local_addr(addr), listen["tls"] == true))
 }
 
 /// Where a registry listening on `listen` is reached from this machine.
@@ -530,17 +577,25 @@ fn local_addr(listen: SocketAddr) -> SocketAddr {
     a
 }
 
-/// `http://host:port` or `host:port`.
-fn server_addr(s: &str) -> Result<SocketAddr, String> {
-    if s.starts_with("https://") {
-        return Err(format!("--server {s}: this command speaks plain HTTP only"));
+/// The base URL `--server` names: `https://host:port`, `http://host:port`, or `host:port`
+/// (plain HTTP).
+fn server_url(s: &str) -> Result<String, String> {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some(_) => {
+            return Err(format!(
+                "--server {s:?}: give http://HOST:PORT or https://HOST:PORT"
+            ))
+        }
+        None => ("http", s),
+    };
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || hostport.contains('/') {
+        return Err(format!(
+            "--server {s:?}: give http://HOST:PORT or https://HOST:PORT (no path)"
+        ));
     }
-    let hostport = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
-    hostport
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("--server {s:?}: expected http://HOST:PORT"))
+    Ok(format!("{scheme}://{hostport}"))
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
@@ -581,11 +636,34 @@ fn reply_json((status, body): (u16, Vec<u8>), at: &Endpoint, ok: u16) -> Result<
         return Ok(v);
     }
     let msg = v["errors"][0]["message"].as_str().unwrap_or("no message");
-    let hint = if matches!(status, 401 | 403) {
-        " (with auth on, run this on the registry's host as its user or root: the command then \
-         uses the admin socket in the data directory)"
-    } else {
-        ""
+    let hint = match (at, status) {
+        (Endpoint::Remote(r), 401) => match r.user() {
+            None => " (auth is on there: give --user NAME of an admin; the password comes from \
+                     $OUTPOST_PASSWORD, the terminal or stdin)"
+                .to_owned(),
+            Some(u) => format!(" (the password of {u} was refused)"),
+        },
+        (Endpoint::Remote(r), 403) => match r.user() {
+            None => " (give --user NAME of an admin)".to_owned(),
+            Some(u) => {
+                format!(" ({u} may not do this: give --user NAME of an admin, one of auth.admins)")
+            }
+        },
+        _ => String::new(),
     };
     Err(format!("outpost at {at} refused ({status}): {msg}{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_urls() {
+        let url = |s| super::server_url(s);
+        assert_eq!(url("https://gw1:5000/").unwrap(), "https://gw1:5000");
+        assert_eq!(url("http://10.0.0.5:5000").unwrap(), "http://10.0.0.5:5000");
+        assert_eq!(url("10.0.0.5:5000").unwrap(), "http://10.0.0.5:5000");
+        assert!(url("ftp://gw1").is_err());
+        assert!(url("https://gw1:5000/v2/").is_err());
+        assert!(url("https://").is_err());
+    }
 }

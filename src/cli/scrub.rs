@@ -1,7 +1,8 @@
 //! `outpost scrub`: a scrub pass now, or the scrub's status, on a running registry or a
 //! stopped store.
 
-use super::{call, call_for, reach, Reach};
+use super::output::out;
+use super::{call, call_for, reach, Login, Reach};
 use crate::config::Config;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,12 +14,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// `outpost scrub [--repo R] [--status] [--json]`.
 pub fn scrub(
     config: &Config,
-    server: Option<&str>,
+    login: &Login,
     repo: Option<&str>,
     status: bool,
     json: bool,
 ) -> Result<(), String> {
-    let reached = reach(config, server)?;
+    let reached = reach(config, login)?;
     if status {
         let s = match &reached {
             Reach::Online(at) => call(at, "GET", "/admin/scrub", None, 200)?,
@@ -27,7 +28,7 @@ pub fn scrub(
             }
         };
         if json {
-            println!("{s:#}");
+            out!("{s:#}");
         } else {
             print_status(&s);
         }
@@ -63,14 +64,14 @@ pub fn scrub(
         report
     })?;
     if json {
-        println!("{report:#}");
+        out!("{report:#}");
         return Ok(());
     }
     for f in report["found"].as_array().into_iter().flatten() {
         print_object("damaged", f);
     }
     for h in report["healed"].as_array().into_iter().flatten() {
-        println!(
+        out!(
             "healed blob {} of {} from mirror {}",
             text(&h["digest"]),
             text(&h["repository"]),
@@ -78,8 +79,8 @@ pub fn scrub(
         );
     }
     print_quarantine(&report["quarantined"]);
-    println!("{}", crate::scrub::summary(&report));
-    println!("file check: {}", text(&report["fileCheck"]));
+    out!("{}", crate::scrub::summary(&report));
+    out!("file check: {}", text(&report["fileCheck"]));
     Ok(())
 }
 
@@ -131,20 +132,20 @@ fn print_status(s: &Value) {
             p["started"], p["objects"], p["bytes"], p["bad"]
         )
     };
-    println!(
+    out!(
         "rate {} bytes/s, a full pass every {}",
         s["rate"],
         s["interval"].as_str().unwrap_or("(off: on demand only)")
     );
     match &s["lastFullPass"] {
-        Value::Null => println!("last full pass: none yet"),
-        p => println!("last full pass: {}, finished {}", pass(p), p["finished"]),
+        Value::Null => out!("last full pass: none yet"),
+        p => out!("last full pass: {}, finished {}", pass(p), p["finished"]),
     }
     if !s["current"].is_null() {
-        println!("full pass under way: {}", pass(&s["current"]));
+        out!("full pass under way: {}", pass(&s["current"]));
     }
     if !s["running"].is_null() {
-        println!("running now: {}", pass(&s["running"]));
+        out!("running now: {}", pass(&s["running"]));
     }
     print_quarantine(&s["quarantined"]);
 }
@@ -163,7 +164,7 @@ fn print_quarantine(q: &Value) {
                     })
                     .unwrap_or_default()
             };
-            println!(
+            out!(
                 "  breaks {}: tags [{}], manifests [{}]",
                 text(&r["repository"]),
                 list("tags"),
@@ -175,7 +176,7 @@ fn print_quarantine(q: &Value) {
 
 /// `VERB KIND DIGEST: REASON` of a damaged object.
 fn print_object(verb: &str, o: &Value) {
-    println!(
+    out!(
         "{verb} {} {}: {}",
         text(&o["kind"]),
         text(&o["digest"]),

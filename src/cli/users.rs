@@ -1,17 +1,20 @@
 //! `outpost user add|passwd|del|list`: users kept in the store (passwords hashed by the
 //! registry, read from a prompt or stdin, never from the command line).
 
-use super::{call, reach, reach_or_create, Reach};
+use super::output::out;
+use super::{call, reach, reach_or_create, Login, Reach};
 use crate::auth::passwords;
 use crate::config::Config;
 use serde_json::{json, Value};
 use std::io::BufRead;
 
 /// `outpost user add NAME` (`create`) or `outpost user passwd NAME`.
-pub fn put(config: &Config, server: Option<&str>, name: &str, create: bool) -> Result<(), String> {
+pub fn put(config: &Config, login: &Login, name: &str, create: bool) -> Result<(), String> {
+    // The registry first: signing in to a remote one may read stdin's first line.
+    let reached = reach_or_create(config, login, create)?;
     let password = read_password(name)?;
     passwords::acceptable(&password)?;
-    match reach_or_create(config, server, create)? {
+    match reached {
         Reach::Online(at) => {
             let body = json!({ "password": password }).to_string();
             let (method, ok) = if create { ("POST", 201) } else { ("PUT", 200) };
@@ -28,9 +31,9 @@ pub fn put(config: &Config, server: Option<&str>, name: &str, create: bool) -> R
             .map_err(|e| format!("user {name}: {e}"))?,
     }
     if create {
-        println!("added user {name}");
+        out!("added user {name}");
     } else {
-        println!("changed the password of {name}");
+        out!("changed the password of {name}");
     }
     if config.auth.is_none() {
         eprintln!(
@@ -42,8 +45,8 @@ pub fn put(config: &Config, server: Option<&str>, name: &str, create: bool) -> R
 }
 
 /// `outpost user del NAME`.
-pub fn delete(config: &Config, server: Option<&str>, name: &str) -> Result<(), String> {
-    match reach(config, server)? {
+pub fn delete(config: &Config, login: &Login, name: &str) -> Result<(), String> {
+    match reach(config, login)? {
         Reach::Online(at) => {
             call(&at, "DELETE", &format!("/admin/users/{name}"), None, 200)?;
         }
@@ -51,13 +54,13 @@ pub fn delete(config: &Config, server: Option<&str>, name: &str) -> Result<(), S
             .user_delete(name)
             .map_err(|e| format!("user {name}: {e}"))?,
     }
-    println!("deleted user {name}");
+    out!("deleted user {name}");
     Ok(())
 }
 
 /// `outpost user list`: the store's users, then the htpasswd file's.
-pub fn list(config: &Config, server: Option<&str>) -> Result<(), String> {
-    let (users, htpasswd) = match reach(config, server)? {
+pub fn list(config: &Config, login: &Login) -> Result<(), String> {
+    let (users, htpasswd) = match reach(config, login)? {
         Reach::Online(at) => {
             let v = call(&at, "GET", "/admin/users", None, 200)?;
             let names = |v: &Value| -> Option<Vec<String>> {
@@ -82,11 +85,11 @@ pub fn list(config: &Config, server: Option<&str>) -> Result<(), String> {
         }
     };
     for u in &users {
-        println!("{u}");
+        out!("{u}");
     }
     for u in htpasswd.iter().flatten() {
         if !users.contains(u) {
-            println!("{u} (htpasswd)");
+            out!("{u} (htpasswd)");
         }
     }
     if users.is_empty() && htpasswd.as_ref().is_none_or(Vec::is_empty) {

@@ -238,7 +238,7 @@ struct Plan {
 }
 
 /// Is `m` an index (by media type or shape)?
-fn is_index(m: &Fetched) -> bool {
+pub fn is_index(m: &Fetched) -> bool {
     m.media_type == OCI_INDEX
         || m.media_type == DOCKER_LIST
         || serde_json::from_slice::<Value>(&m.body)

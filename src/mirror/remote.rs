@@ -88,6 +88,83 @@ impl Remote {
         &self.base
     }
 
+    /// The user signing in, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.creds.as_ref().map(|c| c.0.as_str())
+    }
+
+    /// The Basic `Authorization` value of the credentials, if any.
+    fn basic(&self) -> Option<String> {
+        use base64::Engine as _;
+        self.creds.as_ref().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        })
+    }
+
+    /// One request to a running Outpost's admin API (`path` under the base URL) with a JSON
+    /// `body`, waiting up to `wait` for the answer: its status and body. The credentials go
+    /// with the first request: the admin API signs in Basic admins without a challenge.
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        wait: Duration,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("Content-Type", "application/json");
+        if let Some(b) = self.basic() {
+            req = req.header("Authorization", b);
+        }
+        let resp = match body {
+            Some(b) => req
+                .body(b.as_bytes())
+                .map_err(ureq::Error::from)
+                .and_then(|r| self.run_waiting(r, wait)),
+            None => req
+                .body(())
+                .map_err(ureq::Error::from)
+                .and_then(|r| self.run_waiting(r, wait)),
+        };
+        let mut resp = resp.map_err(|e| {
+            let e = e.to_string();
+            // An untrusted certificate is the usual first failure against a self-signed one.
+            let hint = if e.contains("certificate") || e.contains("UnknownIssuer") {
+                " (give --ca-file FILE naming the CA that signed its certificate, e.g. the \
+                 outpost.crt of outpost tls self-signed)"
+            } else {
+                ""
+            };
+            format!("cannot reach outpost at {}: {e}{hint}", self.base)
+        })?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(SMALL_LIMIT)
+            .read_to_vec()
+            .map_err(|e| format!("reading the answer of outpost at {}: {e}", self.base))?;
+        Ok((resp.status().as_u16(), body))
+    }
+
+    /// Runs `req`, waiting up to `wait` for the response (a gc or scrub pass answers when done).
+    fn run_waiting<B: AsSendBody>(
+        &self,
+        req: Request<B>,
+        wait: Duration,
+    ) -> Result<Response<Body>, ureq::Error> {
+        let req = self
+            .agent
+            .configure_request(req)
+            .timeout_recv_response(Some(wait))
+            .build();
+        self.agent.run(req)
+    }
+
     fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_owned()
@@ -139,13 +216,7 @@ impl Remote {
 
     /// The Authorization value answering `challenge`, if we can.
     fn answer(&self, challenge: &str, scope: &str) -> Result<Option<String>, ureq::Error> {
-        use base64::Engine as _;
-        let basic = self.creds.as_ref().map(|(u, p)| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-            )
-        });
+        let basic = self.basic();
         let (kind, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if kind.eq_ignore_ascii_case("basic") {
             return Ok(basic);

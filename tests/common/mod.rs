@@ -689,3 +689,21 @@ pub fn fs_free(path: &std::path::Path) -> u64 {
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
     st.f_bavail as u64 * st.f_frsize as u64
 }
+
+/// A self-signed certificate for 127.0.0.1 from `outpost tls self-signed`, written into
+/// `dir`; returns (certificate, key) paths.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let out = outpost_stdin(
+        &[
+            "tls",
+            "self-signed",
+            "--host",
+            "127.0.0.1",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    (dir.join("outpost.crt"), dir.join("outpost.key"))
+}
