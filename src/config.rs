@@ -52,6 +52,8 @@ pub struct Config {
     pub immutable_tags: Vec<crate::registry::immutable::ImmutableRule>,
     /// `quotas` and `maxStoreSize`: byte budgets.
     pub quotas: crate::quota::Quotas,
+    /// `metrics`: who may scrape `/metrics`, and its own listener.
+    pub metrics: crate::metrics::config::MetricsConfig,
 }
 
 /// A `mirrors` entry, validated.
@@ -498,6 +500,7 @@ impl Default for Config {
             scrub: crate::scrub::config::ScrubConfig::default(),
             immutable_tags: Vec::new(),
             quotas: crate::quota::Quotas::default(),
+            metrics: crate::metrics::config::MetricsConfig::default(),
         }
     }
 }
@@ -565,6 +568,8 @@ pub struct Overrides {
     pub max_store_size: Option<Size>,
     /// `quotas`: byte budgets per repository pattern
     pub quotas: Option<Vec<crate::quota::config::QuotaSpec>>,
+    /// `metrics`: `users`, `listen`
+    pub metrics: Option<crate::metrics::config::MetricsSpec>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -726,6 +731,7 @@ impl Overrides {
             immutable_tags: other.immutable_tags.or(self.immutable_tags),
             max_store_size: other.max_store_size.or(self.max_store_size),
             quotas: other.quotas.or(self.quotas),
+            metrics: other.metrics.or(self.metrics),
         }
     }
 
@@ -819,6 +825,7 @@ impl Overrides {
                 .map(|(i, r)| r.resolve(i + 1))
                 .collect::<Result<_, _>>()?,
             quotas: crate::quota::config::resolve(self.max_store_size, self.quotas)?,
+            metrics: self.metrics.unwrap_or_default().resolve()?,
         };
         for (i, m) in c.mirrors.iter().enumerate() {
             if c.mirrors[..i].iter().any(|o| o.name == m.name) {

@@ -9,6 +9,7 @@ mod digest;
 mod gc;
 mod http;
 mod memory;
+mod metrics;
 mod mirror;
 mod net;
 mod quota;
@@ -57,7 +58,7 @@ Options for serve (flags override the config file, which overrides the defaults)
                             minFreeSpace, blobMounting, automaticMount, masterKeyFile,
                             encryption, auth, access, tls, mirrors, gcGracePeriod,
                             gcInterval, lifecycle, immutableTags, scrubRate,
-                            scrubInterval)
+                            scrubInterval, metrics)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --master-key-file FILE    master key for encrypted repositories [default: the systemd

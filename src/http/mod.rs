@@ -7,7 +7,6 @@ mod buffers;
 mod errors;
 mod manifests;
 mod routes;
-mod stats;
 mod stream;
 mod tags;
 mod uploads;
@@ -38,7 +37,6 @@ pub struct App {
     settings: Settings,
     /// Access control; `None` when auth is off.
     gate: Option<auth::Gate>,
-    stats: stats::Stats,
     hashers: uploads::HasherCache,
     /// Where each upload session was last told it stands.
     acknowledged: uploads::Acknowledged,
@@ -53,7 +51,11 @@ impl App {
     /// earlier, and the htpasswd file if auth names one).
     pub fn new(store: Store, config: Config, stopping: Arc<AtomicBool>) -> Result<App, String> {
         let gate = match &config.auth {
-            Some(a) => Some(auth::Gate::new(a.clone(), config.tls.is_some())?),
+            Some(a) => Some(auth::Gate::new(
+                a.clone(),
+                config.tls.is_some(),
+                config.metrics.users.clone(),
+            )?),
             None => None,
         };
         Ok(App {
@@ -69,7 +71,6 @@ impl App {
             store,
             config,
             stopping,
-            stats: stats::Stats::default(),
             hashers: uploads::HasherCache::default(),
             acknowledged: uploads::Acknowledged::default(),
         })
@@ -171,6 +172,9 @@ pub fn handle(app: &App, mut req: Request, origin: Origin) {
             send(app, req, e.into())
         }
     };
+    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    let kind = routes::kind(path);
+    crate::metrics::get().request(kind, method.as_str(), status, started.elapsed());
     let addr = who.addr.map_or("-".to_owned(), |a| a.to_string());
     log::info!(
         "{method} {url} {status} {:.1}ms {addr} {}",
@@ -205,6 +209,9 @@ pub fn busy_response() -> Vec<u8> {
 fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Result<Reply> {
     let url = req.url().to_owned();
     let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    if origin == Origin::MetricsListener {
+        return metrics_listener(app, path, req.method());
+    }
     let route = routes::route(path)?;
     let query = Query::parse(&url)?;
     let method = req.method().clone();
@@ -261,12 +268,52 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Resu
         (Route::AdminDu, Get) => admin::du(app),
         (Route::AdminScrub, Get) => admin::scrub_status(app),
         (Route::AdminScrub, Post) => admin::scrub(app, &query),
+        (Route::Metrics, Get | Head) => Ok(metrics(app)),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,
             format!("method {m} not allowed here"),
         )),
     }
+}
+
+/// `GET /metrics`: the Prometheus text exposition of this registry.
+fn metrics(app: &App) -> Reply {
+    let text = crate::metrics::scrape(
+        crate::metrics::get(),
+        &app.store,
+        app.config.min_free_space as u64,
+    );
+    Reply::bytes(200, crate::metrics::CONTENT_TYPE, text.into_bytes())
+        .header("Cache-Control", "no-store")
+}
+
+/// A request on `metrics.listen`: `/metrics`, `/healthz` and `/readyz` to anyone, 404 for
+/// everything else (it is no door to the registry's API).
+fn metrics_listener(app: &App, path: &str, method: &Method) -> Result<Reply> {
+    if !matches!(method, Method::Get | Method::Head) {
+        return Err(ApiError::new(
+            405,
+            Code::Unsupported,
+            format!("method {method} not allowed here"),
+        ));
+    }
+    match path {
+        "/metrics" => Ok(metrics(app)),
+        "/healthz" | "/readyz" => health_reply(app, path),
+        _ => Err(ApiError::new(
+            404,
+            Code::Unsupported,
+            "this listener serves /metrics, /healthz and /readyz only",
+        )),
+    }
+}
+
+/// LEAD: wire to the health handlers (`src/http/health.rs`, built beside this) when merging;
+/// until then the metrics listener answers `/healthz` and `/readyz` 404 like a registry
+/// without them.
+fn health_reply(_app: &App, _path: &str) -> Result<Reply> {
+    Err(ApiError::new(404, Code::Unsupported, "no such endpoint"))
 }
 
 /// The answer for `what` of a pull-through cache that the store lacks and the upstream did
@@ -367,6 +414,8 @@ fn send(app: &App, req: Request, reply: Reply) -> u16 {
         );
         return send(app, req, e.into());
     }
+    let _transfer = matches!(body, Body::Blob { .. } | Body::Relay(_))
+        .then(|| crate::metrics::get().transfer(crate::metrics::Direction::Download));
     match body {
         Body::Blob { blob, start, len } => {
             match stream::blob(app, req, status, &headers, (blob, start, len)) {
