@@ -186,34 +186,25 @@ pub fn run(config: Config) -> Result<(), String> {
     let heartbeat = Heartbeat::default();
     let (watchdog_stop, watchdog_wait) = mpsc::channel::<()>();
     let lost = thread::scope(|scope| {
-        if let Some(admin) = admin {
-            let (pool, refusal, stopping) = (&admin_pool, &refusal, &stopping);
+        let beside = [
+            admin.map(|a| ("admin socket", Listening::Unix(a), &admin_pool)),
+            metrics_listener.map(|(_, l)| ("metrics.listen", Listening::Tcp(l), &metrics_pool)),
+        ];
+        for (what, l, pool) in beside.into_iter().flatten() {
+            let (refusal, stopping) = (&refusal, &stopping);
             let started = thread::Builder::new()
-                .name("admin-accept".into())
+                .name(format!(
+                    "{}-accept",
+                    what.split([' ', '.']).next().unwrap_or(what)
+                ))
                 .spawn_scoped(scope, move || {
                     let beat = Heartbeat::default();
-                    let l = Listening::Unix(admin);
                     if let Err(e) = accept_loop(&l, pool, refusal, stopping, &beat) {
-                        log::error!("admin socket: {e}; it stays closed until a restart");
+                        log::error!("{what}: {e}; it stays closed until a restart");
                     }
                 });
             if let Err(e) = started {
-                log::warn!("no admin socket: cannot start its thread: {e}");
-            }
-        }
-        if let Some((_, l)) = metrics_listener {
-            let (pool, refusal, stopping) = (&metrics_pool, &refusal, &stopping);
-            let started = thread::Builder::new()
-                .name("metrics-accept".into())
-                .spawn_scoped(scope, move || {
-                    let beat = Heartbeat::default();
-                    let l = Listening::Tcp(l);
-                    if let Err(e) = accept_loop(&l, pool, refusal, stopping, &beat) {
-                        log::error!("metrics.listen: {e}; it stays closed until a restart");
-                    }
-                });
-            if let Err(e) = started {
-                log::warn!("no metrics listener: cannot start its thread: {e}");
+                log::warn!("no {what}: cannot start its thread: {e}");
             }
         }
         if let Some(interval) = systemd::watchdog_interval() {

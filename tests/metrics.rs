@@ -175,6 +175,11 @@ print(json.dumps(out))
         found[0]
     }
 
+    /// How much unlabelled `family` moved since scrape `earlier`.
+    fn since(&self, earlier: &Scrape, family: &str) -> f64 {
+        self.get(family) - earlier.get(family)
+    }
+
     fn requests(&self, kind: &str, method: &str, status: &str) -> f64 {
         self.value(
             "outpost_requests",
@@ -298,6 +303,11 @@ fn families_present_and_moving_with_push_pull_mount_and_logins() {
     assert!(s0.get("outpost_store_free_bytes") > 0.0);
     assert!(s0.get("outpost_store_file_bytes") > 0.0);
 
+    // Requests of a kind, method and status counted from scrape `a` to scrape `b`.
+    let moved = |a: &Scrape, b: &Scrape, kind, method, status| {
+        b.requests(kind, method, status) - a.requests(kind, method, status)
+    };
+
     // A push.
     let alice = site.user("alice");
     let manifest = push_image(&alice, "team/app", 7, 2);
@@ -305,21 +315,12 @@ fn families_present_and_moving_with_push_pull_mount_and_logins() {
     assert_eq!(r.status, 201, "{r:?}");
     let put = |s: &Scrape| s.requests("manifest", "PUT", "201");
     let (_, s1) = site.scrape_when(|s| put(s) > put(&s0));
-    assert_eq!(
-        s1.requests("manifest", "PUT", "201") - s0.requests("manifest", "PUT", "201"),
-        1.0
-    );
-    assert_eq!(
-        s1.requests("upload", "POST", "201") - s0.requests("upload", "POST", "201"),
-        3.0
-    );
-    assert_eq!(
-        s1.get("outpost_store_blobs") - s0.get("outpost_store_blobs"),
-        3.0
-    );
+    assert_eq!(moved(&s0, &s1, "manifest", "PUT", "201"), 1.0);
+    assert_eq!(moved(&s0, &s1, "upload", "POST", "201"), 3.0);
+    assert_eq!(s1.since(&s0, "outpost_store_blobs"), 3.0);
     let layer_bytes = (1000 + 1010) as f64;
-    assert!(s1.get("outpost_store_blob_bytes") - s0.get("outpost_store_blob_bytes") > layer_bytes);
-    assert!(s1.get("outpost_received_bytes") - s0.get("outpost_received_bytes") > layer_bytes);
+    assert!(s1.since(&s0, "outpost_store_blob_bytes") > layer_bytes);
+    assert!(s1.since(&s0, "outpost_received_bytes") > layer_bytes);
     assert_eq!(s1.get("outpost_store_repositories"), 1.0);
     assert_eq!(s1.get("outpost_uploads_open"), 0.0);
     // The histogram counts each request once, in cumulative buckets.
@@ -351,15 +352,9 @@ fn families_present_and_moving_with_push_pull_mount_and_logins() {
     assert_eq!(r.status, 200);
     let got = |s: &Scrape| s.requests("blob", "GET", "200");
     let (_, s2) = site.scrape_when(|s| got(s) > got(&s1));
-    assert_eq!(
-        s2.requests("manifest", "GET", "200") - s1.requests("manifest", "GET", "200"),
-        1.0
-    );
-    assert_eq!(
-        s2.requests("blob", "GET", "200") - s1.requests("blob", "GET", "200"),
-        1.0
-    );
-    assert!(s2.get("outpost_sent_bytes") - s1.get("outpost_sent_bytes") >= r.body.len() as f64);
+    assert_eq!(moved(&s1, &s2, "manifest", "GET", "200"), 1.0);
+    assert_eq!(moved(&s1, &s2, "blob", "GET", "200"), 1.0);
+    assert!(s2.since(&s1, "outpost_sent_bytes") >= r.body.len() as f64);
     // A pull does not walk the store again: the totals are the same.
     assert_eq!(s2.get("outpost_store_blobs"), s1.get("outpost_store_blobs"));
     assert_eq!(
@@ -377,11 +372,8 @@ fn families_present_and_moving_with_push_pull_mount_and_logins() {
     assert_eq!(r.status, 201, "{r:?}");
     let posted = |s: &Scrape| s.requests("upload", "POST", "201");
     let (_, s3) = site.scrape_when(|s| posted(s) > posted(&s2));
-    assert_eq!(s3.get("outpost_mounts") - s2.get("outpost_mounts"), 1.0);
-    assert_eq!(
-        s3.get("outpost_mounted_bytes") - s2.get("outpost_mounted_bytes"),
-        1000.0
-    );
+    assert_eq!(s3.since(&s2, "outpost_mounts"), 1.0);
+    assert_eq!(s3.since(&s2, "outpost_mounted_bytes"), 1000.0);
     let refused = |s: &Scrape, reason: &str| {
         s.value(
             "outpost_mount_refusals",
@@ -394,14 +386,8 @@ fn families_present_and_moving_with_push_pull_mount_and_logins() {
         1.0
     );
     assert_eq!(refused(&s3, "notInFrom"), 0.0);
-    assert_eq!(
-        s3.get("outpost_dedupe_uploads") - s2.get("outpost_dedupe_uploads"),
-        1.0
-    );
-    assert_eq!(
-        s3.get("outpost_dedupe_bytes") - s2.get("outpost_dedupe_bytes"),
-        1000.0
-    );
+    assert_eq!(s3.since(&s2, "outpost_dedupe_uploads"), 1.0);
+    assert_eq!(s3.since(&s2, "outpost_dedupe_bytes"), 1000.0);
     // The refused mount left its upload session open.
     assert_eq!(s3.get("outpost_uploads_open"), 1.0);
     // /admin/stats reads the same counters.
@@ -414,7 +400,6 @@ fn families_present_and_moving_with_push_pull_mount_and_logins() {
     assert_eq!(stats["uploads"]["deduplicated"], json!(1));
 
     // Failed logins, then the limiter refusing the address.
-    let failed = s3.get("outpost_failed_logins");
     let mallory = site.reg.client().as_user("mallory", "not-a-password-xyzzy");
     let mut limited = false;
     for _ in 0..12 {
@@ -426,7 +411,7 @@ fn families_present_and_moving_with_push_pull_mount_and_logins() {
     }
     assert!(limited, "the limiter never refused");
     let (text, s4) = site.scrape_when(|s| s.requests("base", "GET", "429") >= 1.0);
-    assert!(s4.get("outpost_failed_logins") - failed >= 10.0);
+    assert!(s4.since(&s3, "outpost_failed_logins") >= 10.0);
     assert!(s4.get("outpost_rate_limited") >= 1.0);
     assert!(s4.requests("base", "GET", "401") >= 10.0);
     assert!(s4.requests("base", "GET", "429") >= 1.0);
@@ -440,20 +425,11 @@ fn families_present_and_moving_with_push_pull_mount_and_logins() {
     assert_eq!(r.status, 200, "{r:?}");
     let admin = |s: &Scrape| s.requests("admin", "POST", "200");
     let (_, s5) = site.scrape_when(|s| admin(s) >= admin(&s4) + 2.0);
-    assert_eq!(
-        s5.get("outpost_gc_passes") - s4.get("outpost_gc_passes"),
-        1.0
-    );
-    assert_eq!(
-        s5.get("outpost_scrub_passes") - s4.get("outpost_scrub_passes"),
-        1.0
-    );
-    assert!(s5.get("outpost_scrub_bytes") - s4.get("outpost_scrub_bytes") >= layer_bytes);
+    assert_eq!(s5.since(&s4, "outpost_gc_passes"), 1.0);
+    assert_eq!(s5.since(&s4, "outpost_scrub_passes"), 1.0);
+    assert!(s5.since(&s4, "outpost_scrub_bytes") >= layer_bytes);
     assert_eq!(s5.get("outpost_scrub_quarantined"), 0.0);
-    assert_eq!(
-        s5.requests("admin", "POST", "200") - s4.requests("admin", "POST", "200"),
-        2.0
-    );
+    assert_eq!(moved(&s4, &s5, "admin", "POST", "200"), 2.0);
 }
 
 #[test]

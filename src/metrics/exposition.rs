@@ -118,18 +118,6 @@ pub fn scrape(m: &'static Metrics, store: &Store, reserve: u64) -> String {
         o.sample("outpost_transfers_active", &[("direction", dir)], load(a));
     }
 
-    o.one(
-        "outpost_mounts_total",
-        "counter",
-        "Cross-repository mounts answered 201.",
-        load(&m.mounts),
-    );
-    o.one(
-        "outpost_mounted_bytes_total",
-        "counter",
-        "Bytes of the blobs mounted: not uploaded, not written.",
-        load(&m.mounted_bytes),
-    );
     o.family(
         "outpost_mount_refusals_total",
         "counter",
@@ -142,18 +130,6 @@ pub fn scrape(m: &'static Metrics, store: &Store, reserve: u64) -> String {
             load(a),
         );
     }
-    o.one(
-        "outpost_dedupe_uploads_total",
-        "counter",
-        "Uploads whose blob was stored already (deduplicated).",
-        load(&m.deduplicated),
-    );
-    o.one(
-        "outpost_dedupe_bytes_total",
-        "counter",
-        "Bytes of deduplicated uploads: received, not stored twice.",
-        load(&m.deduplicated_bytes),
-    );
 
     match m.store_totals(store) {
         Ok(t) => {
@@ -205,7 +181,27 @@ pub fn scrape(m: &'static Metrics, store: &Store, reserve: u64) -> String {
         reserve,
     );
 
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 15] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 19] = [
+        (
+            "outpost_mounts_total",
+            "Cross-repository mounts answered 201.",
+            &m.mounts,
+        ),
+        (
+            "outpost_mounted_bytes_total",
+            "Bytes of the blobs mounted: not uploaded, not written.",
+            &m.mounted_bytes,
+        ),
+        (
+            "outpost_dedupe_uploads_total",
+            "Uploads whose blob was stored already (deduplicated).",
+            &m.deduplicated,
+        ),
+        (
+            "outpost_dedupe_bytes_total",
+            "Bytes of deduplicated uploads: received, not stored twice.",
+            &m.deduplicated_bytes,
+        ),
         (
             "outpost_gc_passes_total",
             "Collector passes run (dry runs not counted).",
