@@ -523,3 +523,80 @@ fn open_without_auth_and_no_listener_by_default() {
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+#[test]
+fn mirror_and_pull_through_cache_counters() {
+    let dir = TempDir::new("metrics-mirror");
+    let up = Registry::start(&dir.path().join("up"));
+    let u = up.client();
+    let manifest = push_image(&u, "app", 9, 1);
+    assert_eq!(
+        u.put_manifest("app", "v1", OCI_MANIFEST, &manifest).status,
+        201
+    );
+    let v: Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = v["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let upstream = format!("http://{}", up.addr);
+    let cfg = dir.path().join("outpost.json");
+    let config = json!({
+        "listen": "127.0.0.1:0",
+        "mirrors": [
+            {"name": "pt", "upstream": upstream, "pullThrough": "cache"},
+            {"name": "sync", "upstream": upstream, "repositories": ["app"]},
+            {"name": "gone", "upstream": "http://127.0.0.1:1", "repositories": ["app"]},
+        ],
+    });
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let reg = Registry::start_with(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = reg.client();
+    let scrape = || {
+        let r = c.get("/metrics");
+        assert_eq!(r.status, 200, "{r:?}");
+        Scrape::parse(&String::from_utf8(r.body).unwrap())
+    };
+    let s0 = scrape();
+
+    // Misses that fill the cache, then hits.
+    assert_eq!(c.get("/v2/cache/app/manifests/v1").status, 200);
+    let blob = format!("/v2/cache/app/blobs/{layer}");
+    assert_eq!(c.get(&blob).status, 200);
+    let fills = |s: &Scrape| s.get("outpost_cache_fills");
+    let deadline = std::time::Instant::now() + bound(std::time::Duration::from_secs(10));
+    let mut s1 = scrape();
+    while fills(&s1) < 2.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s1 = scrape();
+    }
+    assert_eq!(s1.since(&s0, "outpost_cache_misses"), 2.0);
+    assert_eq!(s1.since(&s0, "outpost_cache_fills"), 2.0);
+    assert!(s1.since(&s0, "outpost_cache_fill_bytes") > 1000.0);
+    assert_eq!(s1.get("outpost_cache_hits"), 0.0);
+    let digest = sha256(&manifest);
+    assert_eq!(
+        c.get(&format!("/v2/cache/app/manifests/{digest}")).status,
+        200
+    );
+    assert_eq!(c.get(&blob).status, 200);
+    let s2 = scrape();
+    assert_eq!(s2.since(&s1, "outpost_cache_hits"), 2.0);
+    assert_eq!(s2.since(&s1, "outpost_cache_misses"), 0.0);
+
+    // A sync pass that works, one whose upstream is not there.
+    assert_eq!(
+        c.req("POST", "/admin/mirrors/sync/run", &[], Body::None)
+            .status,
+        200
+    );
+    let r = c.req("POST", "/admin/mirrors/gone/run", &[], Body::None);
+    assert_eq!(r.json()["result"], "failed", "{r:?}");
+    let s3 = scrape();
+    assert_eq!(s3.since(&s2, "outpost_mirror_passes"), 2.0);
+    assert_eq!(s3.since(&s2, "outpost_mirror_failed_passes"), 1.0);
+    assert!(
+        s3.since(&s2, "outpost_store_repositories") >= 1.0,
+        "app synced"
+    );
+}

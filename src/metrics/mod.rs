@@ -212,11 +212,12 @@ impl Drop for Active {
 }
 
 fn add(a: &AtomicU64, n: u64) {
-    a.fetch_add(n, Ordering::Relaxed);
+    a.fetch_add(n, Ordering::Release);
 }
 
+/// Acquire: a scrape that sees a request counted sees the store marked changed before it.
 fn load(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
+    a.load(Ordering::Acquire)
 }
 
 impl Metrics {
@@ -271,19 +272,17 @@ impl Metrics {
             .position(|x| *x == status)
             .unwrap_or(STATUSES.len() - 1);
         let k = kind as usize;
-        add(
-            &self.requests[(k * METHODS.len() + m) * STATUSES.len() + s],
-            1,
-        );
-        self.latency[k].observe(elapsed);
+        // Marked first: a scrape that sees this request counted reads the totals again.
         if !matches!(method, "GET" | "HEAD") && status < 400 {
             self.changed();
         }
+        self.latency[k].observe(elapsed);
+        self.requests[(k * METHODS.len() + m) * STATUSES.len() + s].fetch_add(1, Ordering::Release);
     }
 
     /// The store's content changed: the next scrape reads its totals again.
     pub fn changed(&self) {
-        self.stale.store(true, Ordering::Relaxed);
+        self.stale.store(true, Ordering::SeqCst);
     }
 
     /// A client connection is open while the result lives.
@@ -318,11 +317,11 @@ impl Metrics {
 
     /// A collector pass (not a dry run) deleted these.
     pub fn gc_pass(&self, manifests: u64, blobs: u64, bytes: u64) {
-        add(&self.gc_passes, 1);
+        self.changed();
         add(&self.gc_manifests, manifests);
         add(&self.gc_blobs, blobs);
         add(&self.gc_bytes, bytes);
-        self.changed();
+        add(&self.gc_passes, 1);
     }
 
     /// A scrub run (a pass, or part of one: `completed` says which) read `bytes`.
@@ -338,9 +337,9 @@ impl Metrics {
 
     /// A mirror sync pass ended (`failed`: with failures).
     pub fn mirror_pass(&self, failed: bool) {
-        add(&self.mirror_passes, 1);
-        add(&self.mirror_failed, u64::from(failed));
         self.changed();
+        add(&self.mirror_failed, u64::from(failed));
+        add(&self.mirror_passes, 1);
     }
 
     /// A pull-through cache served from the store without asking its upstream.
@@ -355,9 +354,9 @@ impl Metrics {
 
     /// A pull-through cache stored `bytes` from its upstream.
     pub fn cache_fill(&self, bytes: u64) {
-        add(&self.cache_fills, 1);
-        add(&self.cache_fill_bytes, bytes);
         self.changed();
+        add(&self.cache_fill_bytes, bytes);
+        add(&self.cache_fills, 1);
     }
 
     /// Credentials did not verify.
@@ -375,7 +374,7 @@ impl Metrics {
     /// once per write burst).
     pub fn store_totals(&self, store: &Store) -> Result<Totals, StoreError> {
         let mut cached = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-        let stale = self.stale.swap(false, Ordering::Relaxed);
+        let stale = self.stale.swap(false, Ordering::SeqCst);
         match *cached {
             Some((at, t)) if !stale && at.elapsed() < TOTALS_TTL => Ok(t),
             _ => match store.totals() {
