@@ -92,6 +92,12 @@ pub fn run(config: Config) -> Result<(), String> {
 
     if let Some((a, _)) = &metrics_listener {
         log::info!("metrics, healthz and readyz served to anyone on http://{a}");
+        if !a.ip().is_loopback() {
+            log::warn!(
+                "metrics.listen {a} is beyond loopback: whoever reaches it reads /metrics \
+                 without credentials"
+            );
+        }
     }
     crate::metrics::get().started();
 
@@ -187,16 +193,20 @@ pub fn run(config: Config) -> Result<(), String> {
     let (watchdog_stop, watchdog_wait) = mpsc::channel::<()>();
     let lost = thread::scope(|scope| {
         let beside = [
-            admin.map(|a| ("admin socket", Listening::Unix(a), &admin_pool)),
-            metrics_listener.map(|(_, l)| ("metrics.listen", Listening::Tcp(l), &metrics_pool)),
+            admin.map(|a| ("admin socket", "admin", Listening::Unix(a), &admin_pool)),
+            metrics_listener.map(|(_, l)| {
+                (
+                    "metrics.listen",
+                    "metrics",
+                    Listening::Tcp(l),
+                    &metrics_pool,
+                )
+            }),
         ];
-        for (what, l, pool) in beside.into_iter().flatten() {
+        for (what, name, l, pool) in beside.into_iter().flatten() {
             let (refusal, stopping) = (&refusal, &stopping);
             let started = thread::Builder::new()
-                .name(format!(
-                    "{}-accept",
-                    what.split([' ', '.']).next().unwrap_or(what)
-                ))
+                .name(format!("{name}-accept"))
                 .spawn_scoped(scope, move || {
                     let beat = Heartbeat::default();
                     if let Err(e) = accept_loop(&l, pool, refusal, stopping, &beat) {
