@@ -827,6 +827,13 @@ impl Overrides {
             quotas: crate::quota::config::resolve(self.max_store_size, self.quotas)?,
             metrics: self.metrics.unwrap_or_default().resolve()?,
         };
+        if c.metrics.listen == Some(c.listen) && c.listen.port() != 0 {
+            return Err(format!(
+                "metrics.listen: {} is the registry's own listen address: give the metrics \
+                 listener another port (or leave it out: /metrics is on the main port too)",
+                c.listen
+            ));
+        }
         for (i, m) in c.mirrors.iter().enumerate() {
             if c.mirrors[..i].iter().any(|o| o.name == m.name) {
                 return Err(format!("mirrors: two are named {:?}", m.name));
@@ -954,6 +961,19 @@ mod tests {
                 && glob(b"plant-a/*", b"plant-a/x/y")
                 && !glob(b"plant-a/*", b"plant-b/x")
         );
+    }
+
+    #[test]
+    fn metrics_listener_beside_the_main_one() {
+        let resolve = |json: &str| serde_json::from_str::<Overrides>(json).unwrap().resolve();
+        let c = resolve(r#"{"metrics": {"users": ["prom"], "listen": "9102"}}"#).unwrap();
+        assert_eq!(c.metrics.users, ["prom"]);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9102".parse().unwrap()));
+        let e =
+            resolve(r#"{"listen": "127.0.0.1:7000", "metrics": {"listen": "7000"}}"#).unwrap_err();
+        assert!(e.contains("the registry's own listen address"), "{e}");
+        // Port 0 on both: two ports the system picks.
+        assert!(resolve(r#"{"listen": "127.0.0.1:0", "metrics": {"listen": "0"}}"#).is_ok());
     }
 
     #[test]
