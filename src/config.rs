@@ -54,6 +54,8 @@ pub struct Config {
     pub quotas: crate::quota::Quotas,
     /// `logFormat`: text lines or JSON objects (the registry's log).
     pub log_format: crate::logging::LogFormat,
+    /// `metrics`: who may scrape `/metrics`, and its own listener.
+    pub metrics: crate::metrics::config::MetricsConfig,
 }
 
 /// A `mirrors` entry, validated.
@@ -501,6 +503,7 @@ impl Default for Config {
             immutable_tags: Vec::new(),
             quotas: crate::quota::Quotas::default(),
             log_format: crate::logging::LogFormat::Text,
+            metrics: crate::metrics::config::MetricsConfig::default(),
         }
     }
 }
@@ -570,6 +573,8 @@ pub struct Overrides {
     pub quotas: Option<Vec<crate::quota::config::QuotaSpec>>,
     /// `logFormat`: `"text"` or `"json"`
     pub log_format: Option<String>,
+    /// `metrics`: `users`, `listen`
+    pub metrics: Option<crate::metrics::config::MetricsSpec>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -732,6 +737,7 @@ impl Overrides {
             max_store_size: other.max_store_size.or(self.max_store_size),
             quotas: other.quotas.or(self.quotas),
             log_format: other.log_format.or(self.log_format),
+            metrics: other.metrics.or(self.metrics),
         }
     }
 
@@ -831,7 +837,15 @@ impl Overrides {
                     crate::logging::LogFormat::parse(&f).map_err(|e| format!("logFormat: {e}"))?
                 }
             },
+            metrics: self.metrics.unwrap_or_default().resolve()?,
         };
+        if c.metrics.listen == Some(c.listen) && c.listen.port() != 0 {
+            return Err(format!(
+                "metrics.listen: {} is the registry's own listen address: give the metrics \
+                 listener another port (or leave it out: /metrics is on the main port too)",
+                c.listen
+            ));
+        }
         for (i, m) in c.mirrors.iter().enumerate() {
             if c.mirrors[..i].iter().any(|o| o.name == m.name) {
                 return Err(format!("mirrors: two are named {:?}", m.name));
@@ -959,6 +973,19 @@ mod tests {
                 && glob(b"plant-a/*", b"plant-a/x/y")
                 && !glob(b"plant-a/*", b"plant-b/x")
         );
+    }
+
+    #[test]
+    fn metrics_listener_beside_the_main_one() {
+        let resolve = |json: &str| serde_json::from_str::<Overrides>(json).unwrap().resolve();
+        let c = resolve(r#"{"metrics": {"users": ["prom"], "listen": "9102"}}"#).unwrap();
+        assert_eq!(c.metrics.users, ["prom"]);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9102".parse().unwrap()));
+        let e =
+            resolve(r#"{"listen": "127.0.0.1:7000", "metrics": {"listen": "7000"}}"#).unwrap_err();
+        assert!(e.contains("the registry's own listen address"), "{e}");
+        // Port 0 on both: two ports the system picks.
+        assert!(resolve(r#"{"listen": "127.0.0.1:0", "metrics": {"listen": "0"}}"#).is_ok());
     }
 
     #[test]

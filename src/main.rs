@@ -10,6 +10,7 @@ mod gc;
 mod http;
 mod logging;
 mod memory;
+mod metrics;
 mod mirror;
 mod net;
 mod quota;

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 /// Connections the admin socket serves at once (the operator's commands).
 const ADMIN_CONNECTIONS: usize = 8;
+/// Connections `metrics.listen` serves at once (scrapers and health checks).
+const METRICS_CONNECTIONS: usize = 4;
 /// At shutdown, how long running requests may take to finish before their connections are cut.
 const STOP_GRACE: Duration = Duration::from_secs(60);
 
@@ -59,6 +61,15 @@ pub fn run(config: Config) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let metrics_listener = match config.metrics.listen {
+        None => None,
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a)
+                .and_then(|l| Ok((l.local_addr()?, l)))
+                .map_err(|e| format!("cannot listen on {a} (metrics.listen): {e}"))?;
+            Some(l)
+        }
+    };
     warn_if_exposed(&config, local);
     // From here `listen` is where the registry really listens (a port 0 became a port): what
     // `/admin/stats` tells the commands that reach it through the admin socket.
@@ -81,12 +92,33 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     );
 
+    if let Some((a, _)) = &metrics_listener {
+        log::info!("metrics, healthz and readyz served to anyone on http://{a}");
+        if !a.ip().is_loopback() {
+            log::warn!(
+                "metrics.listen {a} is beyond loopback: whoever reaches it reads /metrics \
+                 without credentials"
+            );
+        }
+    }
+    crate::metrics::get().started();
+
     let pool = {
         let app = app.clone();
         Pool::new(
             "conn",
             limits.max_connections,
-            Box::new(move |c, slot| serve(&app, c, slot, tls.as_ref(), limits.phases)),
+            Box::new(move |c, slot| {
+                let _open = crate::metrics::get().connection();
+                serve(
+                    &app,
+                    c,
+                    slot,
+                    tls.as_ref(),
+                    limits.phases,
+                    http::Origin::Network,
+                )
+            }),
         )
     };
     let admin_pool = {
@@ -94,7 +126,25 @@ pub fn run(config: Config) -> Result<(), String> {
         Pool::new(
             "admin",
             ADMIN_CONNECTIONS,
-            Box::new(move |c, slot| serve(&app, c, slot, None, limits.phases)),
+            Box::new(move |c, slot| {
+                serve(
+                    &app,
+                    c,
+                    slot,
+                    None,
+                    limits.phases,
+                    http::Origin::AdminSocket,
+                )
+            }),
+        )
+    };
+    let metrics_pool = {
+        let app = app.clone();
+        let origin = http::Origin::MetricsListener;
+        Pool::new(
+            "metrics",
+            METRICS_CONNECTIONS,
+            Box::new(move |c, slot| serve(&app, c, slot, None, limits.phases, origin)),
         )
     };
 
@@ -146,19 +196,29 @@ pub fn run(config: Config) -> Result<(), String> {
     let heartbeat = &app.heartbeat;
     let (watchdog_stop, watchdog_wait) = mpsc::channel::<()>();
     let lost = thread::scope(|scope| {
-        if let Some(admin) = admin {
-            let (pool, refusal, stopping) = (&admin_pool, &refusal, &stopping);
+        let beside = [
+            admin.map(|a| ("admin socket", "admin", Listening::Unix(a), &admin_pool)),
+            metrics_listener.map(|(_, l)| {
+                (
+                    "metrics.listen",
+                    "metrics",
+                    Listening::Tcp(l),
+                    &metrics_pool,
+                )
+            }),
+        ];
+        for (what, name, l, pool) in beside.into_iter().flatten() {
+            let (refusal, stopping) = (&refusal, &stopping);
             let started = thread::Builder::new()
-                .name("admin-accept".into())
+                .name(format!("{name}-accept"))
                 .spawn_scoped(scope, move || {
                     let beat = Heartbeat::default();
-                    let l = Listening::Unix(admin);
                     if let Err(e) = accept_loop(&l, pool, refusal, stopping, &beat) {
-                        log::error!("admin socket: {e}; it stays closed until a restart");
+                        log::error!("{what}: {e}; it stays closed until a restart");
                     }
                 });
             if let Err(e) = started {
-                log::warn!("no admin socket: cannot start its thread: {e}");
+                log::warn!("no {what}: cannot start its thread: {e}");
             }
         }
         if let Some(interval) = systemd::watchdog_interval() {
@@ -192,7 +252,7 @@ pub fn run(config: Config) -> Result<(), String> {
         // Stopping (a signal), or the listener is gone: either way, wind down.
         stopping.store(true, Ordering::SeqCst);
         drop(watchdog_stop);
-        for p in [&pool, &admin_pool] {
+        for p in [&pool, &admin_pool, &metrics_pool] {
             p.stop();
         }
         if !pool.drain(STOP_GRACE) {
@@ -202,15 +262,17 @@ pub fn run(config: Config) -> Result<(), String> {
             pool.abort_all();
             pool.drain(Duration::from_secs(5));
         }
-        admin_pool.abort_all();
-        admin_pool.drain(Duration::from_secs(5));
+        for p in [&admin_pool, &metrics_pool] {
+            p.abort_all();
+            p.drain(Duration::from_secs(5));
+        }
         accepted.err()
     });
     for (stop, thread) in [janitor, collector, mirrors, scrubber] {
         drop(stop);
         let _ = thread.join();
     }
-    drop((pool, admin_pool));
+    drop((pool, admin_pool, metrics_pool));
     if socket_path.exists() {
         let _ = std::fs::remove_file(&socket_path);
     }
@@ -229,17 +291,19 @@ pub fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Serves one connection's requests in turn, until it ends or the registry stops.
+/// Serves one connection's requests in turn, until it ends or the registry stops; `origin`:
+/// where a TCP connection arrived (a Unix one is the admin socket).
 fn serve(
     app: &App,
     conn: Incoming,
     slot: &Slot<'_>,
     tls: Option<&tiny_http::TlsConfig>,
     limits: tiny_http::Limits,
+    origin: http::Origin,
 ) {
     let (conn, origin) = match conn {
         Incoming::Tcp(s) => match tiny_http::HttpConnection::tcp(s, limits, tls) {
-            Ok(c) => (c, http::Origin::Network),
+            Ok(c) => (c, origin),
             Err(e) => {
                 log::debug!("connection dropped before its first request: {e}");
                 return;

@@ -64,7 +64,7 @@ Runs the registry. Options (flags override the config file, which overrides the 
                             minFreeSpace, blobMounting, automaticMount, masterKeyFile,
                             encryption, auth, access, tls, mirrors, gcGracePeriod,
                             gcInterval, lifecycle, immutableTags, scrubRate,
-                            scrubInterval, logFormat)
+                            scrubInterval, logFormat, metrics)
   --listen ADDR             address to listen on          [default: 127.0.0.1:5000]
   --data-dir DIR            directory of outpost.redb     [default: ./outpost-data]
   --master-key-file FILE    master key for encrypted repositories [default: the systemd

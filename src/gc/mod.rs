@@ -136,9 +136,13 @@ pub fn run(
     if !dry_run && held.transactions > 0 {
         store.gc_settle()?;
     }
-    Ok(report(
-        &plans, &freed, store, cfg, dry_run, stopped, started, held,
-    ))
+    let r = report(&plans, &freed, store, cfg, dry_run, stopped, started, held);
+    if !dry_run {
+        let n = |k: &str| r[k].as_array().map_or(0, |a| a.len() as u64);
+        let bytes = r["bytesFreed"].as_u64().unwrap_or(0);
+        crate::metrics::get().gc_pass(n("manifests"), n("blobs"), bytes);
+    }
+    Ok(r)
 }
 
 /// Deletes the chunk rows of deleted blobs, paced like the pass, until none remain, `stop`,

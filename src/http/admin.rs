@@ -34,7 +34,7 @@ pub fn settings_patch(app: &App, req: &mut Request) -> Result<Reply> {
 /// `GET /admin/stats`: counters since start, what the store holds, and where the registry
 /// listens (so that commands reaching it through its admin socket find its HTTP API).
 pub fn stats(app: &App) -> Result<Reply> {
-    let mut out = app.stats.to_json();
+    let mut out = crate::metrics::get().stats_json();
     out["listen"] = serde_json::json!({
         "address": app.config.listen.to_string(),
         "tls": app.config.tls.is_some(),

@@ -29,6 +29,8 @@ pub enum Origin {
     /// The admin socket in the data directory: only the registry's own user (and root) can
     /// open it, so what arrives there is the operator.
     AdminSocket,
+    /// `metrics.listen`: `/metrics`, `/healthz` and `/readyz` for anyone, nothing else.
+    MetricsListener,
 }
 
 /// Who a request comes from.
@@ -58,6 +60,8 @@ enum Need<'r> {
     Catalog,
     /// The admin API.
     Admin,
+    /// `/metrics`: admins, and the users of `metrics.users`.
+    Metrics,
 }
 
 /// How long verified Basic credentials are trusted without hashing the password again.
@@ -76,11 +80,18 @@ pub struct Gate {
     salt: [u8; 32],
     /// Failed logins per client network and user.
     limiter: Limiter,
+    /// `metrics.users`: who may read `/metrics` besides admins.
+    metrics_users: Vec<String>,
 }
 
 impl Gate {
-    /// The gate for `config`; reads the htpasswd file (an error says what is wrong with it).
-    pub fn new(config: AuthConfig, tls: bool) -> std::result::Result<Gate, String> {
+    /// The gate for `config` (and `metrics_users`, who may read `/metrics`); reads the
+    /// htpasswd file (an error says what is wrong with it).
+    pub fn new(
+        config: AuthConfig,
+        tls: bool,
+        metrics_users: Vec<String>,
+    ) -> std::result::Result<Gate, String> {
         let htpasswd = match &config.htpasswd {
             Some(p) => Some(Mutex::new(Htpasswd::load(p)?)),
             None => None,
@@ -93,6 +104,7 @@ impl Gate {
             verified: Mutex::new(HashMap::new()),
             salt: crate::crypto::random(),
             limiter: Limiter::default(),
+            metrics_users,
         })
     }
 
@@ -179,6 +191,7 @@ impl Gate {
     ) -> std::result::Result<(), Refused> {
         use sha2::Digest as _;
         if let Some(wait) = from.and_then(|ip| self.limiter.wait(ip, user)) {
+            crate::metrics::get().rate_limited();
             return Err(Refused::Limited(wait));
         }
         let mut h = sha2::Sha256::new();
@@ -202,6 +215,7 @@ impl Gate {
         // Counted as a failure from before the check until it succeeds: checks running at
         // once cannot together go past the limit.
         if let Some(Err(wait)) = from.map(|ip| self.limiter.attempt(ip, user)) {
+            crate::metrics::get().rate_limited();
             return Err(Refused::Limited(wait));
         }
         let stored = self.user_hash(store, user);
@@ -210,6 +224,7 @@ impl Gate {
                 "failed login for user {user:?} from {}",
                 from.map_or("the admin socket".to_owned(), |ip| ip.to_string())
             );
+            crate::metrics::get().login_failed();
             return Err(Refused::Wrong);
         }
         if let Some(ip) = from {
@@ -270,6 +285,13 @@ impl Gate {
             Need::SignedIn | Need::Catalog => {
                 Err(self.challenge(req, need, None, "authentication required"))
             }
+            Need::Metrics if sub.is_some_and(|u| self.metrics_users.iter().any(|m| m == u)) => {
+                Ok(())
+            }
+            Need::Metrics if sub.is_some() && !self.config.access.is_admin(sub) => Err(denied(
+                "/metrics is for admins and the users named in metrics.users",
+            )),
+            Need::Metrics => self.authorize(req, caller, &Need::Admin),
             // A token opens the admin API only if it was asked for it (by an admin).
             Need::Admin if self.config.access.is_admin(sub) => match caller {
                 Caller::Token(g) if !g.admin => Err(self.challenge(
@@ -532,6 +554,7 @@ fn need<'r>(route: &'r Route, method: &Method) -> Need<'r> {
         Route::Base => Need::SignedIn,
         // Probes reveal nothing but a category of trouble.
         Route::Token | Route::Health(_) => Need::Nothing,
+        Route::Metrics => Need::Metrics,
         Route::Catalog => Need::Catalog,
         Route::Tags(n) | Route::Referrers(n, _) => repo(n, Action::Pull),
         Route::Manifest(n, _) | Route::Blob(n, _) => match method {

@@ -138,7 +138,10 @@ pub fn get_cached(
 ) -> Result<Reply> {
     let d = Digest::parse(digest)?;
     match app.store.linked_blob(name, &d) {
-        Ok(_) => return get(app, req, name, digest),
+        Ok(_) => {
+            crate::metrics::get().cache_hit();
+            return get(app, req, name, digest);
+        }
         Err(StoreError::BlobUnknown | StoreError::RepoUnknown) => {}
         Err(e) => return Err(e.into()),
     }

@@ -26,7 +26,6 @@ impl Probe {
 
 /// The answer to a probe at `path`, or `None` if `path` is not `/healthz` or `/readyz`: for
 /// any listener that serves them (the registry port, the metrics listener).
-#[allow(dead_code)] // until the metrics listener calls it
 pub fn health_reply(app: &App, path: &str) -> Option<Reply> {
     Probe::at(path).map(|p| reply(app, p))
 }

@@ -8,15 +8,12 @@ mod errors;
 mod health;
 mod manifests;
 mod routes;
-mod stats;
 mod stream;
 mod tags;
 mod uploads;
 
 pub use admin::key_json;
 pub use auth::Origin;
-#[allow(unused_imports)] // until the metrics listener calls it
-pub use health::health_reply;
 pub use routes::percent_encode;
 
 use crate::config::Config;
@@ -41,7 +38,6 @@ pub struct App {
     settings: Settings,
     /// Access control; `None` when auth is off.
     gate: Option<auth::Gate>,
-    stats: stats::Stats,
     hashers: uploads::HasherCache,
     /// Where each upload session was last told it stands.
     acknowledged: uploads::Acknowledged,
@@ -58,7 +54,11 @@ impl App {
     /// earlier, and the htpasswd file if auth names one).
     pub fn new(store: Store, config: Config, stopping: Arc<AtomicBool>) -> Result<App, String> {
         let gate = match &config.auth {
-            Some(a) => Some(auth::Gate::new(a.clone(), config.tls.is_some())?),
+            Some(a) => Some(auth::Gate::new(
+                a.clone(),
+                config.tls.is_some(),
+                config.metrics.users.clone(),
+            )?),
             None => None,
         };
         Ok(App {
@@ -74,7 +74,6 @@ impl App {
             store,
             config,
             stopping,
-            stats: stats::Stats::default(),
             hashers: uploads::HasherCache::default(),
             acknowledged: uploads::Acknowledged::default(),
             heartbeat: Default::default(),
@@ -177,6 +176,9 @@ pub fn handle(app: &App, mut req: Request, origin: Origin) {
             send(app, req, e.into())
         }
     };
+    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    let kind = routes::kind(path);
+    crate::metrics::get().request(kind, method.as_str(), sent.status, started.elapsed());
     log_access(&method, &url, sent, received, started, &who);
     // Scratch space a request grew stays with the thread; a connection thread may idle long.
     crate::storage::trim_thread_buffers();
@@ -228,6 +230,9 @@ pub fn busy_response() -> Vec<u8> {
 fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Result<Reply> {
     let url = req.url().to_owned();
     let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    if origin == Origin::MetricsListener {
+        return metrics_listener(app, path, req.method());
+    }
     let route = routes::route(path)?;
     let query = Query::parse(&url)?;
     let method = req.method().clone();
@@ -285,12 +290,46 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Resu
         (Route::AdminDu, Get) => admin::du(app),
         (Route::AdminScrub, Get) => admin::scrub_status(app),
         (Route::AdminScrub, Post) => admin::scrub(app, &query),
+        (Route::Metrics, Get | Head) => Ok(metrics(app)),
         (_, m) => Err(ApiError::new(
             405,
             Code::Unsupported,
             format!("method {m} not allowed here"),
         )),
     }
+}
+
+/// `GET /metrics`: the Prometheus text exposition of this registry.
+fn metrics(app: &App) -> Reply {
+    let text = crate::metrics::scrape(
+        crate::metrics::get(),
+        &app.store,
+        app.config.min_free_space as u64,
+    );
+    Reply::bytes(200, crate::metrics::CONTENT_TYPE, text.into_bytes())
+        .header("Cache-Control", "no-store")
+}
+
+/// A request on `metrics.listen`: `/metrics`, `/healthz` and `/readyz` to anyone, 404 for
+/// everything else (it is no door to the registry's API).
+fn metrics_listener(app: &App, path: &str, method: &Method) -> Result<Reply> {
+    if !matches!(method, Method::Get | Method::Head) {
+        return Err(ApiError::new(
+            405,
+            Code::Unsupported,
+            format!("method {method} not allowed here"),
+        ));
+    }
+    if path == "/metrics" {
+        return Ok(metrics(app));
+    }
+    health::health_reply(app, path).ok_or_else(|| {
+        ApiError::new(
+            404,
+            Code::Unsupported,
+            "this listener serves /metrics, /healthz and /readyz only",
+        )
+    })
 }
 
 /// The answer for `what` of a pull-through cache that the store lacks and the upstream did
@@ -399,6 +438,8 @@ fn send(app: &App, req: Request, reply: Reply) -> Sent {
         );
         return send(app, req, e.into());
     }
+    let _transfer = matches!(body, Body::Blob { .. } | Body::Relay(_))
+        .then(|| crate::metrics::get().transfer(crate::metrics::Direction::Download));
     match body {
         Body::Blob { blob, start, len } => {
             match stream::blob(app, req, status, &headers, (blob, start, len)) {

@@ -1,6 +1,7 @@
 //! The `/v2/...` path grammar: a request path becomes a `Route` with a validated name.
 
 use super::errors::{ApiError, Code};
+use crate::metrics::Kind;
 use crate::registry::names::valid_name;
 
 /// What a request path addresses.
@@ -50,6 +51,8 @@ pub enum Route {
     Token,
     /// `/healthz` or `/readyz`
     Health(super::health::Probe),
+    /// `/metrics`: Prometheus metrics
+    Metrics,
 }
 
 /// Parses the path part of a request URL (no query).
@@ -66,6 +69,7 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/du" => return Ok(Route::AdminDu),
         "/admin/scrub" => return Ok(Route::AdminScrub),
         "/token" => return Ok(Route::Token),
+        "/metrics" => return Ok(Route::Metrics),
         _ => {}
     }
     if let Some(probe) = super::health::Probe::at(path) {
@@ -158,6 +162,33 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         }
     }
     Err(not_found())
+}
+
+/// What `path` addresses, for the request metrics: the route's kind as `route` would parse
+/// it, told from the last segments alone (nothing decoded, nothing allocated).
+pub fn kind(path: &str) -> Kind {
+    match path {
+        "/v2" | "/v2/" => return Kind::Base,
+        "/v2/_catalog" => return Kind::Catalog,
+        "/token" => return Kind::Token,
+        "/metrics" => return Kind::Metrics,
+        "/healthz" | "/readyz" => return Kind::Health,
+        p if p.starts_with("/admin/") => return Kind::Admin,
+        p if !p.starts_with("/v2/") => return Kind::Other,
+        _ => {}
+    }
+    let mut last = path[4..].rsplit('/');
+    let (s1, s2, s3) = (last.next(), last.next(), last.next());
+    match (s3, s2, s1) {
+        (Some("blobs"), Some("uploads"), _) | (Some(_), Some("blobs"), Some("uploads")) => {
+            Kind::Upload
+        }
+        (Some(_), Some("tags"), Some("list")) => Kind::Tags,
+        (Some(_), Some("blobs"), _) => Kind::Blob,
+        (Some(_), Some("manifests"), _) => Kind::Manifest,
+        (Some(_), Some("referrers"), _) => Kind::Referrers,
+        _ => Kind::Other,
+    }
 }
 
 /// The query parameters of a URL, percent-decoded.
@@ -282,6 +313,31 @@ mod tests {
         }
         assert_eq!(route("/v3/").unwrap_err().status, 404);
         assert_eq!(route("/v2/a/what/x").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn kinds_follow_the_routes() {
+        for (p, k) in [
+            ("/v2/", Kind::Base),
+            ("/v2", Kind::Base),
+            ("/v2/_catalog", Kind::Catalog),
+            ("/v2/a/b/tags/list", Kind::Tags),
+            ("/v2/a/blobs/uploads/", Kind::Upload),
+            ("/v2/a/blobs/uploads", Kind::Upload),
+            ("/v2/a/blobs/uploads/xyz", Kind::Upload),
+            ("/v2/blobs/blobs/sha256:x", Kind::Blob),
+            ("/v2/x/manifests/manifests/v1", Kind::Manifest),
+            ("/v2/a/referrers/sha256:ab", Kind::Referrers),
+            ("/admin/stats", Kind::Admin),
+            ("/token", Kind::Token),
+            ("/metrics", Kind::Metrics),
+            ("/healthz", Kind::Health),
+            ("/v2/a/what/x", Kind::Other),
+            ("/v3/", Kind::Other),
+            ("/", Kind::Other),
+        ] {
+            assert_eq!(kind(p), k, "{p}");
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Blob uploads: monolithic, chunked (`Content-Range`), streamed, resumable; finished by digest.
 
 use super::errors::{range_header, ApiError, Code};
-use super::stats::Refusal;
 use super::{has_body, header, App, Reply, Result};
 use crate::digest::{Algorithm, Digest, Hasher};
+use crate::metrics::Refusal;
 use crate::registry::names::valid_name;
 use crate::settings::Key;
 use crate::storage::{MountFrom, StoreError};
@@ -112,7 +112,7 @@ pub fn start(
         match try_mount(app, name, mount, query.get("from"), may_pull)? {
             Ok(reply) => return Ok(reply),
             Err(why) => {
-                app.stats.refused(why);
+                crate::metrics::get().refused(why);
                 log::info!(
                     "mount of {mount:.80} into {name} not done ({}): opening an upload",
                     why.name()
@@ -170,7 +170,7 @@ fn try_mount(
         Ok(m) => m,
         Err(why) => return Ok(Err(Refusal::Store(why))),
     };
-    app.stats.mounted(mounted.size);
+    crate::metrics::get().mounted(mounted.size);
     log::info!(
         "mounted {digest} ({} bytes) into {name} from {}{}",
         mounted.size,
@@ -292,6 +292,7 @@ fn receive(
     id: &str,
     (start, digest): (u64, Option<&Digest>),
 ) -> Result<u64> {
+    let _transfer = crate::metrics::get().transfer(crate::metrics::Direction::Upload);
     let room = |end: u64| -> Result<()> {
         if app.store.upload_repeats(id) {
             return Ok(()); // writes nothing; if it adds to a quota, the finish refuses it
@@ -417,7 +418,7 @@ fn finish(app: &App, name: &str, id: &str, digest: &Digest) -> Result<Reply> {
         discard(app, name, id);
     }
     if finished? {
-        app.stats.deduplicated(up.received);
+        crate::metrics::get().deduplicated(up.received);
         log::info!(
             "{digest} ({} bytes) was stored already: linked into {name}, upload dropped",
             up.received

@@ -259,6 +259,7 @@ impl PullThrough {
         let tag = match Reference::parse(reference) {
             Ok(Reference::Digest(d)) => {
                 if store.manifest_by_digest(repo, &d).is_ok() {
+                    crate::metrics::get().cache_hit();
                     c.note_pull(repo, reference);
                     return Ok(pulled);
                 }
@@ -272,9 +273,11 @@ impl PullThrough {
             && (c.quiet() || c.fresh(&key))
             && store.manifest_by_tag(repo, reference).is_ok()
         {
+            crate::metrics::get().cache_hit();
             c.note_pull(repo, reference);
             return Ok(pulled);
         }
+        crate::metrics::get().cache_miss();
         match c.remote.manifest(&route.upstream_repo, reference, None) {
             Ok(f) => {
                 c.note_pull(repo, reference);
@@ -400,6 +403,7 @@ impl PullThrough {
         route: &Route<'_>,
         digest: &Digest,
     ) -> Result<Option<u64>, MirrorError> {
+        crate::metrics::get().cache_miss();
         route.cache.remote.head_blob(&route.upstream_repo, digest)
     }
 
@@ -412,6 +416,7 @@ impl PullThrough {
         digest: &Digest,
         (start, last): (u64, u64),
     ) -> Result<Relay, MirrorError> {
+        crate::metrics::get().cache_miss();
         let resp = route
             .cache
             .remote
@@ -453,6 +458,7 @@ impl PullThrough {
                 .mount(repo, crate::storage::MountFrom::Any, digest, &in_cache)?
                 .is_ok()
             {
+                crate::metrics::get().cache_hit();
                 return Ok(None);
             }
             let (flight, leader) = {
@@ -485,6 +491,7 @@ impl PullThrough {
                 flight,
             };
             let c = route.cache;
+            crate::metrics::get().cache_miss();
             let (resp, _) = c
                 .remote
                 .blob_response(&route.upstream_repo, digest, 0)

@@ -182,6 +182,7 @@ pub fn run_pass(
         "imagesFetched": add("imagesFetched", fetched),
         "bytesFetched": add("bytesFetched", bytes),
     });
+    crate::metrics::get().mirror_pass(report["result"] != "ok");
     st["lastRun"] = report.clone();
     st["partials"] = Value::Object(partials);
     store.set_mirror_state(&m.name, &serde_json::to_vec(&st).expect("JSON serializes"))?;
@@ -236,6 +237,9 @@ fn sync_one(
 
 /// Records pull-through cache activity for mirror `name`.
 pub fn note_cache(store: &Store, name: &str, hit: bool, bytes: u64, failure: Option<&str>) {
+    if !hit && failure.is_none() {
+        crate::metrics::get().cache_fill(bytes);
+    }
     let Ok(mut st) = state(store, name) else {
         return;
     };

@@ -189,6 +189,7 @@ pub fn run(store: &Store, opts: &Options<'_>, stop: &AtomicBool) -> Result<Value
                 if let Some(reason) = bad {
                     p.bad += 1;
                     if store.quarantine(manifest, scope, digest, &reason)? {
+                        crate::metrics::get().quarantined();
                         log::error!(
                             "scrub: {} {digest} is damaged ({reason}): quarantined, no longer \
                              served",
@@ -223,6 +224,7 @@ pub fn run(store: &Store, opts: &Options<'_>, stop: &AtomicBool) -> Result<Value
     let healed = opts.healer.heal_all(store, stop);
     let seconds = clock.elapsed().as_secs_f64();
     let bytes = p.bytes - resumed_at;
+    crate::metrics::get().scrub_pass(completed, bytes);
     Ok(json!({
         "repository": opts.repo,
         "completed": completed,

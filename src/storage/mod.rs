@@ -322,6 +322,11 @@ impl Store {
         Ok(())
     }
 
+    /// Free space on the store's filesystem for unprivileged users; None if it cannot be told.
+    pub fn free_space(&self) -> Option<u64> {
+        handle::filesystem_free(self.handle.path())
+    }
+
     /// Payload bytes per full chunk row: what writers should append at a time, and what a
     /// reader gets from one row.
     pub fn chunk_payload(&self) -> usize {

@@ -23,7 +23,7 @@ use util::RefinedTcpStream;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::ConnectionAbort;
-pub use pace::{bytes_moved, Limits};
+pub use pace::{bytes_moved, bytes_received, bytes_sent, Limits};
 pub use raw::RawBody;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};

@@ -20,6 +20,27 @@ pub fn bytes_moved() -> u64 {
     MOVED.load(Ordering::Relaxed)
 }
 
+/// Bytes all connections read from their sockets, and wrote to them (not counting what a
+/// blocked write saw drain from the send queue: those bytes were counted when written).
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes all connections of this process have read from their peers so far.
+pub fn bytes_received() -> u64 {
+    RECEIVED.load(Ordering::Relaxed)
+}
+
+/// Bytes all connections of this process have written to their peers so far.
+pub fn bytes_sent() -> u64 {
+    SENT.load(Ordering::Relaxed)
+}
+
+/// Counts `n` bytes read or written by a socket call.
+pub(crate) fn transferred(dir: Dir, n: usize) {
+    let total = if dir == Dir::Read { &RECEIVED } else { &SENT };
+    total.fetch_add(n as u64, Ordering::Relaxed);
+}
+
 /// Longest a single socket call blocks: a long wait is made of such slices, so that progress
 /// within it (the client taking bytes from the send queue) is seen while it lasts.
 pub(crate) const SLICE: Duration = Duration::from_millis(500);
@@ -343,6 +364,7 @@ impl PacedStream {
             self.pace.call(None);
             match result {
                 Ok(v) => {
+                    transferred(dir, moved(&v));
                     self.pace.account(dir, t0.elapsed(), moved(&v));
                     return Ok(v);
                 }

@@ -59,6 +59,7 @@ impl RawBody {
         loop {
             match send_now(s.conn.raw_fd(), buf) {
                 Ok(n) => {
+                    crate::pace::transferred(Dir::Write, n);
                     s.pace.account(Dir::Write, Duration::ZERO, n);
                     return Ok(n);
                 }
