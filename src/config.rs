@@ -52,6 +52,10 @@ pub struct Config {
     pub immutable_tags: Vec<crate::registry::immutable::ImmutableRule>,
     /// `quotas` and `maxStoreSize`: byte budgets.
     pub quotas: crate::quota::Quotas,
+    /// `audit`: the audit trail's bound.
+    pub audit: crate::audit::config::AuditConfig,
+    /// `notifications`: webhook endpoints for pushes and deletes.
+    pub notifications: Vec<crate::events::config::Endpoint>,
 }
 
 /// A `mirrors` entry, validated.
@@ -498,6 +502,8 @@ impl Default for Config {
             scrub: crate::scrub::config::ScrubConfig::default(),
             immutable_tags: Vec::new(),
             quotas: crate::quota::Quotas::default(),
+            audit: Default::default(),
+            notifications: Vec::new(),
         }
     }
 }
@@ -565,6 +571,10 @@ pub struct Overrides {
     pub max_store_size: Option<Size>,
     /// `quotas`: byte budgets per repository pattern
     pub quotas: Option<Vec<crate::quota::config::QuotaSpec>>,
+    /// `audit`: `maxRecords`, `log`
+    pub audit: Option<crate::audit::config::AuditSpec>,
+    /// `notifications`: webhook endpoints
+    pub notifications: Option<Vec<crate::events::config::EndpointSpec>>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -726,6 +736,8 @@ impl Overrides {
             immutable_tags: other.immutable_tags.or(self.immutable_tags),
             max_store_size: other.max_store_size.or(self.max_store_size),
             quotas: other.quotas.or(self.quotas),
+            audit: other.audit.or(self.audit),
+            notifications: other.notifications.or(self.notifications),
         }
     }
 
@@ -819,6 +831,8 @@ impl Overrides {
                 .map(|(i, r)| r.resolve(i + 1))
                 .collect::<Result<_, _>>()?,
             quotas: crate::quota::config::resolve(self.max_store_size, self.quotas)?,
+            audit: crate::audit::config::resolve(self.audit)?,
+            notifications: crate::events::config::resolve(self.notifications)?,
         };
         for (i, m) in c.mirrors.iter().enumerate() {
             if c.mirrors[..i].iter().any(|o| o.name == m.name) {

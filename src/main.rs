@@ -1,11 +1,13 @@
 //! Outpost: an embedded, single-binary OCI container registry for edge sites.
 
+mod audit;
 mod auth;
 mod cli;
 mod clock;
 mod config;
 mod crypto;
 mod digest;
+mod events;
 mod gc;
 mod http;
 mod memory;
@@ -206,6 +208,7 @@ enum Command {
     /// `scrub`: repository, --status, --json.
     Scrub(Common, Option<String>, bool, bool),
     Du(Common, bool),
+    Audit(Common, cli::audit::Query),
     Compact(Common),
     Help,
     Version,
@@ -235,6 +238,8 @@ struct Args {
     dry_run: bool,
     json: bool,
     status: bool,
+    since: Option<String>,
+    pulls: bool,
     /// Long options given, to refuse those the command does not take.
     seen: Vec<String>,
 }
@@ -305,6 +310,8 @@ fn parse_args() -> Result<Command, lexopt::Error> {
             Long("dry-run") => a.dry_run = true,
             Long("json") => a.json = true,
             Long("status") => a.status = true,
+            Long("since") => a.since = Some(parser.value()?.string()?),
+            Long("pulls") => a.pulls = true,
             Long("repo") => a.repo = Some(parser.value()?.string()?),
             Long("user") => a.user = Some(parser.value()?.string()?),
             Long("ca-file") => a.ca_file = Some(PathBuf::from(parser.value()?)),
@@ -392,6 +399,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         ["mirror", "status", ..] => ("mirror status", &["server"], 0),
         ["gc", ..] => ("gc", &["dry-run", "json"], 0),
         ["du", ..] => ("du", &["json"], 0),
+        ["audit", ..] => ("audit", &["since", "repo", "user", "pulls", "json"], 0),
         ["scrub", ..] => ("scrub", &["repo", "status", "json"], 0),
         ["compact", ..] => ("compact", &[], 0),
         ["repo" | "key" | "user" | "tls" | "mirror", sub, ..] => {
@@ -418,7 +426,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     if name != "serve" {
         let common = match name {
             "repo create" | "repo delete" | "key list" | "user add" | "user passwd"
-            | "user del" | "user list" | "gc" | "du" | "scrub" => ONLINE,
+            | "user del" | "user list" | "gc" | "du" | "scrub" | "audit" => ONLINE,
             "key generate" => &[][..],
             _ => COMMON,
         };
@@ -562,6 +570,10 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         "mirror status" => Command::MirrorStatus(common),
         "gc" => Command::Gc(common, a.dry_run, a.json),
         "du" => Command::Du(common, a.json),
+        "audit" => Command::Audit(
+            common,
+            cli::audit::Query::new(a.since, a.repo, login.user, a.pulls, a.json)?,
+        ),
         "scrub" => Command::Scrub(common, a.repo, a.status, a.json),
         "compact" => Command::Compact(common),
         _ => Command::KeyRotate(common, a.new_master_key),
@@ -649,6 +661,9 @@ fn main() -> ExitCode {
         Command::Du(c, json) => c
             .resolve()
             .and_then(|cfg| cli::gc::du(&cfg, c.server.as_deref(), json)),
+        Command::Audit(c, q) => c
+            .resolve()
+            .and_then(|cfg| cli::audit::audit(&cfg, c.server.as_deref(), &q)),
         Command::Scrub(c, repo, status, json) => c.resolve().and_then(|cfg| {
             cli::scrub::scrub(&cfg, c.server.as_deref(), repo.as_deref(), status, json)
         }),

@@ -210,6 +210,13 @@ pub fn run(config: Config) -> Result<(), String> {
     if socket_path.exists() {
         let _ = std::fs::remove_file(&socket_path);
     }
+    if let Err(e) = app
+        .store
+        .flush_tallies(true)
+        .and_then(|()| app.store.flush())
+    {
+        log::error!("writing failed logins and pull counts at shutdown: {e}");
+    }
     if let Err(e) = app.store.save_progress() {
         log::error!("saving upload progress at shutdown: {e}");
     }
@@ -305,6 +312,7 @@ pub fn open_store(config: &Config, path: &std::path::Path, serving: bool) -> Res
         encryption: config.encryption.clone(),
         settle_master_key: serving,
         quotas: config.quotas.clone(),
+        audit: config.audit,
     };
     Store::open(path, options).map_err(|e| match e {
         StoreError::Keys(m) => m,
@@ -337,6 +345,10 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
     let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let mut next_purge = std::time::Instant::now();
     loop {
+        // Before the flush, which makes the batch durable.
+        if let Err(e) = app.store.flush_tallies(false) {
+            log::warn!("writing failed logins and pull counts: {e}");
+        }
         if let Err(e) = app.store.flush() {
             log::warn!("flushing the store: {e}");
         }

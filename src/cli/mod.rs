@@ -1,6 +1,7 @@
 //! Commands besides `serve` that manage a registry: over the HTTP admin API of the registry
 //! serving the store, or directly on the store when none does.
 
+pub mod audit;
 pub mod certs;
 pub mod gc;
 pub mod mirror;

@@ -46,6 +46,10 @@ pub enum Route {
     AdminDu,
     /// `/admin/scrub`: the scrub's status (GET), a pass now (POST, `?repository=R`)
     AdminScrub,
+    /// `/admin/audit`
+    AdminAudit,
+    /// `/admin/pulls`
+    AdminPulls,
     /// `/token`: Docker's token endpoint
     Token,
 }
@@ -63,6 +67,8 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/gc" => return Ok(Route::AdminGc),
         "/admin/du" => return Ok(Route::AdminDu),
         "/admin/scrub" => return Ok(Route::AdminScrub),
+        "/admin/audit" => return Ok(Route::AdminAudit),
+        "/admin/pulls" => return Ok(Route::AdminPulls),
         "/token" => return Ok(Route::Token),
         _ => {}
     }

@@ -3,6 +3,7 @@
 use super::domains::PLAINTEXT;
 use super::schema::{BLOBS, LINKS, MANIFESTS, PUSHED, REFERRERS, REFS, REPOS, TAGS};
 use super::{next_id, page, Store, StoreError};
+use crate::audit::Change;
 use crate::crypto::Algorithm;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::ops::Bound;
@@ -106,6 +107,11 @@ impl Store {
             return Err(exists(r));
         }
         ensure_repo(&tx, name, domain)?;
+        let mut change = Change::in_repo("repository.create", name);
+        if let Some((k, _)) = key {
+            change = change.with("key", k);
+        }
+        tx.audit(change);
         tx.commit()?;
         Ok(())
     }
@@ -175,6 +181,16 @@ impl Store {
         if erase {
             sessions.extend(self.erase_domain(&tx, domain)?);
         }
+        let action = if erase {
+            "repository.erase"
+        } else {
+            "repository.delete"
+        };
+        let mut change = Change::in_repo(action, name).with("blobsFreed", blobs_freed);
+        if let Some(k) = &key {
+            change = change.with("key", k.as_str());
+        }
+        tx.audit(change);
         tx.commit()?;
         let mut progress = self.progress();
         for s in &sessions {

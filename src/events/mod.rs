@@ -1,0 +1,3 @@
+//! Webhook notifications of pushes and deletes, read from the audit trail.
+
+pub mod config;
