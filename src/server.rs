@@ -132,6 +132,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let collector = background(&app, "gc", scheduled_gc)?;
     let mirrors = background(&app, "mirrors", scheduled_mirrors)?;
     let scrubber = background(&app, "scrub", scheduled_scrub)?;
+    let notifier = background(&app, "events", notifications)?;
 
     // A TLS client could not read a plain 503: it sees the connection close, and retries.
     let refusal = if tls_on {
@@ -202,7 +203,7 @@ pub fn run(config: Config) -> Result<(), String> {
         admin_pool.drain(Duration::from_secs(5));
         accepted.err()
     });
-    for (stop, thread) in [janitor, collector, mirrors, scrubber] {
+    for (stop, thread) in [janitor, collector, mirrors, scrubber, notifier] {
         drop(stop);
         let _ = thread.join();
     }
@@ -378,6 +379,36 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
             return;
         }
     }
+}
+
+/// Delivers webhook notifications to each `notifications` endpoint until the registry stops.
+fn notifications(app: &App, _stop: &mpsc::Receiver<()>) {
+    if app.config.notifications.is_empty() {
+        return;
+    }
+    let instance = match app.store.instance_id() {
+        Ok(id) => id,
+        Err(e) => {
+            log::error!("notifications: cannot read the store's id: {e}; none are sent");
+            return;
+        }
+    };
+    let scheme = if app.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let source = crate::events::Source {
+        base: format!("{scheme}://{}", app.config.listen),
+        addr: app.config.listen.to_string(),
+        instance,
+    };
+    crate::events::run(
+        &app.store,
+        &app.config.notifications,
+        &source,
+        &app.stopping,
+    );
 }
 
 /// Runs a collector pass every `gcInterval` (the first within five minutes of start), until

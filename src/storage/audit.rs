@@ -256,6 +256,38 @@ impl Store {
             .collect())
     }
 
+    /// This store's id (16 hex digits, made at first use): the `source.instanceID` of its
+    /// notifications, and with a sequence number an event id that stays the same when an
+    /// event is delivered again.
+    pub fn instance_id(&self) -> Result<String, StoreError> {
+        let found = self
+            .read()?
+            .open_table(META)?
+            .get("instance_id")?
+            .map(|v| v.value());
+        let id = match found {
+            Some(id) => id,
+            None => {
+                let tx = self.write(true)?;
+                let id = {
+                    let mut meta = tx.open_table(META)?;
+                    let existing = meta.get("instance_id")?.map(|v| v.value());
+                    match existing {
+                        Some(id) => id,
+                        None => {
+                            let id = u64::from_le_bytes(crate::crypto::random::<8>());
+                            meta.insert("instance_id", id)?;
+                            id
+                        }
+                    }
+                };
+                tx.commit()?;
+                id
+            }
+        };
+        Ok(format!("{id:016x}"))
+    }
+
     /// The last sequence number delivered to notification endpoint `name` (None: never
     /// delivered; it starts at the trail's current end).
     pub fn event_cursor(&self, name: &str) -> Result<Option<u64>, StoreError> {
