@@ -128,6 +128,7 @@ pub fn run(config: Config) -> Result<(), String> {
             crate::clock::offset()
         );
     }
+    crate::events::init(&app.store, &app.config.notifications)?;
     let janitor = background(&app, "janitor", janitor)?;
     let collector = background(&app, "gc", scheduled_gc)?;
     let mirrors = background(&app, "mirrors", scheduled_mirrors)?;

@@ -14,17 +14,19 @@ const ONE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const TWO: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 /// A registry with auth on (alice and bob push and delete in team/*, root is the admin) and
-/// `audit` config `audit`; users added with the CLI before it starts.
-fn site(tag: &str, audit: Value) -> (TempDir, Registry) {
+/// `extra` config (e.g. `audit`); users added with the CLI before it starts.
+fn site(tag: &str, extra: Value) -> (TempDir, Registry) {
     let dir = TempDir::new(tag);
-    let config = json!({
+    let mut config = json!({
         "listen": "127.0.0.1:0",
         "dataDir": dir.path().join("data"),
         "auth": {"admins": ["root"]},
         "access": [{"repositories": "team/*", "pull": ["authenticated"],
                     "push": ["alice", "bob"], "delete": ["alice", "bob"]}],
-        "audit": audit,
     });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
     std::fs::write(cfg(dir.path()), config.to_string()).unwrap();
     for user in ["alice", "bob", "root"] {
         let out = cli(
@@ -83,6 +85,30 @@ fn records(reg: &Registry, query: &str) -> Vec<Value> {
     r.json()["records"].as_array().unwrap().clone()
 }
 
+/// `outpost audit --json ARGS`, each record summarised.
+fn cli_records(dir: &Path, args: &[&str]) -> Vec<String> {
+    let out = cli(dir, &[&["audit", "--json"], args].concat(), "");
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(summary)
+        .collect()
+}
+
+/// Creates repository `name` through the admin API as `c`.
+fn create_repo(c: &Client, name: &str) {
+    let r = c.req(
+        "PUT",
+        &format!("/admin/repositories/{name}"),
+        &[],
+        Body::None,
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+}
+
 fn digest_of(manifest: &[u8]) -> String {
     sha256(manifest)
 }
@@ -107,13 +133,7 @@ fn a_session_of_two_users_is_recorded_in_order_across_a_crash() {
         .map(|u| format!("operator - user.add - name={u}"))
         .collect();
 
-    let m1 = push_image(&alice, "team/app", 1, 1);
-    assert_eq!(
-        alice
-            .put_manifest("team/app", "v1", OCI_MANIFEST, &m1)
-            .status,
-        201
-    );
+    let m1 = push_tagged(&alice, "team/app", "v1", 1);
     let (d1, n1) = (digest_of(&m1), m1.len());
     want.push(format!(
         "alice 127.0.0.1 manifest.push team/app digest={d1} mediaType={OCI_MANIFEST} size={n1} tag=v1"
@@ -122,11 +142,7 @@ fn a_session_of_two_users_is_recorded_in_order_across_a_crash() {
         "alice 127.0.0.1 tag.set team/app digest={d1} tag=v1"
     ));
 
-    let m2 = push_image(&bob, "team/app", 2, 1);
-    assert_eq!(
-        bob.put_manifest("team/app", "v1", OCI_MANIFEST, &m2).status,
-        201
-    );
+    let m2 = push_tagged(&bob, "team/app", "v1", 2);
     let (d2, n2) = (digest_of(&m2), m2.len());
     want.push(format!(
         "bob 127.0.0.2 manifest.push team/app digest={d2} mediaType={OCI_MANIFEST} size={n2} tag=v1"
@@ -162,12 +178,7 @@ fn a_session_of_two_users_is_recorded_in_order_across_a_crash() {
     let r = root1.req("PATCH", "/admin/settings", &[], Body::Bytes(patch));
     assert_eq!(r.status, 200, "{r:?}");
     want.push("root 127.0.0.1 setting.set - name=blobMounting value=disabled".into());
-    assert_eq!(
-        root2
-            .req("PUT", "/admin/repositories/team/new", &[], Body::None)
-            .status,
-        201
-    );
+    create_repo(&root2, "team/new");
     want.push("root 127.0.0.2 repository.create team/new".into());
     assert_eq!(root2.delete("/admin/repositories/team/new").status, 200);
     want.push("root 127.0.0.2 repository.delete team/new blobsFreed=0".into());
@@ -185,12 +196,7 @@ fn a_session_of_two_users_is_recorded_in_order_across_a_crash() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // A durable change after it: the crash cannot take what came before.
-    assert_eq!(
-        root1
-            .req("PUT", "/admin/repositories/team/last", &[], Body::None)
-            .status,
-        201
-    );
+    create_repo(&root1, "team/last");
     want.push("root 127.0.0.1 repository.create team/last".into());
 
     reg.kill();
@@ -223,16 +229,7 @@ fn a_session_of_two_users_is_recorded_in_order_across_a_crash() {
     assert_eq!(user(&reg, "alice", ONE).get("/admin/audit").status, 403);
 
     // The CLI, through the running registry's admin socket: the same records.
-    let out = cli(dir.path(), &["audit", "--json"], "");
-    assert!(out.status.success(), "{}", text(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let cli_got: Vec<String> = v["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(summary)
-        .collect();
-    assert_eq!(cli_got, want);
+    assert_eq!(cli_records(dir.path(), &[]), want);
     let out = cli(dir.path(), &["audit", "--user", "bob", "--since", "1h"], "");
     assert!(out.status.success(), "{}", text(&out));
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
@@ -244,15 +241,7 @@ fn a_session_of_two_users_is_recorded_in_order_across_a_crash() {
 
     // And on the stopped store.
     assert!(reg.terminate().success());
-    let out = cli(dir.path(), &["audit", "--json", "--repo", "team/app"], "");
-    assert!(out.status.success(), "{}", text(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let offline: Vec<String> = v["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(summary)
-        .collect();
+    let offline = cli_records(dir.path(), &["--repo", "team/app"]);
     let want_app: Vec<String> = want
         .iter()
         .filter(|w| w.contains(" team/app "))
@@ -266,12 +255,15 @@ fn a_session_of_two_users_is_recorded_in_order_across_a_crash() {
 
 #[test]
 fn the_bound_drops_the_oldest_records() {
-    let (_dir, reg) = site("audit-bound", json!({"maxRecords": 4}));
+    let (_dir, reg) = site(
+        "audit-bound",
+        json!({"audit": {"maxRecords": 4, "log": true}}),
+    );
     // Three user.add records so far; six repository changes more.
     let root = user(&reg, "root", ONE);
     for i in 0..3 {
+        create_repo(&root, &format!("team/r{i}"));
         let path = format!("/admin/repositories/team/r{i}");
-        assert_eq!(root.req("PUT", &path, &[], Body::None).status, 201);
         assert_eq!(root.delete(&path).status, 200);
     }
     let all = records(&reg, "");
@@ -287,19 +279,15 @@ fn the_bound_drops_the_oldest_records() {
     );
     let seqs: Vec<u64> = all.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [6, 7, 8, 9]);
+    // audit.log: each record is also a log line.
+    reg.log_with("#9 root 127.0.0.1 repository.delete team/r2 blobsFreed=0");
 }
 
 #[test]
 fn pulls_are_counted_per_repository_and_reference() {
     let (dir, mut reg) = site("audit-pulls", json!({}));
     let alice = user(&reg, "alice", ONE);
-    let m = push_image(&alice, "team/app", 1, 1);
-    assert_eq!(
-        alice
-            .put_manifest("team/app", "v1", OCI_MANIFEST, &m)
-            .status,
-        201
-    );
+    let m = push_tagged(&alice, "team/app", "v1", 1);
     let d = digest_of(&m);
     for _ in 0..3 {
         assert_eq!(alice.get("/v2/team/app/manifests/v1").status, 200);
@@ -344,4 +332,24 @@ fn pulls_are_counted_per_repository_and_reference() {
             .any(|l| l.starts_with("team/app") && l.contains(" v1 ") && l.contains(" 4 ")),
         "{o}"
     );
+}
+
+#[test]
+fn the_collectors_deletions_are_its_own() {
+    let (_dir, reg) = site(
+        "audit-gc",
+        json!({"gcGracePeriod": "0s", "gcInterval": "off"}),
+    );
+    let alice = user(&reg, "alice", ONE);
+    let (digest, r) = alice.push_blob("team/tmp", &bytes(7, 3000));
+    assert_eq!(r.status, 201);
+    let root = user(&reg, "root", TWO);
+    let r = root.req("POST", "/admin/gc", &[], Body::None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let by_gc: Vec<String> = records(&reg, "?user=gc").iter().map(summary).collect();
+    assert!(
+        by_gc.contains(&format!("gc - blob.delete team/tmp digest={digest}")),
+        "{by_gc:?}"
+    );
+    assert!(records(&reg, "?user=root").is_empty());
 }

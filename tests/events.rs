@@ -117,9 +117,9 @@ fn wait_for(got: &Got, n: usize) -> Vec<(Value, String, String)> {
     }
 }
 
-fn push_tagged(c: &Client, repo: &str, tag: &str, seed: u64) -> (String, usize) {
-    let m = push_image(c, repo, seed, 1);
-    assert_eq!(c.put_manifest(repo, tag, OCI_MANIFEST, &m).status, 201);
+/// `push_tagged`, answering the manifest's digest and size.
+fn push(c: &Client, repo: &str, tag: &str, seed: u64) -> (String, usize) {
+    let m = push_tagged(c, repo, tag, seed);
     (sha256(&m), m.len())
 }
 
@@ -130,8 +130,8 @@ fn one_event_per_push_and_delete_in_distributions_envelope() {
     let receiver = Receiver::start(0, got.clone());
     let reg = start_registry(dir.path(), receiver.port);
     let c = reg.client();
-    let (d, size) = push_tagged(&c, "fleet/app", "v1", 1);
-    push_tagged(&c, "other/app", "v1", 2); // not under fleet/*: not sent
+    let (d, size) = push(&c, "fleet/app", "v1", 1);
+    push(&c, "other/app", "v1", 2); // not under fleet/*: not sent
     assert_eq!(c.delete("/v2/fleet/app/manifests/v1").status, 202);
     assert_eq!(
         c.delete(&format!("/v2/fleet/app/manifests/{d}")).status,
@@ -187,18 +187,18 @@ fn events_wait_for_a_receiver_that_is_down_across_a_crash() {
     let port = receiver.port;
     let mut reg = start_registry(dir.path(), port);
     let c = reg.client();
-    push_tagged(&c, "fleet/app", "a", 1);
+    push(&c, "fleet/app", "a", 1);
     wait_for(&got, 1);
     // The cursor past "a" becomes durable with the store's flush (within a second).
     std::thread::sleep(Duration::from_millis(1500));
     receiver.stop();
-    push_tagged(&c, "fleet/app", "b", 2);
-    push_tagged(&c, "fleet/app", "c", 3);
+    push(&c, "fleet/app", "b", 2);
+    push(&c, "fleet/app", "c", 3);
     std::thread::sleep(Duration::from_millis(1500)); // deliveries fail meanwhile
     reg.kill();
     reg = start_registry(dir.path(), port);
     let c = reg.client();
-    push_tagged(&c, "fleet/app", "d", 4);
+    push(&c, "fleet/app", "d", 4);
     let receiver = Receiver::start(port, got.clone());
     let g = wait_for(&got, 4);
     std::thread::sleep(Duration::from_millis(700));

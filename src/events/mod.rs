@@ -38,6 +38,24 @@ pub struct Source {
     pub instance: String,
 }
 
+/// Gives each endpoint without a cursor one at the trail's end: it gets the changes from now
+/// on, not the history. Called before the registry takes requests, so that none of the first
+/// changes is passed over.
+pub fn init(store: &Store, endpoints: &[Endpoint]) -> Result<(), String> {
+    for e in endpoints {
+        let found = store.event_cursor(&e.name);
+        if found
+            .map_err(|err| format!("notifications to {}: {err}", e.name))?
+            .is_none()
+        {
+            store
+                .set_event_cursor(&e.name, store.last_audit_seq())
+                .map_err(|err| format!("notifications to {}: {err}", e.name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Delivers to every endpoint, one thread each, until `stop` is set.
 pub fn run(store: &Store, endpoints: &[Endpoint], source: &Source, stop: &AtomicBool) {
     std::thread::scope(|s| {
@@ -75,17 +93,10 @@ fn deliver(store: &Store, e: &Endpoint, source: &Source, stop: &AtomicBool) {
             return;
         }
     };
-    // A new endpoint starts at the trail's end: it gets changes from now on, not the history.
+    // Every endpoint has a cursor (`init`).
     let mut cursor = loop {
         match store.event_cursor(&e.name) {
-            Ok(Some(c)) => break c,
-            Ok(None) => {
-                let end = store.last_audit_seq();
-                match store.set_event_cursor(&e.name, end) {
-                    Ok(()) => break end,
-                    Err(err) => log::warn!("notifications to {}: {err}", e.name),
-                }
-            }
+            Ok(c) => break c.unwrap_or_else(|| store.last_audit_seq()),
             Err(err) => log::warn!("notifications to {}: {err}", e.name),
         }
         if !pause(FIRST_BACKOFF, stop) {

@@ -659,6 +659,14 @@ pub fn push_image(c: &Client, repo: &str, seed: u64, n: usize) -> Vec<u8> {
     image_manifest((&cd, config.len()), &refs, "")
 }
 
+/// Pushes a small image (`push_image` with one layer) into `repo:tag`; returns its manifest.
+pub fn push_tagged(c: &Client, repo: &str, tag: &str, seed: u64) -> Vec<u8> {
+    let m = push_image(c, repo, seed, 1);
+    let r = c.put_manifest(repo, tag, OCI_MANIFEST, &m);
+    assert_eq!(r.status, 201, "{r:?}");
+    m
+}
+
 /// Writes a new master key and a config naming it with encryption `rules` into `dir`;
 /// returns the config's path (for `--config`).
 pub fn encryption_config(dir: &Path, rules: serde_json::Value) -> PathBuf {
