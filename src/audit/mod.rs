@@ -259,9 +259,15 @@ const LOGIN_USERS: usize = 3;
 pub struct Tally {
     /// (address, rate-limited) -> (failures, first user names).
     logins: HashMap<(Option<IpAddr>, bool), (u64, Vec<String>)>,
-    /// (repository, tag or digest) -> (pulls, unix seconds of the last).
-    pub pulls: HashMap<(String, String), (u64, u64)>,
+    /// Repository -> tag or digest -> (pulls, unix seconds of the last). Nested, so that
+    /// counting a pull of a known reference allocates nothing.
+    pulls: HashMap<String, HashMap<String, (u64, u64)>>,
+    /// References in `pulls`.
+    pull_keys: usize,
 }
+
+/// Pulls counted: (repository, reference, (count, unix seconds of the last)).
+pub type Pulls = Vec<(String, String, (u64, u64))>;
 
 impl Tally {
     /// Counts a failed login by `user` from `addr` (`limited`: refused by the rate limit
@@ -284,13 +290,46 @@ impl Tally {
     /// Counts a pull of `reference` (a tag or digest) from `repo` at `now`; true when the
     /// tally is full and should be written now.
     pub fn pulled(&mut self, repo: &str, reference: &str, now: u64) -> bool {
-        let e = self
-            .pulls
-            .entry((repo.to_owned(), reference.to_owned()))
-            .or_default();
+        let refs = match self.pulls.get_mut(repo) {
+            Some(refs) => refs,
+            None => self.pulls.entry(repo.to_owned()).or_default(),
+        };
+        let e = match refs.get_mut(reference) {
+            Some(e) => e,
+            None => {
+                self.pull_keys += 1;
+                refs.entry(reference.to_owned()).or_default()
+            }
+        };
         e.0 += 1;
         e.1 = now;
-        self.pulls.len() >= PULL_KEYS
+        self.pull_keys >= PULL_KEYS
+    }
+
+    /// True if pulls wait to be written.
+    pub fn has_pulls(&self) -> bool {
+        self.pull_keys > 0
+    }
+
+    /// The pulls counted, of repository `repo` or all.
+    pub fn pulls(&self, repo: Option<&str>) -> Pulls {
+        let mut out = Vec::new();
+        for (r, refs) in &self.pulls {
+            if repo.is_none_or(|x| x == r) {
+                for (reference, v) in refs {
+                    out.push((r.clone(), reference.clone(), *v));
+                }
+            }
+        }
+        out
+    }
+
+    /// The pulls counted, forgotten.
+    pub fn take_pulls(&mut self) -> Pulls {
+        let out = self.pulls(None);
+        self.pulls.clear();
+        self.pull_keys = 0;
+        out
     }
 
     /// True if failed logins wait to be written.
@@ -362,6 +401,21 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(actor().user, "operator");
+    }
+
+    #[test]
+    fn pulls_are_counted_and_the_tally_says_when_full() {
+        let mut t = Tally::default();
+        assert!(!t.pulled("a", "v1", 5));
+        assert!(!t.pulled("a", "v1", 9));
+        assert!(!t.pulled("b", "v1", 7));
+        let mut p = t.pulls(Some("a"));
+        assert_eq!(p, vec![("a".into(), "v1".into(), (2, 9))]);
+        p = t.take_pulls();
+        assert_eq!(p.len(), 2);
+        assert!(!t.has_pulls());
+        let full = (0..PULL_KEYS).map(|i| t.pulled("c", &i.to_string(), 1));
+        assert_eq!(full.filter(|f| *f).count(), 1);
     }
 
     #[test]

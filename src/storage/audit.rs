@@ -173,7 +173,7 @@ impl Store {
             let t = self.tally();
             (
                 t.0.has_logins() && (force || t.1.elapsed() >= LOGINS_EVERY),
-                !t.0.pulls.is_empty() && (force || t.2.elapsed() >= PULLS_EVERY),
+                t.0.has_pulls() && (force || t.2.elapsed() >= PULLS_EVERY),
             )
         };
         if logins {
@@ -201,7 +201,7 @@ impl Store {
         let pulls = {
             let mut t = self.tally();
             t.2 = Instant::now();
-            std::mem::take(&mut t.0.pulls)
+            t.0.take_pulls()
         };
         if pulls.is_empty() {
             return Ok(());
@@ -209,7 +209,7 @@ impl Store {
         let tx = self.write(false)?;
         {
             let mut table = tx.open_table(PULLS)?;
-            for ((repo, reference), (n, last)) in &pulls {
+            for (repo, reference, (n, last)) in &pulls {
                 let (count, at) = table
                     .get((repo.as_str(), reference.as_str()))?
                     .map_or((0, 0), |v| v.value());
@@ -238,12 +238,10 @@ impl Store {
                 }
             }
         }
-        for ((r, reference), (n, last)) in &self.tally().0.pulls {
-            if repo.is_none_or(|x| x == r) {
-                let e = all.entry((r.clone(), reference.clone())).or_insert((0, 0));
-                e.0 += n;
-                e.1 = e.1.max(*last);
-            }
+        for (r, reference, (n, last)) in self.tally().0.pulls(repo) {
+            let e = all.entry((r, reference)).or_insert((0, 0));
+            e.0 += n;
+            e.1 = e.1.max(last);
         }
         Ok(all
             .into_iter()
