@@ -21,7 +21,7 @@ pub struct AuditConfig {
     pub log: bool,
 }
 
-/// 100,000 records: at ~200 bytes each about 20 MB of store, months of a busy edge site.
+/// 100,000 records: at 200-400 bytes each in the store 20-40 MB, months of a busy edge site.
 pub const DEFAULT_MAX_RECORDS: u64 = 100_000;
 
 impl Default for AuditConfig {
