@@ -87,8 +87,9 @@ fn serve_one(conn: std::net::TcpStream, got: &Got) {
     let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
 
-fn start_registry(dir: &Path, port: u16) -> Registry {
-    let config = json!({
+/// A registry notifying the receiver at `port` of fleet/* changes, with `extra` config.
+fn start_registry(dir: &Path, port: u16, extra: Value) -> Registry {
+    let mut config = json!({
         "listen": "127.0.0.1:0",
         "notifications": [{
             "name": "agent",
@@ -99,6 +100,9 @@ fn start_registry(dir: &Path, port: u16) -> Registry {
             "maxBackoff": "1s",
         }],
     });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
     let cfg = dir.join("outpost.json");
     std::fs::write(&cfg, config.to_string()).unwrap();
     Registry::start_with(&dir.join("data"), &["--config", cfg.to_str().unwrap()])
@@ -128,7 +132,7 @@ fn one_event_per_push_and_delete_in_distributions_envelope() {
     let dir = TempDir::new("events-format");
     let got = Got::default();
     let receiver = Receiver::start(0, got.clone());
-    let reg = start_registry(dir.path(), receiver.port);
+    let reg = start_registry(dir.path(), receiver.port, json!({}));
     let c = reg.client();
     let (d, size) = push(&c, "fleet/app", "v1", 1);
     push(&c, "other/app", "v1", 2); // not under fleet/*: not sent
@@ -185,7 +189,7 @@ fn events_wait_for_a_receiver_that_is_down_across_a_crash() {
     let got = Got::default();
     let receiver = Receiver::start(0, got.clone());
     let port = receiver.port;
-    let mut reg = start_registry(dir.path(), port);
+    let mut reg = start_registry(dir.path(), port, json!({}));
     let c = reg.client();
     push(&c, "fleet/app", "a", 1);
     wait_for(&got, 1);
@@ -196,7 +200,7 @@ fn events_wait_for_a_receiver_that_is_down_across_a_crash() {
     push(&c, "fleet/app", "c", 3);
     std::thread::sleep(Duration::from_millis(1500)); // deliveries fail meanwhile
     reg.kill();
-    reg = start_registry(dir.path(), port);
+    reg = start_registry(dir.path(), port, json!({}));
     let c = reg.client();
     push(&c, "fleet/app", "d", 4);
     let receiver = Receiver::start(port, got.clone());
@@ -227,5 +231,31 @@ fn events_wait_for_a_receiver_that_is_down_across_a_crash() {
         })
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    receiver.stop();
+}
+
+#[test]
+fn records_the_audit_bound_dropped_before_delivery_are_logged_as_lost() {
+    let dir = TempDir::new("events-lost");
+    let got = Got::default();
+    let receiver = Receiver::start(0, got.clone());
+    let port = receiver.port;
+    // Each push is two records (manifest.push, tag.set): the bound keeps the last two pushes.
+    let reg = start_registry(dir.path(), port, json!({"audit": {"maxRecords": 4}}));
+    let c = reg.client();
+    push(&c, "fleet/app", "a", 1);
+    wait_for(&got, 1);
+    receiver.stop();
+    for (i, tag) in ["b", "c", "d"].iter().enumerate() {
+        push(&c, "fleet/app", tag, 2 + i as u64);
+    }
+    let receiver = Receiver::start(port, got.clone());
+    let g = wait_for(&got, 3);
+    let tags: Vec<&str> = g
+        .iter()
+        .map(|(e, _, _)| e["target"]["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["a", "c", "d"]);
+    reg.log_with("notifications to agent: 2 audit record(s) were dropped");
     receiver.stop();
 }

@@ -126,6 +126,8 @@ fn deliver(store: &Store, e: &Endpoint, source: &Source, stop: &AtomicBool) {
             }
         };
         if lost > 0 {
+            // Counted once: the cursor moves past them (a retry reads from there).
+            cursor += lost;
             lost_total += lost;
             log::warn!(
                 "notifications to {}: {lost} audit record(s) were dropped (audit.maxRecords) \

@@ -62,12 +62,13 @@ impl Tx<'_, WriteTransaction> {
     /// Commits the transaction, with the audit records of its changes.
     pub fn commit(self) -> Result<(), StoreError> {
         let changes = self.changes.take();
-        let actor = crate::audit::actor();
-        let records = super::audit::append(
-            &self.tx,
-            changes.into_iter().map(|c| (c, actor.clone())),
-            self.audit.max_records,
-        )?;
+        let records = if changes.is_empty() {
+            Vec::new()
+        } else {
+            let actor = crate::audit::actor();
+            let changes = changes.into_iter().map(|c| (c, actor.clone()));
+            super::audit::append(&self.tx, changes, self.audit.max_records)?
+        };
         self.tx.commit()?;
         super::audit::committed(&records, self.audit);
         Ok(())
