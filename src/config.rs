@@ -56,6 +56,10 @@ pub struct Config {
     pub log_format: crate::logging::LogFormat,
     /// `metrics`: who may scrape `/metrics`, and its own listener.
     pub metrics: crate::metrics::config::MetricsConfig,
+    /// `audit`: the audit trail's bound.
+    pub audit: crate::audit::config::AuditConfig,
+    /// `notifications`: webhook endpoints for pushes and deletes.
+    pub notifications: Vec<crate::events::config::Endpoint>,
 }
 
 /// A `mirrors` entry, validated.
@@ -504,6 +508,8 @@ impl Default for Config {
             quotas: crate::quota::Quotas::default(),
             log_format: crate::logging::LogFormat::Text,
             metrics: crate::metrics::config::MetricsConfig::default(),
+            audit: Default::default(),
+            notifications: Vec::new(),
         }
     }
 }
@@ -575,6 +581,10 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// `metrics`: `users`, `listen`
     pub metrics: Option<crate::metrics::config::MetricsSpec>,
+    /// `audit`: `maxRecords`, `log`
+    pub audit: Option<crate::audit::config::AuditSpec>,
+    /// `notifications`: webhook endpoints
+    pub notifications: Option<Vec<crate::events::config::EndpointSpec>>,
 }
 
 /// `"enabled"` or `"disabled"`.
@@ -738,6 +748,8 @@ impl Overrides {
             quotas: other.quotas.or(self.quotas),
             log_format: other.log_format.or(self.log_format),
             metrics: other.metrics.or(self.metrics),
+            audit: other.audit.or(self.audit),
+            notifications: other.notifications.or(self.notifications),
         }
     }
 
@@ -838,6 +850,8 @@ impl Overrides {
                 }
             },
             metrics: self.metrics.unwrap_or_default().resolve()?,
+            audit: crate::audit::config::resolve(self.audit)?,
+            notifications: crate::events::config::resolve(self.notifications)?,
         };
         if c.metrics.listen == Some(c.listen) && c.listen.port() != 0 {
             return Err(format!(

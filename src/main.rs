@@ -1,11 +1,13 @@
 //! Outpost: an embedded, single-binary OCI container registry for edge sites.
 
+mod audit;
 mod auth;
 mod cli;
 mod clock;
 mod config;
 mod crypto;
 mod digest;
+mod events;
 mod gc;
 mod http;
 mod logging;
@@ -82,6 +84,7 @@ enum Command {
     /// `scrub`: repository, --status, --json.
     Scrub(Common, Option<String>, bool, bool),
     Du(Common, bool),
+    Audit(Common, cli::audit::Query),
     Compact(Common),
     /// `help [COMMAND...]`, `COMMAND --help`: the words naming what to explain.
     Help(Vec<String>),
@@ -118,6 +121,8 @@ struct Args {
     dry_run: bool,
     json: bool,
     status: bool,
+    since: Option<String>,
+    pulls: bool,
     /// Long options given, to refuse those the command does not take.
     seen: Vec<String>,
 }
@@ -202,6 +207,8 @@ fn read_args(a: &mut Args) -> Result<Option<Command>, lexopt::Error> {
             Long("dry-run") => a.dry_run = true,
             Long("json") => a.json = true,
             Long("status") => a.status = true,
+            Long("since") => a.since = Some(parser.value()?.string()?),
+            Long("pulls") => a.pulls = true,
             Long("repo") => a.repo = Some(parser.value()?.string()?),
             Long("user") => a.user = Some(parser.value()?.string()?),
             Long("ca-file") => a.ca_file = Some(PathBuf::from(parser.value()?)),
@@ -258,7 +265,7 @@ fn read_args(a: &mut Args) -> Result<Option<Command>, lexopt::Error> {
 }
 
 /// The command `a` names, after checking that it takes the arguments given.
-fn command(a: Args) -> Result<Command, lexopt::Error> {
+fn command(mut a: Args) -> Result<Command, lexopt::Error> {
     const SERVE: &[&str] = &[
         "config",
         "listen",
@@ -308,6 +315,7 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         ["mirror", "status", ..] => ("mirror status", &[], 0),
         ["gc", ..] => ("gc", &["dry-run", "json"], 0),
         ["du", ..] => ("du", &["json"], 0),
+        ["audit", ..] => ("audit", &["since", "repo", "user", "pulls", "json"], 0),
         ["scrub", ..] => ("scrub", &["repo", "status", "json"], 0),
         ["compact", ..] => ("compact", &[], 0),
         [group, rest @ ..] => return Err(unknown(group, rest.first().copied()).into()),
@@ -344,11 +352,12 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
     if a.algorithm.is_some() && a.key.is_none() {
         return Err("--algorithm needs --key".into());
     }
+    // `audit` takes --user as its filter (the issue's `outpost audit --user U`): it signs in
+    // as $OUTPOST_USER only.
+    let audit_user = if name == "audit" { a.user.take() } else { None };
     let common = Common {
         config: a.config,
         flags: Box::new(a.flags),
-        // (`audit` takes --user as its filter: take a.user for it before this, and sign in
-        // as $OUTPOST_USER only.)
         login: cli::Login {
             server: a.server,
             user: a.user.or_else(|| std::env::var("OUTPOST_USER").ok()),
@@ -439,6 +448,10 @@ fn command(a: Args) -> Result<Command, lexopt::Error> {
         "mirror status" => Command::MirrorStatus(common),
         "gc" => Command::Gc(common, a.dry_run, a.json),
         "du" => Command::Du(common, a.json),
+        "audit" => Command::Audit(
+            common,
+            cli::audit::Query::new(a.since, a.repo, audit_user, a.pulls, a.json)?,
+        ),
         "scrub" => Command::Scrub(common, a.repo, a.status, a.json),
         "compact" => Command::Compact(common),
         _ => Command::KeyRotate(common, a.new_master_key),
@@ -529,6 +542,9 @@ fn main() -> ExitCode {
         Command::Du(c, json) => c
             .resolve()
             .and_then(|cfg| cli::gc::du(&cfg, &c.login, json)),
+        Command::Audit(c, q) => c
+            .resolve()
+            .and_then(|cfg| cli::audit::audit(&cfg, &c.login, &q)),
         Command::Scrub(c, repo, status, json) => c
             .resolve()
             .and_then(|cfg| cli::scrub::scrub(&cfg, &c.login, repo.as_deref(), status, json)),

@@ -181,10 +181,12 @@ pub fn run(config: Config) -> Result<(), String> {
             crate::clock::offset()
         );
     }
+    crate::events::init(&app.store, &app.config.notifications)?;
     let janitor = background(&app, "janitor", janitor)?;
     let collector = background(&app, "gc", scheduled_gc)?;
     let mirrors = background(&app, "mirrors", scheduled_mirrors)?;
     let scrubber = background(&app, "scrub", scheduled_scrub)?;
+    let notifier = background(&app, "events", notifications)?;
 
     // A TLS client could not read a plain 503: it sees the connection close, and retries.
     let refusal = if tls_on {
@@ -268,13 +270,20 @@ pub fn run(config: Config) -> Result<(), String> {
         }
         accepted.err()
     });
-    for (stop, thread) in [janitor, collector, mirrors, scrubber] {
+    for (stop, thread) in [janitor, collector, mirrors, scrubber, notifier] {
         drop(stop);
         let _ = thread.join();
     }
     drop((pool, admin_pool, metrics_pool));
     if socket_path.exists() {
         let _ = std::fs::remove_file(&socket_path);
+    }
+    if let Err(e) = app
+        .store
+        .flush_tallies(true)
+        .and_then(|()| app.store.flush())
+    {
+        log::error!("writing failed logins and pull counts at shutdown: {e}");
     }
     if let Err(e) = app.store.save_progress() {
         log::error!("saving upload progress at shutdown: {e}");
@@ -373,6 +382,7 @@ pub fn open_store(config: &Config, path: &std::path::Path, serving: bool) -> Res
         encryption: config.encryption.clone(),
         settle_master_key: serving,
         quotas: config.quotas.clone(),
+        audit: config.audit,
     };
     Store::open(path, options).map_err(|e| match e {
         StoreError::Keys(m) => m,
@@ -405,6 +415,10 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
     let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let mut next_purge = std::time::Instant::now();
     loop {
+        // Before the flush, which makes the batch durable.
+        if let Err(e) = app.store.flush_tallies(false) {
+            log::warn!("writing failed logins and pull counts: {e}");
+        }
         if let Err(e) = app.store.flush() {
             log::warn!("flushing the store: {e}");
         }
@@ -434,6 +448,36 @@ fn janitor(app: &App, stop: &mpsc::Receiver<()>) {
             return;
         }
     }
+}
+
+/// Delivers webhook notifications to each `notifications` endpoint until the registry stops.
+fn notifications(app: &App, _stop: &mpsc::Receiver<()>) {
+    if app.config.notifications.is_empty() {
+        return;
+    }
+    let instance = match app.store.instance_id() {
+        Ok(id) => id,
+        Err(e) => {
+            log::error!("notifications: cannot read the store's id: {e}; none are sent");
+            return;
+        }
+    };
+    let scheme = if app.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let source = crate::events::Source {
+        base: format!("{scheme}://{}", app.config.listen),
+        addr: app.config.listen.to_string(),
+        instance,
+    };
+    crate::events::run(
+        &app.store,
+        &app.config.notifications,
+        &source,
+        &app.stopping,
+    );
 }
 
 /// Runs a collector pass every `gcInterval` (the first within five minutes of start), until

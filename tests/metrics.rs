@@ -472,10 +472,7 @@ fn access_admins_metrics_users_and_the_separate_listener() {
     assert_eq!(site.user("prom").get("/admin/stats").status, 403);
 
     // The separate listener: /metrics for anyone, nothing of the registry.
-    let side = Client {
-        addr: site.metrics_addr,
-        auth: None,
-    };
+    let side = Client::new(site.metrics_addr);
     let r = side.get("/metrics");
     assert_eq!(r.status, 200, "{r:?}");
     let s = Scrape::parse(&String::from_utf8(r.body).unwrap());
@@ -497,11 +494,7 @@ fn access_admins_metrics_users_and_the_separate_listener() {
         assert_eq!(side.get(path).status, 404, "{path}");
     }
     // Even with an admin's credentials it is no door to the API.
-    let admin_side = Client {
-        addr: site.metrics_addr,
-        auth: None,
-    }
-    .as_user("root", password("root"));
+    let admin_side = Client::new(site.metrics_addr).as_user("root", password("root"));
     assert_eq!(admin_side.get("/admin/stats").status, 404);
     assert_eq!(side.req("POST", "/metrics", &[], Body::None).status, 405);
     assert_eq!(side.delete("/v2/team/app/manifests/v1").status, 405);

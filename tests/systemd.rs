@@ -134,7 +134,7 @@ fn ready_only_once_the_port_accepts_and_stopping_on_sigterm() {
         Proc::spawn(serve(&data, &format!("127.0.0.1:{port}")).env("NOTIFY_SOCKET", &manager.path));
     let addr = expect_ready(&manager, &child);
     assert_eq!(addr.port(), port);
-    let c = Client { addr, auth: None };
+    let c = Client::new(addr);
     assert_eq!(c.get("/v2/").status, 200);
     // Nothing else is sent while serving.
     assert_eq!(manager.recv(Duration::from_millis(300)), None);
@@ -145,7 +145,7 @@ fn ready_only_once_the_port_accepts_and_stopping_on_sigterm() {
     let manager = Manager::abstract_namespace();
     let child = Proc::spawn(serve(&data, "127.0.0.1:0").env("NOTIFY_SOCKET", &manager.path));
     let addr = expect_ready(&manager, &child);
-    assert_eq!(Client { addr, auth: None }.get("/v2/").status, 200);
+    assert_eq!(Client::new(addr).get("/v2/").status, 200);
     expect_stopping(&manager, child);
 }
 
@@ -209,12 +209,12 @@ fn socket_activation_serves_on_the_passed_socket() {
     let child =
         Proc::spawn(activated(&data, &listener, "1", None).env("NOTIFY_SOCKET", &manager.path));
     // Connections made before the registry runs wait in the socket's backlog.
-    let early = std::thread::spawn(move || Client { addr, auth: None }.get("/v2/").status);
+    let early = std::thread::spawn(move || Client::new(addr).get("/v2/").status);
     assert_eq!(expect_ready(&manager, &child), addr);
     assert_eq!(early.join().unwrap(), 200);
-    let (digest, put) = Client { addr, auth: None }.push_blob("fleet/app", b"passed socket");
+    let (digest, put) = Client::new(addr).push_blob("fleet/app", b"passed socket");
     assert_eq!(put.status, 201);
-    let got = Client { addr, auth: None }.get(&format!("/v2/fleet/app/blobs/{digest}"));
+    let got = Client::new(addr).get(&format!("/v2/fleet/app/blobs/{digest}"));
     assert_eq!(got.body, b"passed socket");
     let log = expect_stopping(&manager, child);
     assert!(log.contains("socket passed by systemd"), "{log}");
@@ -436,7 +436,7 @@ fn a_lost_listener_ends_the_process_with_an_error() {
     let child =
         Proc::spawn(activated(&data, &listener, "1", None).env("NOTIFY_SOCKET", &manager.path));
     let addr = expect_ready(&manager, &child);
-    assert_eq!(Client { addr, auth: None }.get("/v2/").status, 200);
+    assert_eq!(Client::new(addr).get("/v2/").status, 200);
     // SAFETY: shutdown on a descriptor this test owns.
     assert_eq!(
         unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) },

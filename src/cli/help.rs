@@ -347,7 +347,8 @@ Example:
     },
     Entry {
         name: "audit",
-        usage: "audit [--since T] [--repo R] [--user U] [--json] [COMMON]",
+        usage:
+            "audit [--since T] [--repo R] [--user U] [--json] | audit --pulls [--repo R] [--json]",
         summary: "show the audit trail: who changed what, from where, when",
         common: Common::Remote,
         text: "\
@@ -357,6 +358,7 @@ settings changes, GC deletions, failed and rate-limited logins; each with who, f
 address and when. --since T keeps records from T on (a date and time, or a duration back
 from now such as 2h or 7d); --repo R those about repository R; --user U those made by U.
 --json prints the records as JSON. The trail has a bounded size (the oldest dropped first).
+--pulls shows instead how often each tag and digest was pulled (manifest GETs), and when last.
 Here --user is that filter: to sign in to a remote registry, set $OUTPOST_USER (an admin)
 and $OUTPOST_PASSWORD.
 

@@ -4,6 +4,7 @@
 
 pub mod output;
 
+pub mod audit;
 pub mod certs;
 pub mod gc;
 pub mod help;

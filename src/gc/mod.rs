@@ -66,6 +66,8 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<Value, StoreError> {
     let _one = PASS.lock().unwrap_or_else(|p| p.into_inner());
+    // The collector's deletions are its own in the audit trail, whoever started the pass.
+    let _actor = crate::audit::acting_as("gc", None);
     let started = Instant::now();
     let now = unix_now();
     let snap = store.gc_snapshot()?;

@@ -328,3 +328,51 @@ fn flag(query: &super::routes::Query, name: &str) -> Result<bool> {
         )),
     }
 }
+
+/// `GET /admin/audit[?since=T][&repo=R][&user=U][&limit=N]`: the newest matching audit
+/// records (at most `limit`, default 1000), oldest first. `since` is RFC 3339 or a duration
+/// ago (`1h`).
+pub fn audit(app: &App, query: &super::routes::Query) -> Result<Reply> {
+    let bad = |m: String| ApiError::new(400, Code::Unsupported, m);
+    if let Some(k) = query.unknown(&["since", "repo", "user", "limit"]) {
+        return Err(bad(format!(
+            "unknown parameter {k:?}: since, repo, user and limit are known"
+        )));
+    }
+    let filter = crate::audit::Filter {
+        since: query
+            .get("since")
+            .map(|s| crate::audit::parse_since(s, crate::clock::unix_now()))
+            .transpose()
+            .map_err(|e| bad(format!("since: {e}")))?,
+        repo: query.get("repo").map(str::to_owned),
+        user: query.get("user").map(str::to_owned),
+        limit: match query.get("limit") {
+            None => crate::audit::DEFAULT_LIMIT,
+            Some(n) => n
+                .parse()
+                .map_err(|_| bad(format!("limit: {n:?} is not a number")))?,
+        },
+    };
+    let records = app.store.audit_records(&filter)?;
+    let records: Vec<_> = records.iter().map(crate::audit::Record::to_json).collect();
+    Ok(json(&serde_json::json!({ "records": records })))
+}
+
+/// `GET /admin/pulls[?repo=R]`: manifest GETs counted per repository and tag or digest,
+/// with the time of the last.
+pub fn pulls(app: &App, query: &super::routes::Query) -> Result<Reply> {
+    if let Some(k) = query.unknown(&["repo"]) {
+        return Err(ApiError::new(
+            400,
+            Code::Unsupported,
+            format!("unknown parameter {k:?}: the only one is repo=NAME"),
+        ));
+    }
+    let pulls = app.store.pulls(query.get("repo"))?;
+    let pulls: Vec<_> = pulls
+        .iter()
+        .map(crate::storage::PullCount::to_json)
+        .collect();
+    Ok(json(&serde_json::json!({ "pulls": pulls })))
+}

@@ -189,6 +189,22 @@ impl Gate {
         password: &str,
         from: Option<IpAddr>,
     ) -> std::result::Result<(), Refused> {
+        let checked = self.verify_password(store, user, password, from);
+        if let Err(e) = &checked {
+            // For the audit trail (never the password), tallied and written in batches.
+            store.login_failed(from, user, matches!(e, Refused::Limited(_)));
+        }
+        checked
+    }
+
+    /// `check_password` without the audit trail's tally.
+    fn verify_password(
+        &self,
+        store: &Store,
+        user: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> std::result::Result<(), Refused> {
         use sha2::Digest as _;
         if let Some(wait) = from.and_then(|ip| self.limiter.wait(ip, user)) {
             crate::metrics::get().rate_limited();
@@ -574,7 +590,9 @@ fn need<'r>(route: &'r Route, method: &Method) -> Need<'r> {
         | Route::AdminMirrorRun(_)
         | Route::AdminGc
         | Route::AdminDu
-        | Route::AdminScrub => Need::Admin,
+        | Route::AdminScrub
+        | Route::AdminAudit
+        | Route::AdminPulls => Need::Admin,
     }
 }
 

@@ -27,6 +27,20 @@ pub fn get(app: &App, name: &str, reference: &str) -> Result<Reply> {
     Ok(Reply::bytes(200, &m.media_type, m.body).header("Docker-Content-Digest", m.digest))
 }
 
+/// Counts a served manifest `GET` (not `HEAD`) of `reference` in `name` as a pull: in memory,
+/// written to the store a batch at a time.
+pub fn count_pull(
+    app: &App,
+    method: &tiny_http::Method,
+    (name, reference): (&str, &str),
+    reply: Result<Reply>,
+) -> Result<Reply> {
+    if *method == tiny_http::Method::Get && reply.is_ok() {
+        app.store.pulled(name, reference);
+    }
+    reply
+}
+
 /// `GET`/`HEAD` a manifest of a pull-through cache's repository: refreshed from the
 /// upstream first (see `PullThrough::manifest`); its repository is spared by evictions until
 /// the manifest is read, and one the store refused is served from the fetched bytes.

@@ -239,6 +239,8 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Resu
     let gate = app.gate.as_ref();
     let caller = auth::check(gate, &app.store, req, &route, origin)?;
     caller.name().clone_into(&mut who.user);
+    // The changes this request commits are recorded as the caller's.
+    let _actor = crate::audit::acting_as(&who.user, who.addr);
     use Method::*;
     match (route, &method) {
         (Route::Token, Get | Post) => auth::token(gate, &app.store, req, &query),
@@ -246,10 +248,15 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Resu
         (Route::Base, Get | Head) => Ok(Reply::bytes(200, "application/json", b"{}".to_vec())),
         (Route::Catalog, Get) => tags::catalog(app, &query, &|r| caller.may_list(gate, r)),
         (Route::Tags(name), Get) => tags::list(app, &name, &query),
-        (Route::Manifest(name, r), Get | Head) => match app.cache.route(&name) {
-            Some(route) => manifests::get_cached(app, &route, &name, &r),
-            None => manifests::get(app, &name, &r),
-        },
+        (Route::Manifest(name, r), Get | Head) => manifests::count_pull(
+            app,
+            &method,
+            (&name, &r),
+            match app.cache.route(&name) {
+                Some(route) => manifests::get_cached(app, &route, &name, &r),
+                None => manifests::get(app, &name, &r),
+            },
+        ),
         (Route::Manifest(name, _), Put)
         | (Route::Uploads(name), Post)
         | (Route::Upload(name, _), Patch | Put)
@@ -287,6 +294,8 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Resu
         (Route::AdminMirrors, Get) => admin::mirrors(app),
         (Route::AdminMirrorRun(name), Post) => admin::mirror_run(app, &name),
         (Route::AdminGc, Post) => admin::gc(app, &query),
+        (Route::AdminAudit, Get) => admin::audit(app, &query),
+        (Route::AdminPulls, Get) => admin::pulls(app, &query),
         (Route::AdminDu, Get) => admin::du(app),
         (Route::AdminScrub, Get) => admin::scrub_status(app),
         (Route::AdminScrub, Post) => admin::scrub(app, &query),

@@ -47,6 +47,10 @@ pub enum Route {
     AdminDu,
     /// `/admin/scrub`: the scrub's status (GET), a pass now (POST, `?repository=R`)
     AdminScrub,
+    /// `/admin/audit`
+    AdminAudit,
+    /// `/admin/pulls`
+    AdminPulls,
     /// `/token`: Docker's token endpoint
     Token,
     /// `/healthz` or `/readyz`
@@ -68,6 +72,8 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         "/admin/gc" => return Ok(Route::AdminGc),
         "/admin/du" => return Ok(Route::AdminDu),
         "/admin/scrub" => return Ok(Route::AdminScrub),
+        "/admin/audit" => return Ok(Route::AdminAudit),
+        "/admin/pulls" => return Ok(Route::AdminPulls),
         "/token" => return Ok(Route::Token),
         "/metrics" => return Ok(Route::Metrics),
         _ => {}

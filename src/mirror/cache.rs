@@ -291,6 +291,8 @@ impl PullThrough {
                 }
                 if !unchanged {
                     let bytes = f.body.len() as u64;
+                    // Stored by the cache, for the client that pulled it.
+                    let _actor = crate::audit::acting_as("cache", crate::audit::actor().addr);
                     match LocalSink::lazy(store).put_manifest(repo, &f, tag.as_deref()) {
                         Ok(()) => {
                             super::sync::note_cache(store, &c.name, false, bytes, None);

@@ -85,6 +85,8 @@ pub fn run(
     limit: u64,
     seen: &Seen,
 ) -> Result<Evicted, StoreError> {
+    // Evictions are the cache's in the audit trail, whichever pull made room.
+    let _actor = crate::audit::acting_as("cache", None);
     let snap = store.gc_snapshot()?;
     let now = unix_now();
     let (plan, out) = plan(&snap, prefix, cfg, limit, now, seen);

@@ -40,6 +40,28 @@ pub struct Remote {
     pending: Mutex<HashMap<(String, String), String>>,
 }
 
+/// The HTTP client of outpost's outgoing requests (upstream registries, notification
+/// endpoints): rustls on ring, trusting the CA certificates in `ca_file` (PEM) instead of the
+/// built-in roots if given; an answer must start within `timeout`. Statuses are answers,
+/// not errors.
+pub fn agent(ca_file: Option<&Path>, timeout: Duration) -> Result<ureq::Agent, String> {
+    let certs = trusted_roots(ca_file)?;
+    let tls = ureq::tls::TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
+        .timeout_recv_response(Some(timeout))
+        .max_redirects(5)
+        .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls.build())
+        .build()
+        .new_agent())
+}
+
 impl Remote {
     /// A transport failure, naming the registry it was talking to.
     fn net(&self, what: &str, e: ureq::Error) -> MirrorError {
@@ -59,21 +81,7 @@ impl Remote {
                 "{base}: an upstream URL starts with http:// or https://"
             ));
         }
-        let certs = trusted_roots(ca_file)?;
-        let tls = ureq::tls::TlsConfig::builder()
-            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .max_redirects(5)
-            .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls.build())
-            .build()
-            .new_agent();
+        let agent = agent(ca_file, Duration::from_secs(60))?;
         Ok(Remote {
             agent,
             base,

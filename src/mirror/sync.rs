@@ -85,6 +85,8 @@ pub fn run_pass(
 ) -> Result<Value, MirrorError> {
     let _running = Running::take(&m.name)
         .ok_or_else(|| MirrorError::new(format!("a pass of mirror {} is under way", m.name)))?;
+    // What a pass stores is the mirror's in the audit trail, whoever started it.
+    let _actor = crate::audit::acting_as("mirror", None);
     let started = unix_now();
     let clock = std::time::Instant::now();
     let mut st = state(store, &m.name)?;

@@ -7,6 +7,7 @@ use super::schema::{
 };
 use super::scrub::is_quarantined;
 use super::{now, Store, StoreError};
+use crate::audit::Change;
 use crate::crypto::Binding;
 use crate::digest::{Algorithm, Digest, Hasher};
 use redb::{ReadableTable, WriteTransaction};
@@ -540,6 +541,12 @@ impl Store {
         let linked = self.link(&tx, (target, repo), digest, LINK_MOUNTED)?;
         self.quota_enforce(&tx, &before)?;
         if linked != Linked::Unchanged {
+            tx.audit(
+                Change::in_repo("blob.mount", target)
+                    .with("digest", digest.as_str())
+                    .with("from", source.as_str())
+                    .with("size", size),
+            );
             tx.commit()?;
             self.unflushed
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -564,6 +571,7 @@ impl Store {
                 return Err(StoreError::BlobUnknown);
             }
             self.unlinked(&tx, (repo_name, repo), digest.as_str(), false)?;
+            tx.audit(Change::in_repo("blob.delete", repo_name).with("digest", digest.as_str()));
         }
         tx.commit()?;
         self.space_freed();

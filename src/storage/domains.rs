@@ -3,6 +3,7 @@
 
 use super::schema::{BLOBS, DOMAINS, PREFIXES, REPOS, UPLOADS};
 use super::{next_id, Store, StoreError};
+use crate::audit::Change;
 use crate::config::EncryptionRule;
 use crate::crypto::{random, Algorithm, DataKey, MasterKey, KEY_LEN, WRAPPED_LEN};
 use redb::ReadableTable;
@@ -212,9 +213,16 @@ impl Store {
                 table.insert(id, encode(&row).as_slice())?;
             }
         }
-        tx.commit()?;
         dropped.sort_unstable();
         dropped.dedup();
+        if !dropped.is_empty() {
+            tx.audit(
+                Change::new("key.rotate.finish")
+                    .with("master", keep)
+                    .with("dropped", dropped.join(", ")),
+            );
+        }
+        tx.commit()?;
         Ok(dropped.join(", "))
     }
 
@@ -317,6 +325,11 @@ impl Store {
         };
         tx.open_table(DOMAINS)?
             .insert(id, encode(&row).as_slice())?;
+        tx.audit(
+            Change::new("key.create")
+                .with("key", name)
+                .with("algorithm", algorithm.name()),
+        );
         tx.commit()?;
         let domain = Domain {
             name: name.to_owned(),
@@ -403,6 +416,12 @@ impl Store {
             }
             rows.len()
         };
+        tx.audit(
+            Change::new("key.rotate")
+                .with("from", master.id())
+                .with("to", new.id())
+                .with("keys", n),
+        );
         tx.commit()?;
         Ok(n)
     }

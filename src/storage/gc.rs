@@ -8,6 +8,7 @@ use super::schema::{
     BLOBS, LINKS, MANIFESTS, PUSHED, REFERRERS, REFS, REF_CHILD, REF_LAZY, REPOS, TAGS, UPLOADS,
 };
 use super::{keyed_by, Store, StoreError};
+use crate::audit::Change;
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -222,19 +223,31 @@ impl Store {
             if !done.is_empty() && began.elapsed() >= budget {
                 break;
             }
-            let deleted = match step {
+            let (deleted, change) = match step {
                 Step::Manifest { digest, tags } => {
                     let tags_of = match &mut tags_of {
                         Some(t) => t,
                         None => tags_of.insert(tags_by_manifest(&tx, repo.id)?),
                     };
-                    self.collect_manifest(&tx, (name, repo), digest, tags, tags_of)?
+                    let change = Change::in_repo("manifest.delete", name)
+                        .with("digest", digest.as_str())
+                        .with("tags", tags.clone());
+                    let deleted =
+                        self.collect_manifest(&tx, (name, repo), digest, tags, tags_of)?;
+                    (deleted, change)
                 }
-                Step::Link { digest, linked_by } => {
-                    self.collect_link(&tx, (name, repo), digest, *linked_by)?
-                }
-                Step::Repo => collect_repo(&tx, name, repo)?,
+                Step::Link { digest, linked_by } => (
+                    self.collect_link(&tx, (name, repo), digest, *linked_by)?,
+                    Change::in_repo("blob.delete", name).with("digest", digest.as_str()),
+                ),
+                Step::Repo => (
+                    collect_repo(&tx, name, repo)?,
+                    Change::in_repo("repository.delete", name),
+                ),
             };
+            if deleted {
+                tx.audit(change);
+            }
             done.push(deleted);
         }
         tx.commit()?;

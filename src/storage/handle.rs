@@ -7,7 +7,10 @@
 //! durable commit) as soon as the transactions of the failed one have ended.
 
 use super::StoreError;
+use crate::audit::config::AuditConfig;
+use crate::audit::Change;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
+use std::cell::RefCell;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +41,8 @@ pub(super) struct Handle {
     path: PathBuf,
     cache_size: usize,
     db: RwLock<Option<Database>>,
+    /// The audit trail's bound: each write transaction appends its changes' records.
+    audit: AuditConfig,
 }
 
 /// A transaction that keeps the database it belongs to from being reopened under it.
@@ -45,6 +50,9 @@ pub(super) struct Tx<'a, T> {
     // Declared first: dropped before the guard.
     tx: T,
     _guard: RwLockReadGuard<'a, Option<Database>>,
+    /// Changes to record in the audit trail when (and only if) this transaction commits.
+    changes: RefCell<Vec<Change>>,
+    audit: AuditConfig,
 }
 
 impl<T> Deref for Tx<'_, T> {
@@ -55,9 +63,24 @@ impl<T> Deref for Tx<'_, T> {
 }
 
 impl Tx<'_, WriteTransaction> {
-    /// Commits the transaction.
+    /// Records `change` in the audit trail, in this transaction, if it commits.
+    pub fn audit(&self, change: Change) {
+        self.changes.borrow_mut().push(change);
+    }
+
+    /// Commits the transaction, with the audit records of its changes.
     pub fn commit(self) -> Result<(), StoreError> {
-        Ok(self.tx.commit()?)
+        let changes = self.changes.take();
+        let records = if changes.is_empty() {
+            Vec::new()
+        } else {
+            let actor = crate::audit::actor();
+            let changes = changes.into_iter().map(|c| (c, actor.clone()));
+            super::audit::append(&self.tx, changes, self.audit.max_records)?
+        };
+        self.tx.commit()?;
+        super::audit::committed(&records, self.audit);
+        Ok(())
     }
 }
 
@@ -107,13 +130,19 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 
 impl Handle {
     /// Opens (creating if absent) the database at `path`.
-    pub fn open(path: &Path, cache_size: usize) -> Result<Handle, StoreError> {
+    pub fn open(path: &Path, cache_size: usize, audit: AuditConfig) -> Result<Handle, StoreError> {
         let db = open_db(path, cache_size)?;
         Ok(Handle {
             path: path.to_owned(),
             cache_size,
             db: RwLock::new(Some(db)),
+            audit,
         })
+    }
+
+    /// The audit trail's bound and log switch.
+    pub fn audit_config(&self) -> AuditConfig {
+        self.audit
     }
 
     /// The database file's path.
@@ -181,14 +210,23 @@ impl Handle {
         } else {
             tx.set_durability(Durability::None)?;
         }
-        Ok(Tx { tx, _guard: guard })
+        Ok(self.tx(tx, guard))
+    }
+
+    fn tx<'a, T>(&self, tx: T, guard: RwLockReadGuard<'a, Option<Database>>) -> Tx<'a, T> {
+        Tx {
+            tx,
+            _guard: guard,
+            changes: RefCell::default(),
+            audit: self.audit,
+        }
     }
 
     /// A read transaction (a snapshot).
     pub fn read(&self) -> Result<Tx<'_, ReadTransaction>, StoreError> {
         let guard = self.guard()?;
         let tx = guard.as_ref().expect("checked by guard()").begin_read()?;
-        Ok(Tx { tx, _guard: guard })
+        Ok(self.tx(tx, guard))
     }
 }
 

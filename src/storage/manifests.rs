@@ -7,6 +7,7 @@ use super::schema::{
     REF_CHILD, REF_LAZY, TAGS,
 };
 use super::{page, Store, StoreError};
+use crate::audit::Change;
 use crate::crypto::Binding;
 use crate::digest::Digest;
 use redb::{ReadableTable, WriteTransaction};
@@ -206,10 +207,32 @@ impl Store {
                 .map_or(0, |v| v.value().len());
             self.quota_manifest(&tx, name, value.len() as i128 - old as i128)?;
             self.quota_enforce(&tx, &before)?;
+            let mut push = Change::in_repo("manifest.push", name)
+                .with("digest", digest)
+                .with("mediaType", m.media_type)
+                .with("size", m.body.len());
+            if let Some(tag) = m.tags.first() {
+                push = push.with("tag", tag.as_str());
+            }
+            tx.audit(push);
             let mut tags = tx.open_table(TAGS)?;
             for tag in m.tags {
                 let old = tags.insert((repo.id, tag.as_str()), digest)?;
                 let old = old.map(|v| v.value().to_owned());
+                match &old {
+                    None => tx.audit(
+                        Change::in_repo("tag.set", name)
+                            .with("tag", tag.as_str())
+                            .with("digest", digest),
+                    ),
+                    Some(from) if from != digest => tx.audit(
+                        Change::in_repo("tag.move", name)
+                            .with("tag", tag.as_str())
+                            .with("from", from.as_str())
+                            .with("to", digest),
+                    ),
+                    Some(_) => {}
+                }
                 if let (Some(old), Some(rule)) = (old, m.immutable.and_then(|f| f(tag))) {
                     if old != digest {
                         return Err(StoreError::TagImmutable {
@@ -305,6 +328,11 @@ impl Store {
             self.remove_manifest(&tx, (repo, named), digest.as_str(), None)?
                 .ok_or(StoreError::ManifestUnknown)?
         };
+        tx.audit(
+            Change::in_repo("manifest.delete", repo)
+                .with("digest", digest.as_str())
+                .with("tags", tags.clone()),
+        );
         tx.commit()?;
         self.space_freed();
         Ok(tags)
@@ -386,10 +414,16 @@ impl Store {
     pub fn tag_delete(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
         let tx = self.write(true)?;
         {
-            let repo = find_repo_w(&tx, repo)?.id;
-            if tx.open_table(TAGS)?.remove((repo, tag))?.is_none() {
-                return Err(StoreError::ManifestUnknown);
-            }
+            let id = find_repo_w(&tx, repo)?.id;
+            let digest = match tx.open_table(TAGS)?.remove((id, tag))? {
+                None => return Err(StoreError::ManifestUnknown),
+                Some(d) => d.value().to_owned(),
+            };
+            tx.audit(
+                Change::in_repo("tag.delete", repo)
+                    .with("tag", tag)
+                    .with("digest", digest),
+            );
         }
         tx.commit()?;
         Ok(())

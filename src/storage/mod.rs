@@ -1,5 +1,6 @@
 //! The store: owns the redb database, every table and every transaction.
 
+mod audit;
 mod blobs;
 mod check;
 mod domains;
@@ -17,6 +18,7 @@ mod uploads;
 mod usage;
 mod users;
 
+pub use audit::PullCount;
 pub use blobs::{trim_thread_buffers, BlobInfo, ChunkHint, MountFrom, MountRefused};
 pub use domains::KeyInfo;
 #[cfg(test)]
@@ -51,6 +53,8 @@ pub struct Store {
     keys: domains::Keyring,
     /// The byte budgets the store enforces (its counters are in `quota_usage`).
     quotas: crate::quota::Quotas,
+    /// Failed logins and pulls not yet written, and when each kind was last written.
+    tally: Mutex<(crate::audit::Tally, Instant, Instant)>,
 }
 
 /// How a store is opened.
@@ -70,6 +74,8 @@ pub struct StoreOptions {
     pub settle_master_key: bool,
     /// Byte budgets: `quotas` and `maxStoreSize`.
     pub quotas: crate::quota::Quotas,
+    /// The audit trail's bound.
+    pub audit: crate::audit::config::AuditConfig,
 }
 
 /// Bytes of a chunk row that are not payload: redb's leaf header, value length and key, and
@@ -206,7 +212,7 @@ impl Store {
     /// storing blobs in chunk rows of `chunk_size` bytes (a power of two) each.
     pub fn open(path: &Path, mut options: StoreOptions) -> Result<Store, StoreError> {
         let store = Store {
-            handle: Handle::open(path, options.cache_size)?,
+            handle: Handle::open(path, options.cache_size, options.audit)?,
             chunk_payload: options.chunk_size - CHUNK_ROW_OVERHEAD,
             min_free: options.min_free_space,
             reusable: Mutex::new(None),
@@ -217,6 +223,7 @@ impl Store {
                 std::mem::take(&mut options.encryption),
             ),
             quotas: std::mem::take(&mut options.quotas),
+            tally: Mutex::new(audit::new_tally()),
         };
         let tx = store.write(true)?;
         // Version 2 -> 3 needs the data keys (manifests are parsed): done once they are loaded.
@@ -267,6 +274,9 @@ impl Store {
             tx.open_table(QUARANTINE)?;
             tx.open_table(SCRUB)?;
             tx.open_table(QUOTA_USAGE)?;
+            tx.open_table(AUDIT)?;
+            tx.open_table(PULLS)?;
+            tx.open_table(EVENT_CURSORS)?;
         }
         tx.commit()?;
         store.load_domains(options.settle_master_key)?;
@@ -284,6 +294,7 @@ impl Store {
         store.quota_settle(upgrade.then_some(SCHEMA_VERSION))?;
         store.check_rules()?;
         store.load_shadows()?;
+        store.load_audit_seq()?;
         Ok(store)
     }
 
@@ -511,6 +522,7 @@ pub(crate) fn test_store(dir: &Path) -> Store {
         encryption: Vec::new(),
         settle_master_key: false,
         quotas: crate::quota::Quotas::default(),
+        audit: Default::default(),
     };
     Store::open(&dir.join("outpost.redb"), options).unwrap()
 }

@@ -12,6 +12,7 @@ use super::manifests::reseal_records;
 use super::repos::find_repo_w;
 use super::schema::{BLOBS, CHUNKS, LINKS, PREFIXES, REPOS, UPLOADS};
 use super::{Store, StoreError};
+use crate::audit::Change;
 use crate::crypto::Algorithm;
 use crate::digest::{Digest, Hasher};
 use redb::ReadableTable;
@@ -148,6 +149,13 @@ impl Store {
             // Its links now count in another domain: recount (a stopped registry's rare step).
             self.quota_rebuild(&tx)?;
         }
+        let key_of = |d| self.key_name(d).unwrap_or_else(|| "plaintext".to_owned());
+        tx.audit(
+            Change::in_repo("repository.move", name)
+                .with("from", key_of(repo.domain))
+                .with("to", key_of(target))
+                .with("blobsCopied", report.blobs_copied),
+        );
         tx.commit()?;
         self.space_freed();
         Ok(report)

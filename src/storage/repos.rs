@@ -1,8 +1,9 @@
 //! Repositories: name -> id and encryption domain, created on first push; the catalog.
 
 use super::domains::PLAINTEXT;
-use super::schema::{BLOBS, LINKS, MANIFESTS, PUSHED, REFERRERS, REFS, REPOS, TAGS};
+use super::schema::{BLOBS, LINKS, MANIFESTS, PULLS, PUSHED, REFERRERS, REFS, REPOS, TAGS};
 use super::{next_id, page, Store, StoreError};
+use crate::audit::Change;
 use crate::crypto::Algorithm;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::ops::Bound;
@@ -106,6 +107,11 @@ impl Store {
             return Err(exists(r));
         }
         ensure_repo(&tx, name, domain)?;
+        let mut change = Change::in_repo("repository.create", name);
+        if let Some((k, _)) = key {
+            change = change.with("key", k);
+        }
+        tx.audit(change);
         tx.commit()?;
         Ok(())
     }
@@ -170,11 +176,23 @@ impl Store {
             .retain_in::<(u64, &str, &str), _>((id, "", "")..(id + 1, "", ""), |_, _| false)?;
         tx.open_table(PUSHED)?
             .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, _| false)?;
+        tx.open_table(PULLS)?
+            .retain_in::<(&str, &str), _>((name, "")..=(name, "\u{10ffff}"), |_, _| false)?;
         let mut sessions = self.cancel_sessions_of(&tx, name)?;
         tx.open_table(REPOS)?.remove(name)?;
         if erase {
             sessions.extend(self.erase_domain(&tx, domain)?);
         }
+        let action = if erase {
+            "repository.erase"
+        } else {
+            "repository.delete"
+        };
+        let mut change = Change::in_repo(action, name).with("blobsFreed", blobs_freed);
+        if let Some(k) = &key {
+            change = change.with("key", k.as_str());
+        }
+        tx.audit(change);
         tx.commit()?;
         let mut progress = self.progress();
         for s in &sessions {

@@ -110,3 +110,13 @@ pub const QUARANTINE_MANIFEST: u8 = 1;
 /// Name -> JSON: the scrub's state (the pass under way and where it stands, the last full
 /// pass), so that a week-long pass goes on after a restart instead of starting again.
 pub const SCRUB: TableDefinition<&str, &[u8]> = TableDefinition::new("scrub");
+
+/// Sequence number -> JSON `audit::Record`: who changed what, appended in the transaction of
+/// each change, the oldest dropped past `audit.maxRecords`. Added without a schema version
+/// (like `quarantine`): an older build ignores it.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// (repository, tag or digest) -> (manifest GETs, unix seconds of the last): pull counts,
+/// written a batch at a time (not per pull).
+pub const PULLS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("pulls");
+/// Notification endpoint name -> the last audit sequence number delivered to it.
+pub const EVENT_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("event_cursors");

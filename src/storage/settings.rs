@@ -2,6 +2,7 @@
 
 use super::schema::SETTINGS;
 use super::{Store, StoreError};
+use crate::audit::Change;
 use redb::ReadableTable;
 
 impl Store {
@@ -30,6 +31,12 @@ impl Store {
                 }
             }
         }
+        tx.audit(match value {
+            Some(v) => Change::new("setting.set")
+                .with("name", name)
+                .with("value", v),
+            None => Change::new("setting.reset").with("name", name),
+        });
         tx.commit()
     }
 }

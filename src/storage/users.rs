@@ -2,6 +2,7 @@
 
 use super::schema::USERS;
 use super::{Store, StoreError};
+use crate::audit::Change;
 use redb::ReadableTable;
 
 impl Store {
@@ -37,6 +38,8 @@ impl Store {
             }
             table.insert(name, hash)?;
         }
+        let action = if create { "user.add" } else { "user.passwd" };
+        tx.audit(Change::new(action).with("name", name));
         tx.commit()
     }
 
@@ -46,6 +49,7 @@ impl Store {
         if tx.open_table(USERS)?.remove(name)?.is_none() {
             return Err(StoreError::UserUnknown);
         }
+        tx.audit(Change::new("user.delete").with("name", name));
         tx.commit()
     }
 }

@@ -185,10 +185,7 @@ impl Registry {
     }
 
     pub fn client(&self) -> Client {
-        Client {
-            addr: self.addr,
-            auth: None,
-        }
+        Client::new(self.addr)
     }
 
     pub fn log_text(&self) -> String {
@@ -326,9 +323,62 @@ pub struct Client {
     pub addr: SocketAddr,
     /// An `Authorization` header sent with every request.
     pub auth: Option<&'static str>,
+    /// The local address connections come from (e.g. 127.0.0.2); None: the system's choice.
+    pub from: Option<std::net::Ipv4Addr>,
 }
 
 impl Client {
+    /// A client of the registry at `addr`.
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            auth: None,
+            from: None,
+        }
+    }
+
+    /// This client, connecting from local address `ip` (any of 127.0.0.0/8 on loopback).
+    pub fn bound_to(self, ip: std::net::Ipv4Addr) -> Client {
+        Client {
+            from: Some(ip),
+            ..self
+        }
+    }
+
+    /// A connection to the registry, from `from` if set.
+    fn connect(&self) -> TcpStream {
+        let Some(ip) = self.from else {
+            return TcpStream::connect(self.addr).expect("connect");
+        };
+        let SocketAddr::V4(to) = self.addr else {
+            panic!("bound_to needs an IPv4 registry address");
+        };
+        use std::os::fd::FromRawFd;
+        let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: a fresh socket, bound and connected with valid sockaddr_in values; owned by
+        // the TcpStream from then on.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let stream = TcpStream::from_raw_fd(fd);
+            let local = sockaddr(std::net::SocketAddrV4::new(ip, 0));
+            let r = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+            assert_eq!(r, 0, "bind {ip}: {}", std::io::Error::last_os_error());
+            let remote = sockaddr(to);
+            let r = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+            assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+            stream
+        }
+    }
+
     /// This client, sending `authorization` (e.g. `Basic ...`, `Bearer ...`) with each request.
     pub fn with_auth(self, authorization: &str) -> Client {
         Client {
@@ -357,7 +407,7 @@ impl Client {
     }
 
     pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Body) -> Resp {
-        let mut s = TcpStream::connect(self.addr).expect("connect");
+        let mut s = self.connect();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
@@ -607,6 +657,14 @@ pub fn push_image(c: &Client, repo: &str, seed: u64, n: usize) -> Vec<u8> {
     }
     let refs: Vec<(&str, usize)> = layers.iter().map(|(d, s)| (d.as_str(), *s)).collect();
     image_manifest((&cd, config.len()), &refs, "")
+}
+
+/// Pushes a small image (`push_image` with one layer) into `repo:tag`; returns its manifest.
+pub fn push_tagged(c: &Client, repo: &str, tag: &str, seed: u64) -> Vec<u8> {
+    let m = push_image(c, repo, seed, 1);
+    let r = c.put_manifest(repo, tag, OCI_MANIFEST, &m);
+    assert_eq!(r.status, 201, "{r:?}");
+    m
 }
 
 /// Writes a new master key and a config naming it with encryption `rules` into `dir`;
