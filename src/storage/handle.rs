@@ -172,8 +172,9 @@ impl Handle {
         match open_db(&self.path, self.cache_size) {
             Ok(fresh) => {
                 *db = Some(fresh);
-                REOPENING.store(false, Ordering::SeqCst);
+                // Logged first: a probe that sees the flag clear finds the line before it.
                 log::warn!("reopened {} at its last durable state", self.path.display());
+                REOPENING.store(false, Ordering::SeqCst);
             }
             Err(e) => {
                 log::error!("reopening {} failed: {e}; will retry", self.path.display());
