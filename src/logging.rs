@@ -109,9 +109,9 @@ pub fn print_error(journal: bool, e: &str) {
                 .args(format_args!("{e}"))
                 .build(),
         );
-        eprintln!("{priority}{line}");
+        crate::cli::output::note!("{priority}{line}");
     } else {
-        eprintln!("{priority}outpost: {e}");
+        crate::cli::output::note!("{priority}outpost: {e}");
     }
 }
 

@@ -570,6 +570,6 @@ fn main() -> ExitCode {
 /// A command line that does not parse: one line saying why, and where to read more.
 fn usage_error(message: &str, topic: Option<&str>) -> ExitCode {
     let help = topic.map_or("outpost help".to_owned(), |t| format!("outpost help {t}"));
-    eprintln!("outpost: {message}\nTry '{help}'.");
+    cli::output::note!("outpost: {message}\nTry '{help}'.");
     ExitCode::from(2)
 }

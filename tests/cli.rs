@@ -7,7 +7,7 @@ mod common;
 use common::oci::{image, index, layout, new_layout};
 use common::*;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
@@ -229,6 +229,40 @@ fn a_closed_pipe_ends_output_quietly() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(key.exists());
+    // Nor does a closed stderr stop one half-way: `outpost user add … 2>&1 | head -0`.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut child = outpost()
+        .args(["user", "add", "carol", "--data-dir"])
+        .arg(&data)
+        .stdin(Stdio::piped())
+        .stdout(gone())
+        .stderr(gone())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"carol-secret-1\n")
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let o = outpost()
+        .args(["user", "list", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("carol"),
+        "{o:?}"
+    );
+    // A usage error with stderr closed still exits 2, not in a panic.
+    let o = outpost()
+        .args(["gc", "--frob"])
+        .stderr(gone())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
 }
 
 const ROOT_PW: &str = "root-secret-333";
@@ -479,4 +513,21 @@ fn remote_management_over_https_with_credentials() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(last(&o).contains("--ca-file"), "{}", text(&o));
+    // No password is no login attempt: refused here, before the registry counts a failure.
+    let o = s.cli(&["du", "--user", "root"], None, "");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        last(&o).contains("no password for --user root"),
+        "{}",
+        text(&o)
+    );
+    // A password in the URL is refused and never echoed.
+    let url = s.server.replace("https://", "https://root:url-secret-9@");
+    let o = outpost()
+        .args(["du", "--server", &url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(!text(&o).contains("url-secret-9"), "{}", text(&o));
 }

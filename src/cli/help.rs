@@ -463,7 +463,8 @@ pub fn topic(words: &[String]) -> Option<String> {
 
 /// `outpost help [WORDS]`: the overview, or the help of what `words` name.
 pub fn print(words: &[String]) -> Result<(), String> {
-    if words.is_empty() {
+    // `outpost help help` asks what the overview answers.
+    if words.is_empty() || words == ["help"] {
         out!("{}", overview());
         return Ok(());
     }

@@ -1,6 +1,7 @@
 //! `outpost export`, `outpost import` and `outpost mirror`: against the running registry
 //! over HTTP(S) (with credentials when auth is on), or on the store when it is stopped.
 
+use super::output::note;
 use super::output::out;
 use super::{call_for, reach, Endpoint, Login, Reach};
 use crate::config::Config;
@@ -345,7 +346,7 @@ pub fn run(config: &Config, login: &Login, name: Option<&str>) -> Result<(), Str
                 print_run(n, &r);
             }
             Err(e) => {
-                eprintln!("outpost: mirror {n}: {e}");
+                note!("outpost: mirror {n}: {e}");
                 failed.push(n.clone());
             }
         }

@@ -12,6 +12,7 @@ pub mod mirror;
 pub mod scrub;
 pub mod users;
 
+use output::note;
 use output::out;
 
 use crate::config::Config;
@@ -53,14 +54,22 @@ impl Login {
 /// The password of `user` signing in to a registry: `$OUTPOST_PASSWORD`, else asked on the
 /// terminal, else the first line of stdin.
 fn password(user: &str) -> Result<String, String> {
-    if let Ok(p) = std::env::var("OUTPOST_PASSWORD") {
-        return Ok(p);
+    let p = match std::env::var("OUTPOST_PASSWORD") {
+        Ok(p) => p,
+        // SAFETY: isatty only inspects file descriptor 0.
+        Err(_) if unsafe { libc::isatty(0) } == 1 => {
+            users::prompt_hidden(&format!("password for {user}: "))?
+        }
+        Err(_) => users::stdin_line()?,
+    };
+    // Sent, an empty password would only count as a failed login against this address.
+    if p.is_empty() {
+        return Err(format!(
+            "no password for --user {user}: set $OUTPOST_PASSWORD, type it at the prompt, or \
+             give it as the first line of stdin"
+        ));
     }
-    // SAFETY: isatty only inspects file descriptor 0.
-    if unsafe { libc::isatty(0) } == 1 {
-        return users::prompt_hidden(&format!("password for {user}: "));
-    }
-    users::stdin_line()
+    Ok(p)
 }
 
 /// Where a command's work is done: over HTTP by the registry serving the store, or on the store.
@@ -101,17 +110,17 @@ fn reach_or_create(config: &Config, login: &Login, create: bool) -> Result<Reach
     let reached = find(config, login, create)?;
     // Which registry a command acts on is never left to guess.
     match &reached {
-        Reach::Online(Endpoint::Socket(p)) => eprintln!(
+        Reach::Online(Endpoint::Socket(p)) => note!(
             "using the registry serving {} (through its admin socket {})",
             config.data_dir.display(),
             p.display()
         ),
         Reach::Online(Endpoint::Remote(r)) => match r.user() {
-            Some(u) => eprintln!("using the registry at {} as {u}", r.base()),
-            None => eprintln!("using the registry at {}", r.base()),
+            Some(u) => note!("using the registry at {} as {u}", r.base()),
+            None => note!("using the registry at {}", r.base()),
         },
         Reach::Offline(_, path) => {
-            eprintln!("using the store {} (no registry serves it)", path.display())
+            note!("using the store {} (no registry serves it)", path.display())
         }
     }
     Ok(reached)
@@ -148,7 +157,7 @@ fn find(config: &Config, login: &Login, create: bool) -> Result<Reach, String> {
         }
         crate::storage::private_dir(&config.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-        eprintln!(
+        note!(
             "there is no store at {}: creating it for the registry's first start",
             path.display()
         );
@@ -275,7 +284,7 @@ pub fn settings(config: &Config, login: &Login, changes: &[String]) -> Result<()
                         crate::settings::SettingsError::Invalid(m) => m,
                         crate::settings::SettingsError::Store(e) => e.to_string(),
                     })?;
-                eprintln!(
+                note!(
                     "no registry serves {}: changed it directly; it applies from its next start",
                     path.display()
                 );
@@ -591,7 +600,15 @@ fn server_url(s: &str) -> Result<String, String> {
         None => ("http", s),
     };
     let hostport = rest.trim_end_matches('/');
-    if hostport.is_empty() || hostport.contains('/') {
+    if hostport.contains('@') {
+        // Not echoed: the URL holds a password.
+        return Err(
+            "--server: give the user with --user and the password through $OUTPOST_PASSWORD, \
+             the prompt or stdin, not in the URL"
+                .into(),
+        );
+    }
+    if hostport.is_empty() || hostport.contains(['/', '?', '#']) {
         return Err(format!(
             "--server {s:?}: give http://HOST:PORT or https://HOST:PORT (no path)"
         ));
@@ -666,5 +683,8 @@ mod tests {
         assert!(url("ftp://gw1").is_err());
         assert!(url("https://gw1:5000/v2/").is_err());
         assert!(url("https://").is_err());
+        assert!(url("http://gw1:5000?x").is_err());
+        let e = url("https://root:secret@gw1:5000").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
     }
 }

@@ -3,7 +3,9 @@
 //! head -1`. A closed pipe is not the command's failure: the work goes on to its end (a
 //! store is closed properly, never left mid-transaction by a signal), further output is
 //! dropped, and the exit status is the command's own. Any other write error (a full disk
-//! under `> file`) is reported once at the end, exit status 1.
+//! under `> file`) is reported once at the end, exit status 1. Messages to stderr go
+//! through `note!`, which drops what cannot be written: a closed or full stderr never
+//! stops a command half-way.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -25,6 +27,22 @@ macro_rules! out {
     };
 }
 pub(crate) use out;
+
+/// Prints a line to stderr, like `eprintln!`, dropping it if stderr cannot take it.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::cli::output::note_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use note;
+
+/// Writes `args` and a newline to stderr; a failed write is dropped (where would it go?).
+pub fn note_line(args: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(args)
+        .and_then(|()| stderr.write_all(b"\n"));
+}
 
 /// Writes `args` and a newline to stdout, unless its reader is gone.
 pub fn line(args: std::fmt::Arguments<'_>) {

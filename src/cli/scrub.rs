@@ -1,6 +1,7 @@
 //! `outpost scrub`: a scrub pass now, or the scrub's status, on a running registry or a
 //! stopped store.
 
+use super::output::note;
 use super::output::out;
 use super::{call, call_for, reach, Login, Reach};
 use crate::config::Config;
@@ -54,7 +55,7 @@ pub fn scrub(
                     running["objects"], running["bytes"], running["bad"]
                 );
                 if !running.is_null() && !done.load(Ordering::Relaxed) && line != last {
-                    eprintln!("{line}");
+                    note!("{line}");
                     last = line;
                 }
             }

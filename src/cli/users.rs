@@ -1,6 +1,7 @@
 //! `outpost user add|passwd|del|list`: users kept in the store (passwords hashed by the
 //! registry, read from a prompt or stdin, never from the command line).
 
+use super::output::note;
 use super::output::out;
 use super::{call, reach, reach_or_create, Login, Reach};
 use crate::auth::passwords;
@@ -35,8 +36,9 @@ pub fn put(config: &Config, login: &Login, name: &str, create: bool) -> Result<(
     } else {
         out!("changed the password of {name}");
     }
-    if config.auth.is_none() {
-        eprintln!(
+    // The local configuration says nothing about a registry elsewhere.
+    if config.auth.is_none() && login.server.is_none() {
+        note!(
             "note: auth is off in this configuration (no \"access\" rules): passwords are not \
              asked for until it is on"
         );
@@ -93,7 +95,7 @@ pub fn list(config: &Config, login: &Login) -> Result<(), String> {
         }
     }
     if users.is_empty() && htpasswd.as_ref().is_none_or(Vec::is_empty) {
-        eprintln!("no users");
+        note!("no users");
     }
     Ok(())
 }
@@ -124,7 +126,7 @@ pub fn stdin_line() -> Result<String, String> {
 
 /// Reads a line from the terminal with echo off.
 pub fn prompt_hidden(prompt: &str) -> Result<String, String> {
-    eprint!("{prompt}");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), prompt.as_bytes());
     // SAFETY: termios is plain data; tcgetattr fills it for fd 0, a terminal (checked).
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
     if unsafe { libc::tcgetattr(0, &mut saved) } != 0 {

@@ -81,7 +81,7 @@ impl Progress {
         let mut s = self.0.borrow_mut();
         if s.shown {
             draw(&mut s, true);
-            eprintln!();
+            crate::cli::output::note!("");
             s.shown = false;
         }
     }

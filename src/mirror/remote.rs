@@ -141,10 +141,18 @@ impl Remote {
         };
         let mut resp = resp.map_err(|e| {
             let e = e.to_string();
-            // An untrusted certificate is the usual first failure against a self-signed one.
-            let hint = if e.contains("certificate") || e.contains("UnknownIssuer") {
+            // An untrusted certificate is the usual first failure against a self-signed one;
+            // a scheme that is not the server's fails with words that do not say so.
+            let hint = if e.contains("not valid for name") || e.contains("NotValidForName") {
+                " (the certificate does not name this host: use a name or address it was made \
+                 for, e.g. a --host of outpost tls self-signed)"
+            } else if e.contains("certificate") || e.contains("UnknownIssuer") {
                 " (give --ca-file FILE naming the CA that signed its certificate, e.g. the \
                  outpost.crt of outpost tls self-signed)"
+            } else if e.contains("http parse fail") && self.base.starts_with("http://") {
+                " (does it serve HTTPS? then give --server https://…)"
+            } else if e.contains("corrupt message") && self.base.starts_with("https://") {
+                " (does it serve plain HTTP? then give --server http://…)"
             } else {
                 ""
             };
@@ -169,6 +177,9 @@ impl Remote {
             .agent
             .configure_request(req)
             .timeout_recv_response(Some(wait))
+            // An admin answer is small JSON: once its head came, its body follows at once (a
+            // server that stalls it must not hang the command).
+            .timeout_recv_body(Some(Duration::from_secs(30)))
             .build();
         self.agent.run(req)
     }
