@@ -487,6 +487,40 @@ fn remote_management_over_https_with_credentials() {
     assert!(out.contains("deleted repository plant/copy"), "{out}");
     let out = s.ok(&["user", "del", "alice"], "");
     assert!(out.contains("deleted user alice"), "{out}");
+    // The audit trail over HTTPS: --user is its filter there, the sign-in $OUTPOST_USER.
+    let mut cmd = outpost();
+    cmd.args([
+        "audit",
+        "--user",
+        "root",
+        "--json",
+        "--server",
+        &s.server,
+        "--ca-file",
+    ])
+    .arg(&s.cert)
+    .env("OUTPOST_USER", "root")
+    .env("OUTPOST_PASSWORD", ROOT_PW)
+    .stdin(Stdio::null());
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let trail: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let actions: Vec<&str> = trail["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["user"] == "root")
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    for done in [
+        "repository.create",
+        "user.add",
+        "user.passwd",
+        "repository.delete",
+        "user.delete",
+    ] {
+        assert!(actions.contains(&done), "{done} missing from {trail}");
+    }
 
     // What goes wrong says what to do, on one line.
     let last = |o: &Output| stderr(o).lines().last().unwrap_or_default().to_owned();
