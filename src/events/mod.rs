@@ -3,8 +3,8 @@
 //! There is no queue of its own: the audit trail is the queue. Each endpoint has a delivery
 //! thread and a cursor in the store (the last sequence number it received); the thread reads
 //! the records after it, POSTs those its filters take, and moves the cursor once the
-//! endpoint answered 2xx. So an event goes out only once its change is committed (and the
-//! commit of a push is durable), survives restarts, and is retried with exponential backoff
+//! endpoint answered 2xx. So an event goes out only once its change is durable (a change
+//! committed without durability is made durable first), survives restarts, and is retried with exponential backoff
 //! until `maxBackoff`. Delivery is at least once: a crash between a POST and the cursor's
 //! next durable write sends that batch again (with the same event ids, for receivers to
 //! drop). The queue is bounded by `audit.maxRecords`: records dropped before an endpoint got
@@ -112,7 +112,17 @@ fn deliver(store: &Store, e: &Endpoint, source: &Source, stop: &AtomicBool) {
             }
             continue;
         }
-        let (records, lost) = match store.audit_after(cursor, BATCH) {
+        // An event goes out once its change is durable: a non-durable commit (the collector's)
+        // is made so now rather than at its pass's end.
+        if let Err(err) = store.make_audit_durable() {
+            log::warn!("notifications to {}: {err}", e.name);
+            if !pause(backoff, stop) {
+                return;
+            }
+            continue;
+        }
+        let durable = store.durable_audit_seq();
+        let (mut records, lost) = match store.audit_after(cursor, BATCH) {
             Ok(r) => r,
             Err(err) => {
                 log::warn!(
@@ -134,6 +144,11 @@ fn deliver(store: &Store, e: &Endpoint, source: &Source, stop: &AtomicBool) {
                  before they were delivered; {lost_total} since start",
                 e.name
             );
+        }
+        // Committed after the durable commit above: the next round sends them.
+        records.retain(|r| r.seq <= durable);
+        if records.is_empty() && lost == 0 {
+            continue;
         }
         let Some(last) = records.last().map(|r| r.seq) else {
             // Everything after the cursor was dropped: start after what is left.

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 /// The newest committed record's sequence number: notification senders compare their cursor
 /// with it instead of reading the store. Process-wide: one store per process.
 static LAST_SEQ: AtomicU64 = AtomicU64::new(0);
+/// The newest record a durable commit has made durable (with every record before it): what
+/// notifications may send. Non-durable commits (the collector's, mounts) wait for the next
+/// durable one.
+static DURABLE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Failed logins are written at most this often: a flood of them costs one small commit per
 /// interval, whatever its size.
@@ -62,11 +66,23 @@ pub(super) fn append(
     Ok(records)
 }
 
+/// The newest record `tx` holds (0: none): read before a durable commit, which makes it and
+/// every record before it durable.
+pub(super) fn last_in(tx: &WriteTransaction) -> Result<u64, StoreError> {
+    let meta = tx.open_table(META)?;
+    let next = meta.get("next_audit")?.map_or(1, |v| v.value());
+    Ok(next - 1)
+}
+
 /// Called once `records` are durable (or committed): logs them if asked to, and lets the
 /// notification senders know.
-pub(super) fn committed(records: &[Record], config: AuditConfig) {
+/// `durable_upto`: for a durable commit, the newest record it holds (`last_in`).
+pub(super) fn committed(records: &[Record], config: AuditConfig, durable_upto: Option<u64>) {
     if let Some(last) = records.last() {
         LAST_SEQ.fetch_max(last.seq, Ordering::SeqCst);
+    }
+    if let Some(upto) = durable_upto {
+        DURABLE_SEQ.fetch_max(upto, Ordering::SeqCst);
     }
     if config.log {
         for r in records {
@@ -105,7 +121,22 @@ impl Store {
     pub(super) fn load_audit_seq(&self) -> Result<(), StoreError> {
         let tx = self.read()?;
         if let Some((k, _)) = tx.open_table(AUDIT)?.last()? {
+            // What the file holds at open survived: durable.
             LAST_SEQ.fetch_max(k.value(), Ordering::SeqCst);
+            DURABLE_SEQ.fetch_max(k.value(), Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The newest record that is durable (see `make_audit_durable`).
+    pub fn durable_audit_seq(&self) -> u64 {
+        DURABLE_SEQ.load(Ordering::SeqCst)
+    }
+
+    /// Makes every committed record durable (one durable commit), unless they are already.
+    pub fn make_audit_durable(&self) -> Result<(), StoreError> {
+        if self.durable_audit_seq() < self.last_audit_seq() {
+            self.write(true)?.commit()?;
         }
         Ok(())
     }
@@ -188,7 +219,7 @@ impl Store {
             let records = append(&tx, batch.into_iter(), config.max_records)?;
             tx.commit()?;
             self.unflushed.store(true, Ordering::SeqCst);
-            committed(&records, config);
+            committed(&records, config, None);
         }
         if pulls {
             self.write_pulls()?;

@@ -53,6 +53,8 @@ pub(super) struct Tx<'a, T> {
     /// Changes to record in the audit trail when (and only if) this transaction commits.
     changes: RefCell<Vec<Change>>,
     audit: AuditConfig,
+    /// A write transaction committed durably (notifications wait for one).
+    durable: bool,
 }
 
 impl<T> Deref for Tx<'_, T> {
@@ -78,8 +80,12 @@ impl Tx<'_, WriteTransaction> {
             let changes = changes.into_iter().map(|c| (c, actor.clone()));
             super::audit::append(&self.tx, changes, self.audit.max_records)?
         };
+        let durable_upto = match self.durable {
+            true => Some(super::audit::last_in(&self.tx)?),
+            false => None,
+        };
         self.tx.commit()?;
-        super::audit::committed(&records, self.audit);
+        super::audit::committed(&records, self.audit, durable_upto);
         Ok(())
     }
 }
@@ -211,15 +217,21 @@ impl Handle {
         } else {
             tx.set_durability(Durability::None)?;
         }
-        Ok(self.tx(tx, guard))
+        Ok(self.tx(tx, guard, durable))
     }
 
-    fn tx<'a, T>(&self, tx: T, guard: RwLockReadGuard<'a, Option<Database>>) -> Tx<'a, T> {
+    fn tx<'a, T>(
+        &self,
+        tx: T,
+        guard: RwLockReadGuard<'a, Option<Database>>,
+        durable: bool,
+    ) -> Tx<'a, T> {
         Tx {
             tx,
             _guard: guard,
             changes: RefCell::default(),
             audit: self.audit,
+            durable,
         }
     }
 
@@ -227,7 +239,7 @@ impl Handle {
     pub fn read(&self) -> Result<Tx<'_, ReadTransaction>, StoreError> {
         let guard = self.guard()?;
         let tx = guard.as_ref().expect("checked by guard()").begin_read()?;
-        Ok(self.tx(tx, guard))
+        Ok(self.tx(tx, guard, false))
     }
 }
 
