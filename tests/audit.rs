@@ -186,9 +186,9 @@ fn a_session_of_two_users_is_recorded_in_order_across_a_crash() {
     // A failed login: recorded without the password, tallied, written at the next flush.
     let wrong = reg.client().bound_to(TWO).as_user("mallory", "guess-1");
     assert_eq!(wrong.get("/v2/").status, 401);
-    want.push(r#"mallory 127.0.0.2 login.failed - count=1 users=["mallory"]"#.into());
+    want.push(r#"anonymous 127.0.0.2 login.failed - count=1 users=["mallory"]"#.into());
     let until = Instant::now() + bound(Duration::from_secs(10));
-    while !records(&reg, "?user=mallory")
+    while !records(&reg, "?user=anonymous")
         .iter()
         .any(|r| r["action"] == "login.failed")
     {
@@ -352,4 +352,51 @@ fn the_collectors_deletions_are_its_own() {
         "{by_gc:?}"
     );
     assert!(records(&reg, "?user=root").is_empty());
+}
+
+#[test]
+fn a_long_trail_reads_through_the_admin_socket_and_hostile_names_stay_words() {
+    let (dir, reg) = site("audit-long", json!({"audit": {"log": true}}));
+    // 200 records: an answer far larger than one write (it came chunked, and was unreadable).
+    let root = user(&reg, "root", ONE);
+    for i in 0..100 {
+        create_repo(&root, &format!("team/r{i}"));
+        assert_eq!(
+            root.delete(&format!("/admin/repositories/team/r{i}"))
+                .status,
+            200
+        );
+    }
+    let got = cli_records(dir.path(), &[]);
+    assert_eq!(got.len(), 203, "{got:?}");
+    assert_eq!(
+        got[202],
+        "root 127.0.0.1 repository.delete team/r99 blobsFreed=0"
+    );
+
+    // A name tried at login is what a client claimed: the record is anonymous's, and the
+    // name one quoted word of its line (no forged second line, no escape codes).
+    let forged = "x\n2026-12-02T05:00:00Z #999 root 10.0.0.9 repository.erase team/app";
+    let r = reg.client().as_user(forged, "wrong").get("/v2/");
+    assert_eq!(r.status, 401);
+    let log = reg.log_with("login.failed");
+    assert!(!log.contains("\n2026-12-02T05:00:00Z #999"), "{log}");
+    let out = cli(dir.path(), &["audit", "--user", "root"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !lines.contains("login.failed") && !lines.contains("#999"),
+        "{lines}"
+    );
+    let out = cli(dir.path(), &["audit", "--user", "anonymous"], "");
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    let failed: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains("login.failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{lines}");
+    assert!(
+        failed[0].contains(r#"users=["x\n2026"#) || failed[0].contains("users=[\"x\\n2026"),
+        "{lines}"
+    );
 }

@@ -141,21 +141,35 @@ impl Record {
             "{} #{} {} {} {}",
             crate::clock::rfc3339(self.time),
             self.seq,
-            self.user,
+            word(&self.user),
             self.addr.as_deref().unwrap_or("-"),
             self.action
         );
         if let Some(r) = &self.repo {
             s.push(' ');
-            s.push_str(r);
+            s.push_str(&word(r));
         }
         for (k, v) in &self.details {
             match v {
-                Value::String(t) => s.push_str(&format!(" {k}={t}")),
+                Value::String(t) => s.push_str(&format!(" {k}={}", word(t))),
                 v => s.push_str(&format!(" {k}={v}")),
             }
         }
         s
+    }
+}
+
+/// `s` as one word of a record's line: as it is if it is plain, else quoted and escaped as a
+/// JSON string. A name a client sent (a user tried at login) cannot break the line, fake
+/// another, or smuggle terminal escapes.
+fn word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '='));
+    if plain {
+        s.to_owned()
+    } else {
+        Value::String(s.to_owned()).to_string()
     }
 }
 
@@ -221,7 +235,7 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        o if o.len() == 6 && matches!(&o[..1], "+" | "-") && &o[3..4] == ":" => {
+        o if o.len() == 6 && o.is_ascii() && matches!(&o[..1], "+" | "-") && &o[3..4] == ":" => {
             let m = o[1..3].parse::<i64>().ok()? * 60 + o[4..6].parse::<i64>().ok()?;
             if o.starts_with('-') {
                 -m * 60
@@ -352,11 +366,9 @@ impl Tally {
                 let change = Change::new(action)
                     .with("count", n)
                     .with("users", users.clone());
-                let user = if users.len() == 1 {
-                    users[0].clone()
-                } else {
-                    "anonymous".to_owned()
-                };
+                // The names tried are what a client claimed, never who acted: a failed
+                // login is anonymous's (else "root" tried by anyone reads as root's record).
+                let user = "anonymous".to_owned();
                 (change, Actor { user, addr })
             })
             .collect();
@@ -368,6 +380,18 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_holds_hostile_names_as_one_word() {
+        assert_eq!(word("alice"), "alice");
+        assert_eq!(word("x\n2026 #9 root"), "\"x\\n2026 #9 root\"");
+        assert_eq!(word("a b"), "\"a b\"");
+        assert_eq!(word("\u{1b}[31m"), "\"\\u001b[31m\"");
+        assert_eq!(word(""), "\"\"");
+        // Non-ASCII offsets are refused, not sliced mid-character.
+        assert_eq!(parse_rfc3339("2026-12-02T04:00:00\u{e9}0:00"), None);
+        assert_eq!(parse_rfc3339("2026-12-02T04:00:00+\u{e9}:00"), None);
+    }
 
     #[test]
     fn since_forms() {

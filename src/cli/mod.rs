@@ -625,9 +625,11 @@ fn request(
     body: Option<&str>,
 ) -> std::io::Result<(u16, Vec<u8>)> {
     let body = body.unwrap_or("");
+    // HTTP/1.0: the answer comes unchunked, its end the connection's (a large admin answer,
+    // such as a long audit trail, would otherwise come chunked).
     write!(
         conn,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
@@ -643,7 +645,35 @@ fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other("malformed status line"))?;
-    Ok((status, raw[split + 4..].to_vec()))
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding") && v.trim() == "chunked"
+        })
+    });
+    let body = &raw[split + 4..];
+    if chunked {
+        return Ok((status, dechunk(body)?));
+    }
+    Ok((status, body.to_vec()))
+}
+
+/// The payload of a chunked body (a server may chunk whatever the request's version).
+fn dechunk(mut body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bad = || std::io::Error::other("malformed chunked body");
+    let mut out = Vec::new();
+    loop {
+        let eol = body.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size = std::str::from_utf8(&body[..eol]).map_err(|_| bad())?;
+        let size = size.split(';').next().unwrap_or_default().trim();
+        let n = usize::from_str_radix(size, 16).map_err(|_| bad())?;
+        body = &body[eol + 2..];
+        if n == 0 {
+            return Ok(out);
+        }
+        let chunk = body.get(..n).ok_or_else(bad)?;
+        out.extend_from_slice(chunk);
+        body = body.get(n + 2..).ok_or_else(bad)?;
+    }
 }
 
 /// The JSON of an `ok` answer, or the error message the registry sent.
@@ -684,6 +714,12 @@ mod tests {
         assert!(url("https://gw1:5000/v2/").is_err());
         assert!(url("https://").is_err());
         assert!(url("http://gw1:5000?x").is_err());
+        assert_eq!(
+            super::dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(super::dechunk(b"zz\r\n").is_err());
+        assert!(super::dechunk(b"9\r\nabc").is_err());
         let e = url("https://root:secret@gw1:5000").unwrap_err();
         assert!(!e.contains("secret"), "{e}");
     }
