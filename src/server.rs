@@ -310,7 +310,11 @@ fn serve(
     limits: tiny_http::Limits,
     origin: http::Origin,
 ) {
-    let (conn, origin) = match conn {
+    let peer = match &conn {
+        Incoming::Tcp(s) => s.peer_addr().ok(),
+        Incoming::Unix(_) => None,
+    };
+    let (mut conn, origin) = match conn {
         Incoming::Tcp(s) => match tiny_http::HttpConnection::tcp(s, limits, tls) {
             Ok(c) => (c, origin),
             Err(e) => {
@@ -324,13 +328,28 @@ fn serve(
         ),
     };
     slot.watch(conn.watch());
-    for req in conn {
+    for req in conn.by_ref() {
         http::handle(app, req, origin);
         slot.answered();
         if slot.stopping() {
             break;
         }
     }
+    if let Some((status, why)) = conn.refused() {
+        rejected(status, why, peer);
+    }
+}
+
+/// Counts and logs (at most one line a minute: a scanner or a broken client may send many) a
+/// request the HTTP layer answered by itself, which neither the access log nor the request
+/// counters see.
+fn rejected(status: u16, why: &str, peer: Option<std::net::SocketAddr>) {
+    static LOG: crate::net::Throttled = crate::net::Throttled::new(Duration::from_secs(60));
+    crate::metrics::get().rejected(status);
+    LOG.warn(|| {
+        let peer = peer.map_or("the admin socket".to_owned(), |p| p.ip().to_string());
+        format!("answered {status} ({why}) to {peer} before any handler, and closed")
+    });
 }
 
 /// Name of the systemd credential holding the master key (`LoadCredential=`).

@@ -45,6 +45,11 @@ fn access_lines_name_client_user_bytes_and_time() {
     assert_eq!(alice.get(&blob).body, data);
     assert_eq!(alice.head(&blob).status, 200);
     assert_eq!(reg.client().get(&blob).status, 401);
+    // A token login names the user whose credentials verified; a failed one names nobody.
+    let token = "/token?service=outpost&scope=repository:team/app:pull";
+    assert_eq!(alice.get(token).status, 200);
+    let wrong = reg.client().as_user("alice", "not-the-password");
+    assert_eq!(wrong.get(token).status, 401);
 
     let lines = reg.requests();
     let patch = lines
@@ -65,6 +70,18 @@ fn access_lines_name_client_user_bytes_and_time() {
     assert!(
         refused.ends_with(" addr=127.0.0.1 user=anonymous"),
         "{refused}"
+    );
+    let login = line(&lines, &format!("GET {token} 200 "));
+    assert!(login.ends_with(" addr=127.0.0.1 user=alice"), "{login}");
+    // Its line may reach the log after the marker's (another connection's thread).
+    let log = reg.log_with(&format!("GET {token} 401 "));
+    let failed = log
+        .lines()
+        .find(|l| l.contains(&format!("GET {token} 401 ")))
+        .unwrap();
+    assert!(
+        failed.ends_with(" addr=127.0.0.1 user=anonymous"),
+        "{failed}"
     );
     let ms: f64 = get
         .split(" time=")

@@ -27,7 +27,7 @@ fn password(user: &str) -> &'static str {
 
 /// Every family `/metrics` has (counters by their name without `_total`, as the parser
 /// names them).
-const FAMILIES: [&str; 35] = [
+const FAMILIES: [&str; 37] = [
     "outpost_build_info",
     "outpost_process_start_time_seconds",
     "outpost_requests",
@@ -63,6 +63,8 @@ const FAMILIES: [&str; 35] = [
     "outpost_cache_fill_bytes",
     "outpost_failed_logins",
     "outpost_rate_limited",
+    "outpost_connections_refused",
+    "outpost_requests_rejected",
 ];
 
 /// A scrape as the parser read it: family name -> (type, samples (name, labels, value)).
@@ -609,4 +611,120 @@ fn mirror_and_pull_through_cache_counters() {
         s3.since(&s2, "outpost_store_repositories") >= 1.0,
         "app synced"
     );
+}
+
+/// Everything the server sends after `sent` on a new connection, until it closes it.
+fn answer_to(addr: SocketAddr, sent: &[u8]) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s.write_all(sent).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn refusals_before_any_handler_are_counted_and_logged() {
+    use std::cell::Cell;
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new("metrics-refused");
+    let reg = Registry::start_with(
+        &dir.path().join("data"),
+        &["--max-connections", "1", "--header-timeout", "1s"],
+    );
+    // One connection at a time: a closing one (a refused request lingers for up to half a
+    // second) may hold the place, so a client retries on 503; those are counted too.
+    let busy_seen = Cell::new(0.0);
+    let answer = |sent: &[u8]| loop {
+        let got = answer_to(reg.addr, sent);
+        if !got.starts_with("HTTP/1.1 503 ") {
+            return got;
+        }
+        busy_seen.set(busy_seen.get() + 1.0);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let scrape = || {
+        let got = answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let body = got.split_once("\r\n\r\n").unwrap().1;
+        Scrape::parse(body)
+    };
+    let rejected = |s: &Scrape, status: &str| {
+        s.value(
+            "outpost_requests_rejected",
+            "outpost_requests_rejected_total",
+            &[("status", status)],
+        )
+    };
+    let busy = |s: &Scrape| {
+        s.value(
+            "outpost_connections_refused",
+            "outpost_connections_refused_total",
+            &[("reason", "maxConnections")],
+        )
+    };
+    let before = scrape();
+    // A malformed request line, one over the 16 KiB limit, and a head that never ends: the
+    // HTTP layer answers them itself.
+    let malformed = answer(b"NONSENSE\r\n\r\n");
+    assert!(malformed.starts_with("HTTP/1.1 400 "), "{malformed}");
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20_000));
+    let long = answer(long.as_bytes());
+    assert!(long.starts_with("HTTP/1.1 400 "), "{long}");
+    let slow = answer(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n");
+    assert!(slow.starts_with("HTTP/1.1 408 "), "{slow}");
+
+    // The one connection busy with an upload (its handler waits for the body): a newcomer
+    // gets 503 from the listener.
+    let loc = answer(
+        b"POST /v2/edge/app/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix("Location: ").map(str::to_owned))
+    .expect("an upload session");
+    let mut held = loop {
+        let mut held = std::net::TcpStream::connect(reg.addr).unwrap();
+        write!(
+            held,
+            "PATCH {loc} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+             Content-Length: 1000000\r\n\r\n"
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(&mut held).read_line(&mut line).unwrap();
+        if line.starts_with("HTTP/1.1 100") {
+            break held;
+        }
+        assert!(line.starts_with("HTTP/1.1 503"), "{line}");
+        busy_seen.set(busy_seen.get() + 1.0);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    held.write_all(&[0u8; 1000]).unwrap();
+    let refused = answer_to(reg.addr, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    drop(held);
+
+    // Counted once each connection is closed, a moment after the client read its answer.
+    let deadline = Instant::now() + bound(Duration::from_secs(10));
+    let after = loop {
+        let s = scrape();
+        if rejected(&s, "408") > rejected(&before, "408") || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(rejected(&after, "400") - rejected(&before, "400"), 2.0);
+    assert_eq!(rejected(&after, "408") - rejected(&before, "408"), 1.0);
+    assert_eq!(rejected(&after, "505"), 0.0);
+    assert_eq!(busy(&after) - busy(&before), 1.0 + busy_seen.get());
+    // Neither reaches the request counters; one log line tells (the rest are rate-limited).
+    assert_eq!(after.requests("other", "other", "400"), 0.0);
+    let log = reg.log_with("before any handler");
+    assert!(
+        log.contains("answered 400 (malformed request line) to 127.0.0.1"),
+        "{log}"
+    );
+    assert_eq!(log.matches("before any handler").count(), 1, "{log}");
 }

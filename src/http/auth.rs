@@ -393,7 +393,14 @@ impl Gate {
 
     /// `GET /token` (Docker's token flow) and `POST /token` (OAuth2 password grant, as
     /// containerd tries first): a signed token with the asked scopes the caller is granted.
-    fn token(&self, store: &Store, req: &mut Request, query: &Query) -> Result<Reply> {
+    /// `signed_in` is set to the user whose credentials verified, for the access log.
+    fn token(
+        &self,
+        store: &Store,
+        req: &mut Request,
+        query: &Query,
+        signed_in: &mut String,
+    ) -> Result<Reply> {
         let post = *req.method() == Method::Post;
         let (user, scopes): (Option<String>, Vec<String>) = if post {
             let body = read_small_body(req, 16 << 10, ("token request", Code::Unsupported), None)?;
@@ -441,6 +448,9 @@ impl Gate {
             };
             (user, scopes(query.all("scope")))
         };
+        if let Some(u) = &user {
+            u.clone_into(signed_in);
+        }
         if scopes.len() > tokens::MAX_SCOPES {
             return Err(ApiError::new(
                 400,
@@ -520,9 +530,10 @@ pub fn token(
     store: &Store,
     req: &mut Request,
     query: &Query,
+    signed_in: &mut String,
 ) -> Result<Reply> {
     match gate {
-        Some(g) => g.token(store, req, query),
+        Some(g) => g.token(store, req, query, signed_in),
         None => Err(ApiError::new(
             404,
             Code::Unsupported,

@@ -243,7 +243,7 @@ fn dispatch(app: &App, req: &mut Request, origin: Origin, who: &mut Who) -> Resu
     let _actor = crate::audit::acting_as(&who.user, who.addr);
     use Method::*;
     match (route, &method) {
-        (Route::Token, Get | Post) => auth::token(gate, &app.store, req, &query),
+        (Route::Token, Get | Post) => auth::token(gate, &app.store, req, &query, &mut who.user),
         (Route::Health(probe), Get | Head) => Ok(health::reply(app, probe)),
         (Route::Base, Get | Head) => Ok(Reply::bytes(200, "application/json", b"{}".to_vec())),
         (Route::Catalog, Get) => tags::catalog(app, &query, &|r| caller.may_list(gate, r)),

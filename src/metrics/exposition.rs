@@ -1,7 +1,7 @@
 //! The Prometheus text exposition format (0.0.4), written by hand: `# HELP` and `# TYPE` per
 //! family, then its samples. Label values are fixed words or the version; escaped anyway.
 
-use super::{load, Metrics, BUCKETS, KINDS, METHODS, REASONS, STATUSES};
+use super::{load, Metrics, BUCKETS, BUSY, KINDS, METHODS, REASONS, REJECTED, STATUSES};
 use crate::storage::Store;
 use std::fmt::Write as _;
 
@@ -109,6 +109,36 @@ pub fn scrape(m: &'static Metrics, store: &Store, reserve: u64) -> String {
         "Client connections open on the main listener.",
         load(&m.connections),
     );
+    o.family(
+        "outpost_connections_refused_total",
+        "counter",
+        "Connections a listener refused without serving them (503, or closed on a TLS port): \
+         maxConnections busy, or no thread could be started.",
+    );
+    for (reason, a) in BUSY.iter().zip(&m.busy) {
+        o.sample(
+            "outpost_connections_refused_total",
+            &[("reason", reason)],
+            load(a),
+        );
+    }
+    o.family(
+        "outpost_requests_rejected_total",
+        "counter",
+        "Requests the HTTP layer answered itself and closed, before any handler (not in the \
+         access log nor outpost_requests_total), by status.",
+    );
+    for (status, a) in REJECTED.iter().zip(&m.rejected) {
+        let status = match status {
+            0 => "other".to_owned(),
+            s => s.to_string(),
+        };
+        o.sample(
+            "outpost_requests_rejected_total",
+            &[("status", &status)],
+            load(a),
+        );
+    }
     o.family(
         "outpost_transfers_active",
         "gauge",

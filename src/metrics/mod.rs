@@ -75,6 +75,21 @@ const STATUSES: [u16; 22] = [
     503, 507, 0,
 ];
 
+/// Statuses the HTTP layer answers by itself, before a request is routed (a head it cannot
+/// read, or that timed out); any other is counted as `other`.
+const REJECTED: [u16; 6] = [400, 408, 417, 501, 505, 0];
+
+/// Why a listener refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// `maxConnections` are open, none idle or behind.
+    MaxConnections,
+    /// No thread could be started for it.
+    NoThread,
+}
+
+const BUSY: [&str; 2] = ["maxConnections", "noThread"];
+
 /// Upper bounds of the latency buckets, seconds: 1 ms to a minute.
 const BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -196,6 +211,8 @@ pub struct Metrics {
     cache_fill_bytes: AtomicU64,
     failed_logins: AtomicU64,
     rate_limited: AtomicU64,
+    rejected: [AtomicU64; REJECTED.len()],
+    busy: [AtomicU64; BUSY.len()],
     /// Store totals of the last scrape, and when they were read.
     totals: Mutex<Option<(Instant, Totals)>>,
     /// Something was written since: the totals are read again.
@@ -248,6 +265,8 @@ impl Metrics {
             cache_fill_bytes: AtomicU64::new(0),
             failed_logins: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            rejected: [const { AtomicU64::new(0) }; REJECTED.len()],
+            busy: [const { AtomicU64::new(0) }; BUSY.len()],
             totals: Mutex::new(None),
             stale: AtomicBool::new(true),
         }
@@ -367,6 +386,21 @@ impl Metrics {
     /// A login was refused because its address failed too often.
     pub fn rate_limited(&self) {
         add(&self.rate_limited, 1);
+    }
+
+    /// A connection was answered `status` by the HTTP layer itself and closed: its request
+    /// never reached a handler.
+    pub fn rejected(&self, status: u16) {
+        let s = REJECTED
+            .iter()
+            .position(|x| *x == status)
+            .unwrap_or(REJECTED.len() - 1);
+        add(&self.rejected[s], 1);
+    }
+
+    /// A listener refused a connection (503, or closed on TLS) without serving it.
+    pub fn busy(&self, why: Busy) {
+        add(&self.busy[why as usize], 1);
     }
 
     /// The store's totals: read again if something was written since the last read or it is

@@ -5,6 +5,7 @@
 
 use super::pool::{Admission, Incoming, Pool};
 use super::{Backoff, Throttled};
+use crate::metrics::Busy;
 use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -165,6 +166,7 @@ pub fn accept_loop(
         match pool.admit(conn) {
             Admission::Served => backoff.reset(),
             Admission::Full(conn) => {
+                crate::metrics::get().busy(Busy::MaxConnections);
                 FULL.warn(|| {
                     format!(
                         "{} connections are open (maxConnections), none idle or behind: new \
@@ -175,6 +177,7 @@ pub fn accept_loop(
                 refuse(conn, refusal, &lingerer);
             }
             Admission::NoThread(conn, e) => {
+                crate::metrics::get().busy(Busy::NoThread);
                 THREAD.warn(|| {
                     format!(
                         "cannot start a thread for a connection: {e} (a thread or memory \

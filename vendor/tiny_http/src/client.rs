@@ -77,6 +77,10 @@ pub struct ClientConnection {
     // Outpost patch: the connection ends with input the server did not read (an error answer,
     // an undrained body): close it gently, so the answer is not lost to a reset
     linger: bool,
+
+    // Outpost patch: the status this connection was refused with before a request reached the
+    // caller, and why (the caller counts and logs what it never saw)
+    refused: Option<(u16, &'static str)>,
 }
 
 /// Error that can happen when reading a request.
@@ -126,6 +130,7 @@ impl ClientConnection {
             plain,
             first: true,
             linger: false,
+            refused: None,
         }
     }
 
@@ -137,6 +142,11 @@ impl ClientConnection {
     /// Outpost patch: the connection ends with input the server did not read.
     pub(crate) fn lingers(&self) -> bool {
         self.linger
+    }
+
+    /// Outpost patch: the status the connection answered by itself before it closed, and why.
+    pub(crate) fn refused(&self) -> Option<(u16, &'static str)> {
+        self.refused
     }
 
     /// Reads the next line from self.next_header_source.
@@ -297,8 +307,14 @@ impl ClientConnection {
 
     /// Outpost patch: answers a request that cannot be served with `status` (and `text`), says
     /// the connection closes, and marks it to close gently.
-    fn refuse(&mut self, status: u16, version: HTTPVersion, text: &str) {
+    fn refuse(&mut self, status: u16, version: HTTPVersion, text: &'static str) {
         use crate::{Response, StatusCode};
+        let why = if text.is_empty() {
+            StatusCode(status).default_reason_phrase()
+        } else {
+            text
+        };
+        self.refused = Some((status, why));
         let writer = self.sink.next().unwrap();
         let mut response = Response::from_string(text).with_status_code(StatusCode(status));
         response.push_connection_close();
@@ -306,8 +322,10 @@ impl ClientConnection {
         self.linger = true;
     }
 
-    /// Outpost patch: writes `bytes` as they are (answers in another protocol's terms).
-    fn refuse_raw(&mut self, bytes: &[u8]) {
+    /// Outpost patch: writes `bytes` as they are (answers in another protocol's terms); `status`
+    /// and `why` are what the caller is told it was.
+    fn refuse_raw(&mut self, status: u16, why: &'static str, bytes: &[u8]) {
+        self.refused = Some((status, why));
         let mut writer = self.sink.next().unwrap();
         let _ = writer.write_all(bytes).and_then(|()| writer.flush());
         self.linger = true;
@@ -361,11 +379,11 @@ impl Iterator for ClientConnection {
                 return None;
             }
             Err(ReadError::TlsOnPlain) => {
-                self.refuse_raw(TLS_ON_PLAIN);
+                self.refuse_raw(400, "a TLS handshake on the plain-HTTP port", TLS_ON_PLAIN);
                 return None;
             }
             Err(ReadError::Http2Preface) => {
-                self.refuse_raw(H2_GOAWAY);
+                self.refuse_raw(505, "an HTTP/2 prior-knowledge preface", H2_GOAWAY);
                 return None;
             }
             Err(ReadError::ExpectationFailed(ver)) => {

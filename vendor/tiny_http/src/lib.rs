@@ -51,6 +51,7 @@ pub struct HttpConnection {
     client: Option<ClientConnection>,
     conn: Arc<Connection>,
     pace: Arc<Pace>,
+    refused: Option<(u16, &'static str)>,
 }
 
 /// Outpost patch: what another thread may know and do about a connection.
@@ -121,7 +122,15 @@ impl HttpConnection {
             client: Some(ClientConnection::new(write, read, pace.clone())),
             conn,
             pace,
+            refused: None,
         }
+    }
+
+    /// Once the iteration has ended, the status the connection answered by itself as it closed
+    /// (a request the caller never saw: a malformed or oversized head, a head that timed out,
+    /// an unsupported version, coding or `Expect`), and why.
+    pub fn refused(&self) -> Option<(u16, &'static str)> {
+        self.refused
     }
 
     /// A handle for other threads: is the connection idle, and closing it.
@@ -140,6 +149,7 @@ impl HttpConnection {
         let Some(client) = self.client.take() else {
             return;
         };
+        self.refused = client.refused();
         let linger = client.lingers() || self.pace.closing();
         drop(client); // flushes the last response
         let _ = self.conn.shutdown(Shutdown::Write);
