@@ -323,15 +323,25 @@ fn pulls_are_counted_per_repository_and_reference() {
     assert_eq!(alice.get("/v2/team/app/manifests/v1").status, 200);
     want.iter_mut().find(|(r, _)| r == "v1").unwrap().1 = 4;
     assert_eq!(counts(&reg), want);
-    assert!(reg.terminate().success());
+    // The CLI through the admin socket.
     let out = cli(dir.path(), &["audit", "--pulls"], "");
-    assert!(out.status.success(), "{}", text(&out));
     let o = String::from_utf8_lossy(&out.stdout);
     assert!(
         o.lines()
             .any(|l| l.starts_with("team/app") && l.contains(" v1 ") && l.contains(" 4 ")),
         "{o}"
     );
+    // A deleted repository's counts go with it, those in memory too: a new repository of
+    // its name starts at nothing.
+    assert_eq!(alice.get("/v2/team/app/manifests/v1").status, 200);
+    let root = user(&reg, "root", ONE);
+    assert_eq!(root.delete("/admin/repositories/team/app").status, 200);
+    assert_eq!(counts(&reg), []);
+    assert!(reg.terminate().success());
+    let out = cli(dir.path(), &["audit", "--pulls"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let o = String::from_utf8_lossy(&out.stdout);
+    assert!(!o.contains("team/app"), "{o}");
 }
 
 #[test]

@@ -259,3 +259,68 @@ fn records_the_audit_bound_dropped_before_delivery_are_logged_as_lost() {
     reg.log_with("notifications to agent: 2 audit record(s) were dropped");
     receiver.stop();
 }
+
+#[test]
+fn a_push_of_several_tags_is_one_event_each_and_a_redirect_is_not_a_delivery() {
+    // An endpoint that answers every POST with a redirect to the real receiver: not followed
+    // (it would turn the POST into a GET), and not taken as delivered.
+    let dir = TempDir::new("events-redirect");
+    let got = Got::default();
+    let receiver = Receiver::start(0, got.clone());
+    let redirector = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hop = redirector.local_addr().unwrap().port();
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (posts2, target) = (posts.clone(), receiver.port);
+    std::thread::spawn(move || {
+        for conn in redirector.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            if line.starts_with("POST ") {
+                posts2.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{target}/events\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let reg = start_registry(dir.path(), hop, json!({}));
+    let c = reg.client();
+    let m = push_tagged(&c, "fleet/app", "v1", 5);
+    let until = Instant::now() + bound(Duration::from_secs(15));
+    while posts.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < until, "the refused batch was not retried");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(got.lock().unwrap().is_empty(), "a redirect was followed");
+    reg.log_with("answered 302");
+    drop(reg);
+
+    // The real receiver: a push of one manifest under two tags is two push events.
+    let dir = TempDir::new("events-tags");
+    let reg = start_registry(dir.path(), receiver.port, json!({}));
+    let c = reg.client();
+    push_tagged(&c, "fleet/app", "v1", 5);
+    let d = sha256(&m);
+    let r = c.req(
+        "PUT",
+        &format!("/v2/fleet/app/manifests/{d}?tag=blue&tag=green"),
+        &[("Content-Type", OCI_MANIFEST)],
+        Body::Bytes(&m),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let g = wait_for(&got, 3);
+    let tags: Vec<&str> = g[1..]
+        .iter()
+        .map(|(e, _, _)| e["target"]["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["blue", "green"], "{g:#?}");
+    assert_ne!(g[1].0["id"], g[2].0["id"]);
+    assert!(g[1..]
+        .iter()
+        .all(|(e, _, _)| e["action"] == "push" && e["target"]["digest"] == d.as_str()));
+    receiver.stop();
+}

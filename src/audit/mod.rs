@@ -346,6 +346,13 @@ impl Tally {
         out
     }
 
+    /// Forgets the pulls counted of `repo` (deleted: a new repository of its name starts at 0).
+    pub fn forget_repo(&mut self, repo: &str) {
+        if let Some(refs) = self.pulls.remove(repo) {
+            self.pull_keys -= refs.len();
+        }
+    }
+
     /// True if failed logins wait to be written.
     pub fn has_logins(&self) -> bool {
         !self.logins.is_empty()

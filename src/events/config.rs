@@ -83,6 +83,23 @@ pub fn resolve(specs: Option<Vec<EndpointSpec>>) -> Result<Vec<Endpoint>, String
         if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
             return Err(format!("{what}: url must start with http:// or https://"));
         }
+        // Checked now, not at every retry for ever; the URL is not echoed (it may hold a
+        // password).
+        let uri: ureq::http::Uri = s
+            .url
+            .parse()
+            .map_err(|_| format!("{what}: url is not a valid http(s) URL"))?;
+        match uri.authority() {
+            None => return Err(format!("{what}: url names no host")),
+            Some(a) if a.host().is_empty() => return Err(format!("{what}: url names no host")),
+            Some(a) if a.as_str().contains('@') => {
+                return Err(format!(
+                    "{what}: url holds credentials: send them in headers or secretHeaderFile \
+                     (kept out of URLs and logs)"
+                ))
+            }
+            Some(_) => {}
+        }
         let mut headers: Vec<(String, String)> =
             s.headers.unwrap_or_default().into_iter().collect();
         if let Some(path) = &s.secret_header_file {
@@ -161,6 +178,10 @@ mod tests {
         assert!(e[0].wants_repo("fleet/a") && !e[0].wants_repo("other"));
         assert_eq!(e[0].timeout, Duration::from_secs(5));
         assert!(spec(r#"{"name": "a", "url": "ftp://x"}"#).is_err());
+        for bad in ["http://", "http://exa mple/x y", "http://u:pw@host/x"] {
+            let e = spec(&format!(r#"{{"name": "a", "url": "{bad}"}}"#)).unwrap_err();
+            assert!(!e.contains("pw@"), "{e}");
+        }
         assert!(spec(r#"{"name": "a b", "url": "http://x"}"#).is_err());
         assert!(spec(r#"{"name": "a", "url": "http://x", "actions": ["pull"]}"#).is_err());
         assert!(spec(r#"{"name": "a", "url": "http://x", "timeout": "0s"}"#).is_err());

@@ -157,7 +157,7 @@ fn deliver(store: &Store, e: &Endpoint, source: &Source, stop: &AtomicBool) {
         };
         let events: Vec<Value> = records
             .iter()
-            .filter_map(|r| event(r, source))
+            .flat_map(|r| events_of(r, source))
             .filter(|(action, repo, _)| {
                 (if *action == "push" { e.push } else { e.delete }) && e.wants_repo(repo)
             })
@@ -193,11 +193,47 @@ fn post(agent: &ureq::Agent, e: &Endpoint, events: &[Value]) -> Result<(), Strin
     for (k, v) in &e.headers {
         req = req.header(k.as_str(), v.as_str());
     }
+    // A redirect is not followed: ureq would turn the POST into a bodyless GET, and the
+    // 2xx of that would move the cursor past events never received.
+    let req = req
+        .config()
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .build();
     match req.send(&body[..]) {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("{} answered {}", e.url, r.status())),
-        Err(err) => Err(format!("{}: {err}", e.url)),
+        Ok(r) => Err(format!("it answered {}", r.status())),
+        // The URL is not repeated: it may hold credentials (the endpoint's name says which).
+        Err(err) => Err(err.to_string()),
     }
+}
+
+/// The events a record is: its `event`, once per tag for a push that set several (ids after
+/// the first get `.N`, stable across redeliveries like the first).
+fn events_of(r: &Record, source: &Source) -> Vec<(&'static str, String, Value)> {
+    let Some(first) = event(r, source) else {
+        return Vec::new();
+    };
+    let tags: Vec<&str> = r
+        .details
+        .get("tags")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if r.action != "manifest.push" || tags.len() < 2 {
+        return vec![first];
+    }
+    tags.iter()
+        .enumerate()
+        .map(|(i, tag)| {
+            let (action, repo, mut v) = first.clone();
+            v["target"]["tag"] = (*tag).into();
+            if i > 0 {
+                v["id"] = format!("{}-{}.{i}", source.instance, r.seq).into();
+            }
+            (action, repo, v)
+        })
+        .collect()
 }
 
 /// The event a record is, if it is one: (`push` or `delete`, repository, the event).

@@ -6,7 +6,7 @@ use super::schema::{AUDIT, EVENT_CURSORS, META, PULLS};
 use super::{Store, StoreError};
 use crate::audit::config::AuditConfig;
 use crate::audit::{Actor, Change, Filter, Record, Tally};
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,23 @@ pub(super) fn append(
         table.pop_first()?;
     }
     Ok(records)
+}
+
+/// Drops the stored pull counts of repository `name` (deleted), in `tx`.
+pub(super) fn drop_pulls(tx: &WriteTransaction, name: &str) -> Result<(), StoreError> {
+    tx.open_table(PULLS)?
+        .retain_in::<(&str, &str), _>((name, "")..=(name, "\u{10ffff}"), |_, _| false)?;
+    Ok(())
+}
+
+/// After a reopen the file is at its last durable state: the numbers follow it (a record of a
+/// commit it lost is gone, and its number is given again; no event was sent for it).
+pub(super) fn reload_seqs(db: &redb::Database) -> Result<(), StoreError> {
+    let tx = db.begin_read()?;
+    let last = tx.open_table(AUDIT)?.last()?.map_or(0, |(k, _)| k.value());
+    LAST_SEQ.store(last, Ordering::SeqCst);
+    DURABLE_SEQ.store(last, Ordering::SeqCst);
+    Ok(())
 }
 
 /// The newest record `tx` holds (0: none): read before a durable commit, which makes it and
@@ -181,6 +198,11 @@ impl Store {
     /// Counts a failed login (written with the next batch: see `flush_tallies`).
     pub fn login_failed(&self, addr: Option<std::net::IpAddr>, user: &str, limited: bool) {
         self.tally().0.login_failed(addr, user, limited);
+    }
+
+    /// Forgets the pulls of `repo` counted in memory (its stored ones go with its deletion).
+    pub(super) fn forget_pulls(&self, repo: &str) {
+        self.tally().0.forget_repo(repo);
     }
 
     /// Counts a manifest GET of `reference` in `repo`.

@@ -240,10 +240,14 @@ impl Store {
                     self.collect_link(&tx, (name, repo), digest, *linked_by)?,
                     Change::in_repo("blob.delete", name).with("digest", digest.as_str()),
                 ),
-                Step::Repo => (
-                    collect_repo(&tx, name, repo)?,
-                    Change::in_repo("repository.delete", name),
-                ),
+                Step::Repo => {
+                    let deleted = collect_repo(&tx, name, repo)?;
+                    if deleted {
+                        // Its counts go with it (a new repository of its name starts at 0).
+                        self.forget_pulls(name);
+                    }
+                    (deleted, Change::in_repo("repository.delete", name))
+                }
             };
             if deleted {
                 tx.audit(change);
@@ -364,6 +368,7 @@ fn collect_repo(tx: &WriteTransaction, name: &str, repo: Repo) -> Result<bool, S
         }
     }
     tx.open_table(REPOS)?.remove(name)?;
+    super::audit::drop_pulls(tx, name)?;
     Ok(true)
 }
 

@@ -177,6 +177,9 @@ impl Handle {
         *db = None; // closes the file (releasing its lock) before it is opened again
         match open_db(&self.path, self.cache_size) {
             Ok(fresh) => {
+                if let Err(e) = super::audit::reload_seqs(&fresh) {
+                    log::warn!("reading the audit trail's last number after the reopen: {e}");
+                }
                 *db = Some(fresh);
                 // Logged first: a probe that sees the flag clear finds the line before it.
                 log::warn!("reopened {} at its last durable state", self.path.display());

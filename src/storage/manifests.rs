@@ -214,6 +214,10 @@ impl Store {
             if let Some(tag) = m.tags.first() {
                 push = push.with("tag", tag.as_str());
             }
+            if m.tags.len() > 1 {
+                // One push event per tag (`?tag=a&tag=b`), as a push of each would send.
+                push = push.with("tags", m.tags.to_vec());
+            }
             tx.audit(push);
             let mut tags = tx.open_table(TAGS)?;
             for tag in m.tags {

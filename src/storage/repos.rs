@@ -1,7 +1,7 @@
 //! Repositories: name -> id and encryption domain, created on first push; the catalog.
 
 use super::domains::PLAINTEXT;
-use super::schema::{BLOBS, LINKS, MANIFESTS, PULLS, PUSHED, REFERRERS, REFS, REPOS, TAGS};
+use super::schema::{BLOBS, LINKS, MANIFESTS, PUSHED, REFERRERS, REFS, REPOS, TAGS};
 use super::{next_id, page, Store, StoreError};
 use crate::audit::Change;
 use crate::crypto::Algorithm;
@@ -176,8 +176,7 @@ impl Store {
             .retain_in::<(u64, &str, &str), _>((id, "", "")..(id + 1, "", ""), |_, _| false)?;
         tx.open_table(PUSHED)?
             .retain_in::<(u64, &str), _>((id, "")..(id + 1, ""), |_, _| false)?;
-        tx.open_table(PULLS)?
-            .retain_in::<(&str, &str), _>((name, "")..=(name, "\u{10ffff}"), |_, _| false)?;
+        super::audit::drop_pulls(&tx, name)?;
         let mut sessions = self.cancel_sessions_of(&tx, name)?;
         tx.open_table(REPOS)?.remove(name)?;
         if erase {
@@ -194,6 +193,7 @@ impl Store {
         }
         tx.audit(change);
         tx.commit()?;
+        self.forget_pulls(name);
         let mut progress = self.progress();
         for s in &sessions {
             progress.remove(s);
