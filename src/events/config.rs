@@ -24,7 +24,7 @@ pub struct EndpointSpec {
     pub repositories: Option<Vec<String>>,
     /// `actions`: `push`, `delete` (default both).
     pub actions: Option<Vec<String>>,
-    /// `timeout`: of one POST (default 5s).
+    /// `timeout`: of one POST (default 5s, at most 30s).
     pub timeout: Option<String>,
     /// `maxBackoff`: longest wait between retries (default 5m).
     pub max_backoff: Option<String>,
@@ -146,7 +146,8 @@ pub fn resolve(specs: Option<Vec<EndpointSpec>>) -> Result<Vec<Endpoint>, String
             },
         };
         out.push(Endpoint {
-            timeout: duration(s.timeout, 5, 300, "timeout")?,
+            // A stop waits for a POST under way: at most 30 s, well within systemd's 90 s.
+            timeout: duration(s.timeout, 5, 30, "timeout")?,
             max_backoff: duration(s.max_backoff, 300, 86400, "maxBackoff")?,
             name: s.name,
             url: s.url,
