@@ -106,22 +106,16 @@ fn deliver(store: &Store, e: &Endpoint, source: &Source, stop: &AtomicBool) {
     let mut backoff = FIRST_BACKOFF;
     let mut lost_total = 0u64;
     while !stop.load(Ordering::SeqCst) {
-        if store.last_audit_seq() <= cursor {
+        // An event goes out once its change is durable: a push's commit is; a change committed
+        // without durability waits for the next durable commit (the flush within a second,
+        // the end of a collector pass), which raises this mark. No commit of its own here.
+        let durable = store.durable_audit_seq();
+        if durable <= cursor {
             if !pause(POLL, stop) {
                 return;
             }
             continue;
         }
-        // An event goes out once its change is durable: a non-durable commit (the collector's)
-        // is made so now rather than at its pass's end.
-        if let Err(err) = store.make_audit_durable() {
-            log::warn!("notifications to {}: {err}", e.name);
-            if !pause(backoff, stop) {
-                return;
-            }
-            continue;
-        }
-        let durable = store.durable_audit_seq();
         let (mut records, lost) = match store.audit_after(cursor, BATCH) {
             Ok(r) => r,
             Err(err) => {
@@ -145,14 +139,12 @@ fn deliver(store: &Store, e: &Endpoint, source: &Source, stop: &AtomicBool) {
                 e.name
             );
         }
-        // Committed after the durable commit above: the next round sends them.
+        // Not durable yet: a later round sends them.
         records.retain(|r| r.seq <= durable);
-        if records.is_empty() && lost == 0 {
-            continue;
-        }
         let Some(last) = records.last().map(|r| r.seq) else {
-            // Everything after the cursor was dropped: start after what is left.
-            cursor = store.last_audit_seq();
+            if !pause(POLL, stop) {
+                return;
+            }
             continue;
         };
         let events: Vec<Value> = records

@@ -145,17 +145,9 @@ impl Store {
         Ok(())
     }
 
-    /// The newest record that is durable (see `make_audit_durable`).
+    /// The newest record that is durable: raised by every durable commit.
     pub fn durable_audit_seq(&self) -> u64 {
         DURABLE_SEQ.load(Ordering::SeqCst)
-    }
-
-    /// Makes every committed record durable (one durable commit), unless they are already.
-    pub fn make_audit_durable(&self) -> Result<(), StoreError> {
-        if self.durable_audit_seq() < self.last_audit_seq() {
-            self.write(true)?.commit()?;
-        }
-        Ok(())
     }
 
     /// The newest committed record's sequence number (0: none yet).
