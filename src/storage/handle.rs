@@ -13,8 +13,8 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransac
 use std::cell::RefCell;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 /// Set when redb reports an I/O failure; the handle then reopens the database. Process-wide
 /// because the conversion of redb errors cannot reach the handle (one store per process).
@@ -43,6 +43,12 @@ pub(super) struct Handle {
     db: RwLock<Option<Database>>,
     /// The audit trail's bound: each write transaction appends its changes' records.
     audit: AuditConfig,
+    /// Opens of the file so far: a commit made before a reopen may be gone after it.
+    generation: AtomicU64,
+    /// Grouped commits made so far (each numbered by this count after it).
+    grouped: AtomicU64,
+    /// The newest grouped commit known durable, and the generation it belongs to.
+    synced: Mutex<(u64, u64)>,
 }
 
 /// A transaction that keeps the database it belongs to from being reopened under it.
@@ -55,6 +61,9 @@ pub(super) struct Tx<'a, T> {
     audit: AuditConfig,
     /// A write transaction committed durably (notifications wait for one).
     durable: bool,
+    /// For a grouped write transaction: the handle whose group commit makes it durable, and
+    /// the generation of the file it was made on.
+    group: Option<(&'a Handle, u64)>,
 }
 
 impl<T> Deref for Tx<'_, T> {
@@ -70,23 +79,37 @@ impl Tx<'_, WriteTransaction> {
         self.changes.borrow_mut().push(change);
     }
 
-    /// Commits the transaction, with the audit records of its changes.
+    /// Commits the transaction, with the audit records of its changes; a grouped one is
+    /// durable when this returns.
     pub fn commit(self) -> Result<(), StoreError> {
-        let changes = self.changes.take();
+        let Tx {
+            tx,
+            _guard,
+            changes,
+            audit,
+            durable,
+            group,
+        } = self;
+        let changes = changes.take();
         let records = if changes.is_empty() {
             Vec::new()
         } else {
             let actor = crate::audit::actor();
             let changes = changes.into_iter().map(|c| (c, actor.clone()));
-            super::audit::append(&self.tx, changes, self.audit.max_records)?
+            super::audit::append(&tx, changes, audit.max_records)?
         };
-        let durable_upto = match self.durable {
-            true => Some(super::audit::last_in(&self.tx)?),
+        let durable_upto = match durable {
+            true => Some(super::audit::last_in(&tx)?),
             false => None,
         };
-        self.tx.commit()?;
-        super::audit::committed(&records, self.audit, durable_upto);
-        Ok(())
+        tx.commit()?;
+        super::audit::committed(&records, audit, durable_upto);
+        // The durable commit takes the database again: this one's hold goes first.
+        drop(_guard);
+        match group {
+            Some((handle, generation)) => handle.sync_group(generation),
+            None => Ok(()),
+        }
     }
 }
 
@@ -143,6 +166,9 @@ impl Handle {
             cache_size,
             db: RwLock::new(Some(db)),
             audit,
+            generation: AtomicU64::new(0),
+            grouped: AtomicU64::new(0),
+            synced: Mutex::new((0, 0)),
         })
     }
 
@@ -175,6 +201,7 @@ impl Handle {
         }
         log::warn!("storage I/O failed: reopening {}", self.path.display());
         *db = None; // closes the file (releasing its lock) before it is opened again
+        self.generation.fetch_add(1, Ordering::SeqCst);
         match open_db(&self.path, self.cache_size) {
             Ok(fresh) => {
                 if let Err(e) = super::audit::reload_seqs(&fresh) {
@@ -223,6 +250,44 @@ impl Handle {
         Ok(self.tx(tx, guard, durable))
     }
 
+    /// A write transaction that is durable when its `commit` returns, by a durable commit it
+    /// shares with the others committing at that moment (group commit): concurrent pushes of
+    /// small layers pay one round of fsyncs between them, not a round each. Until then other
+    /// requests may see it, as they may see any commit before its fsync; a client is answered
+    /// only once it is on disk.
+    pub fn write_grouped(&self) -> Result<Tx<'_, WriteTransaction>, StoreError> {
+        let mut tx = self.write(false)?;
+        // Read under the transaction's hold on the database: no reopen can come between.
+        tx.group = Some((self, self.generation.load(Ordering::SeqCst)));
+        Ok(tx)
+    }
+
+    /// Makes the grouped commit just made on file generation `generation` durable: by a
+    /// durable commit of its own, or by one another thread began after it committed.
+    fn sync_group(&self, generation: u64) -> Result<(), StoreError> {
+        let mine = self.grouped.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if synced.0 == generation && synced.1 >= mine {
+            return Ok(());
+        }
+        let tx = self.write(true)?;
+        // Each grouped commit is numbered after it committed, so every one numbered by now
+        // committed before this transaction began (it holds the single writer's lock).
+        let upto = self.grouped.load(Ordering::SeqCst);
+        // A reopen since the commit rolled the file back to before it: it is lost, and the
+        // client must not be told otherwise.
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return Err(StoreError::Unavailable);
+        }
+        // Not an empty commit: after an empty durable one, the pages that deletes freed were
+        // not reused after a reopen (redb 4.6; tests/full_disk.rs saw ENOSPC).
+        tx.open_table(super::schema::META)?
+            .insert("group_commits", upto)?;
+        tx.commit()?;
+        *synced = (generation, upto);
+        Ok(())
+    }
+
     fn tx<'a, T>(
         &self,
         tx: T,
@@ -235,6 +300,7 @@ impl Handle {
             changes: RefCell::default(),
             audit: self.audit,
             durable,
+            group: None,
         }
     }
 

@@ -186,7 +186,7 @@ impl Store {
         let key = key.as_deref();
         // Manifests are bounded by maxManifestSize, not small: they count against the reserve.
         self.check_space(super::stored_size(m.body.len() as u64))?;
-        let tx = self.write(true)?;
+        let tx = self.write_grouped()?;
         {
             let name = repo;
             let before = self.quota_before(&tx, name)?;

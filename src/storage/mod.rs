@@ -348,6 +348,11 @@ impl Store {
         self.handle.write(durable)
     }
 
+    /// A write transaction durable when committed, its fsync shared with concurrent ones.
+    fn write_grouped(&self) -> Result<Tx<'_, WriteTransaction>, StoreError> {
+        self.handle.write_grouped()
+    }
+
     fn read(&self) -> Result<Tx<'_, ReadTransaction>, StoreError> {
         self.handle.read()
     }

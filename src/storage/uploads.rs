@@ -107,7 +107,10 @@ impl Store {
         durable: bool,
     ) -> Result<(String, u64), StoreError> {
         let id = crate::crypto::hex(&crate::crypto::random::<16>());
-        let tx = self.write(durable)?;
+        let tx = match durable {
+            true => self.write_grouped()?,
+            false => self.write(false)?,
+        };
         let blob = next_id(&tx, "next_blob_id")?;
         tx.open_table(UPLOADS)?
             .insert(id.as_str(), (repo, domain, blob, 0, now()))?;
@@ -453,7 +456,7 @@ impl Store {
                 self.materialize(repo, id, &sh)?;
                 return self.upload_finish(repo, id, digest, size);
             }
-            let tx = self.write(true)?;
+            let tx = self.write_grouped()?;
             {
                 session(&tx, repo, id)?;
                 let before = self.quota_before(&tx, repo)?;
@@ -469,7 +472,7 @@ impl Store {
             self.progress().remove(id);
             return Ok(true);
         }
-        let tx = self.write(true)?;
+        let tx = self.write_grouped()?;
         let duplicate = {
             let up = session(&tx, repo, id)?;
             if up.received != size {
