@@ -17,6 +17,7 @@ mod settings;
 mod uploads;
 mod usage;
 mod users;
+mod writeback;
 
 pub use audit::PullCount;
 pub use blobs::{trim_thread_buffers, BlobInfo, ChunkHint, MountFrom, MountRefused};
@@ -55,6 +56,8 @@ pub struct Store {
     quotas: crate::quota::Quotas,
     /// Failed logins and pulls not yet written, and when each kind was last written.
     tally: Mutex<(crate::audit::Tally, Instant, Instant)>,
+    /// Starts writing upload data out while uploads still arrive.
+    writeback: writeback::Writeback,
 }
 
 /// How a store is opened.
@@ -224,6 +227,7 @@ impl Store {
             ),
             quotas: std::mem::take(&mut options.quotas),
             tally: Mutex::new(audit::new_tally()),
+            writeback: writeback::Writeback::new(path),
         };
         let tx = store.write(true)?;
         // Version 2 -> 3 needs the data keys (manifests are parsed): done once they are loaded.

@@ -432,6 +432,7 @@ impl Store {
             }
             tx.commit()
         })?;
+        self.writeback.wrote(data.len() as u64);
         Ok(end)
     }
 
