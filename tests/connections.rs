@@ -877,3 +877,49 @@ fn a_full_tls_port_closes_new_connections_without_plain_bytes() {
     let _ = upload.kill();
     let _ = upload.wait();
 }
+
+#[test]
+fn a_download_read_ahead_survives_its_client_pausing() {
+    let dir = TempDir::new("ahead");
+    let reg = Registry::start(dir.path());
+    let c = reg.client();
+    let big = bytes(7, 24 << 20);
+    let (digest, put) = c.push_blob("ahead/app", &big);
+    assert_eq!(put.status, 201);
+    // Two clients read fast (read ahead), pause past the hold (it stops), then read on; a
+    // third reads at the same time. Each gets the blob byte for byte.
+    let readers: Vec<_> = (0..3)
+        .map(|i| {
+            let addr = reg.addr;
+            let digest = digest.clone();
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                write!(
+                    s,
+                    "GET /v2/ahead/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 << 10];
+                while got.len() < (6 << 20) {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "ended early");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                if i < 2 {
+                    thread::sleep(Duration::from_millis(300 + 200 * i as u64));
+                }
+                s.read_to_end(&mut got).unwrap();
+                got
+            })
+        })
+        .collect();
+    for r in readers {
+        let got = r.join().unwrap();
+        let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(got[at..].len(), big.len());
+        assert!(got[at..] == big[..], "the body differs");
+    }
+    assert_eq!(c.get(&format!("/v2/ahead/app/blobs/{digest}")).body, big);
+}

@@ -176,12 +176,18 @@ pub(super) fn blob(
     Ok(at - start)
 }
 
+/// How long a step's buffer is kept for a client whose socket is full: one that keeps up
+/// drains it by then.
+const HOLD: Duration = Duration::from_millis(20);
+
 /// Sends `[at, end)` of a plaintext blob to the socket by hand, the first step's bytes in
 /// `first` already. A step is read into one of the budget's chunk-sized buffers and the socket
 /// takes what it can at once; when it is full, the buffer is kept for a moment (`HOLD`: a
 /// client that keeps up drains it by then) and then given back, and the socket is waited for
 /// with no buffer held (what it did not take is read again, from redb's page cache, when it
 /// can take more). So a slow client holds no buffer, and a few buffers serve every download.
+/// While few downloads run, a client that takes a whole step at once gets the rest read ahead
+/// on a helper thread, as long as it keeps taking it (two cores then share the work).
 fn send_raw<'a>(
     app: &'a App,
     mut raw: tiny_http::RawBody,
@@ -190,12 +196,13 @@ fn send_raw<'a>(
     at: &mut u64,
     end: u64,
 ) -> Result<(), Stop> {
-    const HOLD: Duration = Duration::from_millis(20);
     // A socket that says it has room and then takes nothing (memory pressure) is left alone
     // a moment rather than asked again at once.
     const PAUSE: Duration = Duration::from_millis(20);
     let mut pacer = app.buffers.pacer();
     let (mut lease, mut sent) = (Some(first), 0);
+    // A client that took a whole step at once is offered the rest with reading ahead (once).
+    let mut may_read_ahead = true;
     while *at < end {
         if app.stopping() {
             return Err(Stop::Client(std::io::Error::other("shutting down")));
@@ -215,6 +222,7 @@ fn send_raw<'a>(
             }
         };
         let n = raw.send_some(&step.buf[sent..]).map_err(Stop::Client)?;
+        let whole = sent == 0 && n == step.buf.len();
         (sent, *at) = (sent + n, *at + n as u64);
         if n == 0 {
             lease = None;
@@ -223,8 +231,45 @@ fn send_raw<'a>(
         } else if sent == step.buf.len() || !raw.wait_room(Some(HOLD)).map_err(Stop::Client)? {
             lease = None;
         }
+        if whole && may_read_ahead && *at < end && few_downloads() {
+            may_read_ahead = false;
+            // (the step's buffer went back above: the two for reading ahead may be free)
+            let send = |chunk: &[u8], at: &mut u64| send_whole_raw(&mut raw, chunk, at);
+            if let Some(ahead) = read_ahead_while_sending(app, (blob, *hint), at, end, send) {
+                ahead?;
+                if *at < end {
+                    log::debug!(
+                        "blob {}: client slowed at byte {}; no read-ahead",
+                        blob.id,
+                        *at
+                    );
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// True while few downloads run: reading ahead holds two chunk-sized buffers and a thread for
+/// the whole transfer, which pays when the cores are otherwise idle, not in a crowd (where
+/// the budget's buffers serve more transfers lent a step at a time).
+fn few_downloads() -> bool {
+    const FEW: u64 = 2;
+    crate::metrics::get().active(crate::metrics::Direction::Download) <= FEW
+}
+
+/// Sends `chunk` to the socket by hand while the client keeps taking it (`at` moves on by
+/// what was sent); false if it stopped taking it for `HOLD`: it is no longer fast.
+fn send_whole_raw(raw: &mut tiny_http::RawBody, chunk: &[u8], at: &mut u64) -> Result<bool, Stop> {
+    let mut sent = 0;
+    while sent < chunk.len() {
+        let n = raw.send_some(&chunk[sent..]).map_err(Stop::Client)?;
+        (sent, *at) = (sent + n, *at + n as u64);
+        if n == 0 || sent < chunk.len() && !raw.wait_room(Some(HOLD)).map_err(Stop::Client)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Sends `[at, end)` of a blob through the response writer, the first step's bytes in
@@ -240,7 +285,12 @@ fn send_paced<'a>(
 ) -> Result<(), Stop> {
     send_step(w, pacer, lease, at).map_err(Stop::Client)?;
     if blob.domain != 0 && *at < end && pacer.fast() {
-        if let Some(ahead) = read_ahead_while_sending(app, w, (blob, *hint), at, end) {
+        let write = |chunk: &[u8], at: &mut u64| {
+            w.write_all(chunk).map_err(Stop::Client)?;
+            *at += chunk.len() as u64;
+            Ok(true)
+        };
+        if let Some(ahead) = read_ahead_while_sending(app, (blob, *hint), at, end, write) {
             return ahead;
         }
     }
@@ -260,16 +310,17 @@ fn send_paced<'a>(
     Ok(())
 }
 
-/// Sends the rest of a sealed blob with a helper thread reading and opening chunks ahead
-/// while this one writes (opening a chunk costs about as much CPU as sending it), in two
-/// chunk-sized buffers of the budget; None, with nothing sent, if two are not free now or no
-/// thread can be had.
+/// Sends the rest of a blob with a helper thread reading (and for a sealed blob opening)
+/// chunks ahead while this one sends them with `send` (reading costs about as much CPU as
+/// sending), in two chunk-sized buffers of the budget; None, with nothing sent, if two are not
+/// free now or no thread can be had. `send` moves `at` on by what it sent, and says false to
+/// stop early (the caller goes on from `at` step by step).
 fn read_ahead_while_sending(
     app: &App,
-    w: &mut impl Write,
     (blob, hint): (BlobInfo, ChunkHint),
     at: &mut u64,
     end: u64,
+    mut send: impl FnMut(&[u8], &mut u64) -> Result<bool, Stop>,
 ) -> Option<Result<(), Stop>> {
     let spares = [app.buffers.take_chunk()?, app.buffers.take_chunk()?];
     let step = app.store.chunk_payload() as u64;
@@ -288,14 +339,17 @@ fn read_ahead_while_sending(
             })
             .ok()?;
         let sent = (|| {
-            for chunk in filled {
+            for chunk in &filled {
                 let chunk = chunk.map_err(Stop::Store)?;
-                w.write_all(&chunk).map_err(Stop::Client)?;
-                *at += chunk.len() as u64;
+                if !send(&chunk, at)? {
+                    break;
+                }
                 let _ = give_back.send(chunk);
             }
             Ok(())
         })();
+        // The reader stops at its next step when the channels go.
+        drop((filled, give_back));
         Some(sent)
     })
 }

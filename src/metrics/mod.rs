@@ -317,6 +317,11 @@ impl Metrics {
         Active(a)
     }
 
+    /// Blob transfers under way now in direction `d`.
+    pub fn active(&self, d: Direction) -> u64 {
+        load(&self.transfers[d as usize])
+    }
+
     /// A mount of `size` bytes was answered 201.
     pub fn mounted(&self, size: u64) {
         add(&self.mounts, 1);
