@@ -307,7 +307,7 @@ def measure(reg, cold, sizes, digests, rng):
     work_done = proc_work(reg.p.pid)
     assert "sha256:" + hashlib.sha256(body).hexdigest() == digests[i], "first blob served has the wrong digest"
     lost, n_sample = verify(reg, acked, sizes, digests, rng)
-    n_large = sum(1 for a in acked if a[0] == "blob" and a[5] >= 64 * MIB)
+    n_large = sum(1 for a in acked if a[0] == "blob" and a[5] >= 32 * MIB)  # chunked ones
     n_man = sum(1 for a in acked if a[0] == "manifest")
     return dict(v2=t_v2 * 1000, blob=t_blob * 1000, acked=len(acked), large=n_large, manifests=n_man,
                 lost=lost, sample=n_sample, dropped=dropped, **work_done)
