@@ -446,3 +446,79 @@ fn a_lost_listener_ends_the_process_with_an_error() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("the listening socket failed"), "{log}");
 }
+
+/// A store file as a crash during a compaction or a repair leaves it: the last durable commit
+/// saved no allocator state (redb's default; every commit of Outpost's saves it), and the
+/// file was never closed (copied while open).
+fn store_needing_full_repair(data: &TempDir) {
+    let scratch = data.path().join("made.redb");
+    let db = redb::Database::create(&scratch).unwrap();
+    let tx = db.begin_write().unwrap();
+    let table = redb::TableDefinition::<u64, &[u8]>::new("filler");
+    tx.open_table(table)
+        .unwrap()
+        .insert(1, &[7u8; 4096][..])
+        .unwrap();
+    tx.commit().unwrap();
+    std::fs::copy(&scratch, data.path().join("outpost.redb")).unwrap();
+    drop(db);
+    std::fs::remove_file(scratch).unwrap();
+}
+
+#[test]
+fn a_full_repair_at_start_asks_systemd_for_time_and_a_crash_needs_none() {
+    let data = TempDir::new("notify-repair");
+    store_needing_full_repair(&data);
+    let manager = Manager::bind(&data);
+    let child = Proc::spawn(serve(&data, "127.0.0.1:0").env("NOTIFY_SOCKET", &manager.path));
+    let first = manager
+        .recv(Duration::from_secs(60))
+        .expect("no message within 60 s");
+    let extend: u64 = field(&first, "EXTEND_TIMEOUT_USEC")
+        .unwrap_or_else(|| panic!("a full repair did not extend the start timeout: {first:?}"))
+        .parse()
+        .unwrap();
+    // A pass's budget: a minute plus the file at 2 MB/s.
+    assert!(extend >= 60_000_000, "{first:?}");
+    assert!(
+        field(&first, "STATUS").is_some_and(|s| s.starts_with("repairing the store")),
+        "{first:?}"
+    );
+    // Then one message a pass until READY=1.
+    let ready = loop {
+        let m = manager
+            .recv(Duration::from_secs(60))
+            .expect("no READY=1 within 60 s");
+        if field(&m, "READY").is_some() {
+            break m;
+        }
+        assert!(field(&m, "EXTEND_TIMEOUT_USEC").is_some(), "{m:?}");
+    };
+    let addr: SocketAddr = field(&ready, "STATUS")
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let c = Client::new(addr);
+    let (digest, r) = c.push_blob("after/repair", b"pushed after the repair");
+    assert_eq!(r.status, 201);
+    let log = child_log_after_kill(child);
+    assert!(log.contains("must be walked whole to be repaired"), "{log}");
+
+    // Killed after Outpost's own commits: the restart loads the saved allocator state and
+    // asks for no time; what was acknowledged is there.
+    let child = Proc::spawn(serve(&data, "127.0.0.1:0").env("NOTIFY_SOCKET", &manager.path));
+    let addr = expect_ready(&manager, &child);
+    let path = format!("/v2/after/repair/blobs/{digest}");
+    assert_eq!(Client::new(addr).get(&path).status, 200);
+    let log = child_log_after_kill(child);
+    assert!(!log.contains("repaired"), "{log}");
+}
+
+/// SIGKILLs the child (a crash) and returns its stderr.
+fn child_log_after_kill(child: Proc) -> String {
+    common::signal(child.id(), "KILL");
+    child.exit().1
+}

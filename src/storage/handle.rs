@@ -127,9 +127,42 @@ fn open_db(path: &Path, cache_size: usize) -> Result<Database, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(StoreError::Db(redb::Error::Io(e))),
     }
+    let pass = repair_pass_budget(path);
+    let shown = path.to_owned();
     Ok(Database::builder()
         .set_cache_size(cache_size)
+        .set_repair_callback(move |s| repairing(&shown, s.progress(), pass))
         .create(path)?)
+}
+
+/// The slowest rate, bytes a second, at which a full repair is assumed to read the file (a
+/// worn SD card's random reads, with a wide margin): it sizes the time asked of systemd.
+const REPAIR_READ_RATE: u64 = 2_000_000;
+
+/// How long one pass of a full repair of the file at `path` may take: each pass reads up to
+/// the whole file.
+fn repair_pass_budget(path: &Path) -> std::time::Duration {
+    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    std::time::Duration::from_secs(60 + len / REPAIR_READ_RATE)
+}
+
+/// Called by redb before each pass of a full repair (needed only when the last durable commit
+/// saved no allocator state: a crash during a compaction or a repair). Every commit of ours
+/// saves it (quick repair), so a restart after a crash or power cut normally skips this; when
+/// it does not, the passes read the whole file, which can outlast the unit's
+/// `TimeoutStartSec` on a large card, and systemd would kill the repair and start it over, for
+/// ever. Hence the extension, one pass at a time.
+fn repairing(path: &Path, progress: f64, pass: std::time::Duration) {
+    log::warn!(
+        "{} was not closed cleanly and must be walked whole to be repaired: {:.0}% done",
+        path.display(),
+        progress * 100.0
+    );
+    crate::systemd::notify(&format!(
+        "EXTEND_TIMEOUT_USEC={}\nSTATUS=repairing the store ({:.0}%)",
+        pass.as_micros(),
+        progress * 100.0
+    ));
 }
 
 /// Creates data directory `dir` (mode 0700 whatever the umask) if it is not there, and warns
