@@ -131,6 +131,18 @@ cargo_env() {
         BUILD_STD=(-Z build-std=std,panic_unwind)
       fi ;;
   esac
+  case "$t" in
+    aarch64-* | armv7-*)
+      # Size first on the edge targets (armv7's goal is <= 4 MiB stripped): opt-level s for
+      # all but the crates Cargo.toml's [profile.release.package.*] keep at 3 (redb, sha2,
+      # ring). A caller's own setting wins.
+      export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-s}" ;;
+  esac
+  # armv7 in Thumb-2, as Debian's armhf is compiled: a quarter smaller than A32 code, about
+  # as fast on the Cortex-A cores of the boards this targets.
+  TARGET_RUSTFLAGS=""
+  case "$t" in armv7-*) TARGET_RUSTFLAGS="-C target-feature=+thumb-mode" ;; esac
+  [ -n "$TARGET_RUSTFLAGS" ] && export "CARGO_TARGET_${UPPER}_RUSTFLAGS=$TARGET_RUSTFLAGS"
   export "CARGO_TARGET_${UPPER}_LINKER=$GCC-gcc"
   export "CC_${LOWER}=$GCC-gcc" "AR_${LOWER}=$GCC-ar"
   if [ "$LIBC" = gnu ]; then
@@ -159,5 +171,5 @@ musl_env() {
     fi
   fi
   export "CC_${LOWER}=$MUSL_GCC" "CARGO_TARGET_${UPPER}_LINKER=$MUSL_GCC"
-  export "CARGO_TARGET_${UPPER}_RUSTFLAGS=-C link-self-contained=no -L $shim -C link-arg=-lgcc"
+  export "CARGO_TARGET_${UPPER}_RUSTFLAGS=-C link-self-contained=no -L $shim -C link-arg=-lgcc${TARGET_RUSTFLAGS:+ $TARGET_RUSTFLAGS}"
 }
