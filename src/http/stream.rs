@@ -322,12 +322,13 @@ fn read_ahead_while_sending(
     end: u64,
     mut send: impl FnMut(&[u8], &mut u64) -> Result<bool, Stop>,
 ) -> Option<Result<(), Stop>> {
-    let spares = [app.buffers.take_chunk()?, app.buffers.take_chunk()?];
+    // The leases live until the end: the budget counts their buffers while they circulate.
+    let mut leases = [app.buffers.take_chunk()?, app.buffers.take_chunk()?];
     let step = app.store.chunk_payload() as u64;
     std::thread::scope(|scope| {
         let (full, filled) = mpsc::sync_channel::<Result<Vec<u8>, StoreError>>(1);
         let (give_back, spare) = mpsc::channel::<Vec<u8>>();
-        for mut l in spares {
+        for l in &mut leases {
             let _ = give_back.send(std::mem::take(&mut l.buf));
         }
         let from = *at;

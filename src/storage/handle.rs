@@ -103,13 +103,14 @@ impl Tx<'_, WriteTransaction> {
             false => None,
         };
         tx.commit()?;
-        super::audit::committed(&records, audit, durable_upto);
         // The durable commit takes the database again: this one's hold goes first.
         drop(_guard);
-        match group {
-            Some((handle, generation)) => handle.sync_group(generation),
-            None => Ok(()),
+        if let Some((handle, generation)) = group {
+            // Logged (and counted committed) once on disk, as a durable commit's are.
+            handle.sync_group(generation)?;
         }
+        super::audit::committed(&records, audit, durable_upto);
+        Ok(())
     }
 }
 
